@@ -1,0 +1,28 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+__version__ = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "socketproxyd" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="socketproxyd",
+    version=__version__,
+    description="Socket-activated stream proxy on Twisted, a drop-in for systemd-socket-proxyd",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
+    install_requires=["twisted>=24.7"],
+    extras_require={"test": ["pytest", "pytest-twisted", "ruff"]},
+    entry_points={"console_scripts": ["socketproxyd = socketproxyd.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+    ],
+)

@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_activation -*-
+"""
+The sd_listen_fds protocol: find the listening sockets a launcher passed in,
+check they are what a stream proxy can serve, and adopt them.
+
+Twisted's own L{twisted.python.systemd.ListenFDs} is not enough here: it
+returns nothing when C{LISTEN_FDNAMES} is missing (as with
+C{systemd-socket-activate} without C{--fdname}), and importing
+L{twisted.internet.endpoints} deletes C{LISTEN_PID} and C{LISTEN_FDS} from
+C{os.environ} before any plugin code runs. The process's initial environment,
+as the kernel keeps it in C{/proc/self/environ}, is unaffected by that, so it
+is read when C{os.environ} has lost the variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
+from twisted.internet.protocol import ServerFactory
+
+LISTEN_FDS_START = 3
+_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+_FAMILIES = {
+    socket.AF_INET: "IPv4",
+    socket.AF_INET6: "IPv6",
+    socket.AF_UNIX: "UNIX",
+}
+_HOW_TO_PASS = (
+    "run it from a systemd .socket unit, under systemd-socket-activate -l ADDRESS, "
+    "or give --listen=ENDPOINT"
+)
+
+
+class ActivationError(Exception):
+    """
+    The inherited sockets cannot be used; the message says why and what to do.
+    """
+
+
+@dataclass(frozen=True)
+class InheritedSocket:
+    """
+    One listening socket passed in by the launcher.
+    """
+
+    fd: int
+    family: int
+    name: str
+
+    def describe(self) -> str:
+        """
+        How the socket is named in log lines: its fd, name and family.
+        """
+        return f"fd {self.fd} ({self.name}, {_FAMILIES[self.family]})"
+
+
+def initialEnvironment() -> dict[str, str]:
+    """
+    The environment this process was started with, read from
+    C{/proc/self/environ}; empty where that cannot be read.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    result = {}
+    for entry in raw.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep:
+            result[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return result
+
+
+def _activationVariables(
+    environ: Mapping[str, str], initial: Callable[[], Mapping[str, str]]
+) -> Mapping[str, str]:
+    if "LISTEN_PID" in environ or "LISTEN_FDS" in environ:
+        return environ
+    return initial()
+
+
+def _listeningFamily(fd: int, name: str) -> int:
+    """
+    The address family of C{fd} if it is a listening stream socket we can
+    serve.
+
+    @raise ActivationError: naming the fd and what it is instead.
+    """
+
+    def unusable(what: str) -> ActivationError:
+        return ActivationError(f"inherited fd {fd} ({name}) {what}")
+
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise unusable("is not open") from None
+    if not stat.S_ISSOCK(mode):
+        kinds = [
+            (stat.S_ISREG, "a regular file"),
+            (stat.S_ISDIR, "a directory"),
+            (stat.S_ISFIFO, "a pipe"),
+            (stat.S_ISCHR, "a character device"),
+        ]
+        kind = next((what for test, what in kinds if test(mode)), "something else")
+        raise unusable(f"is {kind}, not a socket")
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        raise unusable(f"cannot be used as a socket: {e.strerror}") from None
+    with sock:
+        if sock.family not in _FAMILIES:
+            raise unusable(f"is a socket of unsupported family {sock.family!r}")
+        if sock.type != socket.SOCK_STREAM:
+            kind = {socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
+            raise unusable(
+                f"is a {kind.get(sock.type, str(sock.type))} socket, not a stream socket"
+            )
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise unusable(
+                "is a stream socket that is not listening "
+                "(Accept=yes and --accept are not supported)"
+            )
+        return sock.family
+
+
+def inheritedSockets(
+    environ: MutableMapping[str, str] = os.environ,
+    pid: int | None = None,
+    initial: Callable[[], Mapping[str, str]] = initialEnvironment,
+) -> list[InheritedSocket]:
+    """
+    Read, validate and consume the C{LISTEN_*} variables.
+
+    The variables are removed from C{environ} and the fds made close-on-exec,
+    so nothing started later inherits them.
+
+    @return: the inherited listening sockets, in fd order; empty when the
+        process was not socket-activated.
+    @raise ActivationError: when variables or fds are unusable.
+    """
+    pid = os.getpid() if pid is None else pid
+    variables = dict(_activationVariables(environ, initial))
+    for name in _VARIABLES:
+        environ.pop(name, None)
+    if "LISTEN_PID" not in variables and "LISTEN_FDS" not in variables:
+        return []
+    listenPid = variables.get("LISTEN_PID", "").strip()
+    if not listenPid.isdigit():
+        raise ActivationError(f"LISTEN_PID={listenPid!r} is not a process id; {_HOW_TO_PASS}")
+    if int(listenPid) != pid:
+        raise ActivationError(
+            f"the inherited sockets are for process {listenPid}, not this one "
+            f"({pid}): exec the proxy directly from the launcher, not in a "
+            f"child process"
+        )
+    count = variables.get("LISTEN_FDS", "").strip()
+    if not count.isdigit() or int(count) < 1:
+        raise ActivationError(f"LISTEN_FDS={count!r} is not a count of sockets (1 or more)")
+    fds = range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))
+    names: list[str] = ["unknown"] * len(fds)
+    if variables.get("LISTEN_FDNAMES"):
+        names = variables["LISTEN_FDNAMES"].split(":")
+        if len(names) != len(fds):
+            raise ActivationError(
+                f"LISTEN_FDNAMES names {len(names)} sockets but LISTEN_FDS={count}"
+            )
+    result = []
+    for fd, name in zip(fds, names, strict=True):
+        family = _listeningFamily(fd, name)
+        os.set_inheritable(fd, False)
+        result.append(InheritedSocket(fd, family, name))
+    return result
+
+
+def adopt(
+    reactor: IReactorSocket, inherited: InheritedSocket, factory: ServerFactory
+) -> IListeningPort:
+    """
+    Start accepting on an inherited socket with C{reactor.adoptStreamPort}.
+
+    The reactor keeps its own duplicate, so the inherited fd is closed.
+    """
+    os.set_blocking(inherited.fd, False)
+    try:
+        return reactor.adoptStreamPort(inherited.fd, inherited.family, factory)
+    finally:
+        os.close(inherited.fd)

@@ -1,0 +1,34 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{socketproxyd} command: a drop-in for C{systemd-socket-proxyd} in an
+C{ExecStart=} line, running the same service as the twistd plugin.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from twisted.logger import globalLogBeginner
+
+from .logs import textObserver
+from .tap import Options, makeService
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Parse the command line, serve until stopped, exit 0; exit 1 with one
+    line on stderr when the proxy cannot start.
+    """
+    config = Options()
+    config.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo(
+        [textObserver(sys.stderr)], discardBuffer=True, redirectStandardIO=False
+    )
+    service = makeService(config, reactor)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    sys.exit(0)

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_logs -*-
+"""
+Logging: one threshold for the proxy's own events under every runner, and
+lines that journald files at the right priority.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import IO
+
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogPublisher,
+)
+
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+}
+_SYSTEMD_LEVELS = {
+    "emerg": "error", "alert": "error", "crit": "error", "err": "error",
+    "warning": "warning", "notice": "info", "info": "info", "debug": "debug",
+    "0": "error", "1": "error", "2": "error", "3": "error",
+    "4": "warning", "5": "info", "6": "info", "7": "debug",
+}  # fmt: skip
+_PRIORITIES = {
+    LogLevel.debug: 7,
+    LogLevel.info: 6,
+    LogLevel.warn: 4,
+    LogLevel.error: 3,
+    LogLevel.critical: 2,
+}
+
+levelPredicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+observer: ILogObserver = FilteringLogObserver(globalLogPublisher, [levelPredicate])
+"""
+The observer every logger of this package emits to: the chosen threshold,
+then whatever the runner (twistd, twist or our command) observes.
+"""
+
+
+def setLevel(name: str) -> None:
+    """
+    Show the proxy's events at C{name} (a key of L{LEVELS}) and above.
+    """
+    levelPredicate.defaultLogLevel = LEVELS[name]
+
+
+def levelFromEnvironment(environ: Mapping[str, str] = os.environ) -> str | None:
+    """
+    The level C{SYSTEMD_LOG_LEVEL} asks for, as the original honours it, or
+    L{None} when it is unset or unknown.
+    """
+    return _SYSTEMD_LEVELS.get(environ.get("SYSTEMD_LOG_LEVEL", "").strip().lower())
+
+
+def _formatLine(event: dict, journal: bool) -> str:
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None and "log_format" not in event:
+        text = failure.getErrorMessage()
+    lines = text.splitlines() or [""]
+    if not journal:
+        return "".join(line + "\n" for line in lines)
+    priority = _PRIORITIES.get(event.get("log_level", LogLevel.info), 6)
+    return "".join(f"<{priority}>{line}\n" for line in lines)
+
+
+def textObserver(stream: IO[str], journal: bool | None = None) -> ILogObserver:
+    """
+    Plain one-line-per-event text on C{stream}; with C{<N>} priority prefixes
+    when C{stream} is the journal (C{JOURNAL_STREAM} set by systemd).
+    """
+    if journal is None:
+        journal = bool(os.environ.get("JOURNAL_STREAM"))
+    return FileLogObserver(stream, lambda event: _formatLine(event, journal))
+
+
+def journalObserver() -> ILogObserver:
+    """
+    For C{twistd --logger=socketproxyd.logs.journalObserver}: lines on
+    stderr, with priority prefixes under systemd.
+    """
+    return textObserver(sys.stderr)

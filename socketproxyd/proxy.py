@@ -1,0 +1,342 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The data path: one L{ServerProtocol} per accepted client, one
+L{ClientProtocol} per connection to the target, bytes relayed both ways with
+flow control, half-close and reset propagation.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .logs import observer
+from .proxyheader import HEADERS
+from .timespan import formatTimespan
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def describeAddress(address: IAddress) -> str:
+    """
+    An address as the log lines show it: C{host:port}, C{[v6]:port} or a path.
+    """
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if not name:
+        return "unix:(unnamed)"
+    return "@" + name[1:] if name.startswith("\0") else name
+
+
+def resetConnection(transport: object) -> None:
+    """
+    Close a transport at once with a TCP RST, so its peer sees a failure
+    rather than a normal end of stream.
+    """
+    try:
+        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except (OSError, AttributeError):
+        pass
+    transport.abortConnection()
+
+
+class ConnectionTracker(TypingProtocol):
+    """
+    What the factory reports each proxied connection's start and end to.
+    """
+
+    def connectionOpened(self, connection: ServerProtocol) -> None: ...
+
+    def connectionClosed(self, connection: ServerProtocol) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """
+    The per-connection behaviour chosen on the command line.
+
+    @ivar connectTimeout: seconds to reach the target, all addresses together.
+    @ivar idleTimeout: seconds without a byte either way before closing;
+        C{math.inf} for never.
+    @ivar keepalive: whether to enable TCP keepalive on both sockets.
+    @ivar proxyProtocol: C{None}, C{"v1"} or C{"v2"}.
+    """
+
+    connectTimeout: float = 30.0
+    idleTimeout: float = math.inf
+    keepalive: bool = False
+    proxyProtocol: str | None = None
+
+
+@implementer(IHalfCloseableProtocol)
+class _Relay(Protocol):
+    """
+    One side of a proxied connection: what it reads is written to the other
+    side, its end of stream becomes a write shutdown there.
+
+    @ivar peer: the other side, once both are connected.
+    @ivar owner: the L{ServerProtocol} that keeps the connection's state.
+    @ivar received: bytes read from this side.
+    """
+
+    peer: _Relay | None = None
+    owner: ServerProtocol
+    received = 0
+    readDone = False
+    writeDone = False
+    lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.peer.transport.write(data)
+        if self.owner.idleTimed:
+            self.owner.resetTimeout()
+
+    def readConnectionLost(self) -> None:
+        """
+        Forward the end of stream: shut down writing on the other side once
+        what it has queued is out. Twisted may call this twice when a paused
+        reader is resumed after EOF; the second call does nothing.
+        """
+        if self.readDone:
+            return
+        self.readDone = True
+        peer = self.peer
+        if peer is not None and not peer.lost:
+            peer.transport.unregisterProducer()
+            peer.transport.loseWriteConnection()
+        self._closeWhenDone()
+
+    def writeConnectionLost(self) -> None:
+        self.writeDone = True
+        self._closeWhenDone()
+
+    def _closeWhenDone(self) -> None:
+        if self.readDone and self.writeDone:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+        self.lost = True
+        self.owner.sideLost(self, reason)
+
+
+class ClientProtocol(_Relay):
+    """
+    The proxy's connection to the target, relaying to the accepted client.
+    """
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+        if self.peer is not None:
+            super().connectionLost(reason)
+        else:
+            self.lost = True
+
+
+class ServerProtocol(_Relay, TimeoutMixin):
+    """
+    An accepted client. It owns the whole proxied connection: the connect to
+    the target, the timers, the byte counts and how it ended.
+    """
+
+    log = Logger(observer=observer)
+    factory: ProxyFactory
+    ending: str | None = None
+    idleTimed = False
+    started = 0.0
+
+    def __init__(self) -> None:
+        self.owner = self
+        self.connecting: Deferred | None = None
+        self.client: ClientProtocol | None = None
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The clock of the factory's reactor, for L{TimeoutMixin}.
+        """
+        return self.factory.reactor
+
+    def callLater(self, period: float, func: Callable[[], object]) -> object:
+        return self.factory.reactor.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        self.peerAddress = self.transport.getPeer()
+        self.hostAddress = self.transport.getHost()
+        factory = self.factory
+        self.started = factory.reactor.seconds()
+        factory.tracker.connectionOpened(self)
+        self.connecting = factory.endpoint.connect(factory.clientFactory)
+        timer = factory.reactor.callLater(factory.settings.connectTimeout, self._connectTimedOut)
+
+        def stopTimer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        self.connecting.addBoth(stopTimer)
+        self.connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _connectTimedOut(self) -> None:
+        self.ending = "connect timeout"
+        self.connecting.cancel()
+
+    def _connected(self, client: ClientProtocol) -> None:
+        self.connecting = None
+        client.owner = self
+        client.peer = self
+        self.client = client
+        if self.lost:
+            client.transport.loseConnection()
+            return
+        self.peer = client
+        settings = self.factory.settings
+        if settings.proxyProtocol is not None:
+            build = HEADERS[settings.proxyProtocol]
+            client.transport.write(build(self.peerAddress, self.hostAddress))
+        if settings.keepalive:
+            for transport in (self.transport, client.transport):
+                if hasattr(transport, "setTcpKeepAlive"):
+                    transport.setTcpKeepAlive(True)
+        client.transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(client.transport, True)
+        if not math.isinf(settings.idleTimeout):
+            self.setTimeout(settings.idleTimeout)
+            self.idleTimed = True
+        self.transport.resumeProducing()
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self.connecting = None
+        if self.lost:
+            return
+        if self.ending is None:
+            self.ending = "connect failed"
+            why = reason.getErrorMessage()
+        elif self.ending == "connect timeout":
+            timeout = self.factory.settings.connectTimeout
+            why = f"no answer within {formatTimespan(timeout)}"
+        else:
+            self.transport.loseConnection()
+            return
+        self.log.warn(
+            "Failed to connect to {target} for {peer}: {why}",
+            target=str(self.factory.target),
+            peer=describeAddress(self.peerAddress),
+            why=why,
+        )
+        self.transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        """
+        No byte moved either way for the idle timeout: close both sides.
+        """
+        self.close("idle timeout")
+
+    def close(self, how: str) -> None:
+        """
+        End the connection now with a normal close of both sides (queued
+        bytes are still sent), recording C{how} as the reason.
+        """
+        self._end(how, lambda transport: transport.loseConnection())
+
+    def abort(self, how: str) -> None:
+        """
+        End the connection now, dropping queued bytes, recording C{how} as
+        the reason.
+        """
+        self._end(how, lambda transport: transport.abortConnection())
+
+    def _end(self, how: str, closeTransport: Callable[[object], None]) -> None:
+        if self.ending is None:
+            self.ending = how
+        if self.connecting is not None:
+            self.connecting.cancel()
+        for side in (self, self.client):
+            if side is not None and not side.lost:
+                closeTransport(side.transport)
+
+    def sideLost(self, side: _Relay, reason: Failure) -> None:
+        """
+        One side's transport is gone. An error there (a reset, a failed
+        write) resets the other side too; once both are gone the connection
+        is reported closed.
+        """
+        if side is self:
+            self.setTimeout(None)
+            if self.connecting is not None:
+                self.connecting.cancel()
+        other = self.client if side is self else self
+        if not reason.check(error.ConnectionDone) and self.ending is None:
+            self.ending = "reset"
+            if other is not None and not other.lost:
+                resetConnection(other.transport)
+        if self.lost and (self.client is None or self.client.lost):
+            self._finished()
+
+    def _finished(self) -> None:
+        factory = self.factory
+        upstream = self.received
+        downstream = self.client.received if self.client is not None else 0
+        self.log.debug(
+            "{listener} {peer} -> {target}: {up} bytes up, {down} bytes down, "
+            "{duration:.3f}s, {how}",
+            listener=describeAddress(self.hostAddress),
+            peer=describeAddress(self.peerAddress),
+            target=str(factory.target),
+            up=upstream,
+            down=downstream,
+            duration=factory.reactor.seconds() - self.started,
+            how=self.ending or "done",
+        )
+        factory.tracker.connectionClosed(self)
+
+
+class ProxyFactory(ServerFactory):
+    """
+    Builds a L{ServerProtocol} for every client accepted on any listener,
+    all forwarded to one target.
+
+    @ivar endpoint: the target's client endpoint, shared by all connections.
+    @ivar clientFactory: builds the L{ClientProtocol} of each connection.
+    """
+
+    protocol = ServerProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        target: object,
+        endpoint: IStreamClientEndpoint,
+        settings: ProxySettings,
+        tracker: ConnectionTracker,
+    ) -> None:
+        self.reactor = reactor
+        self.target = target
+        self.endpoint = endpoint
+        self.settings = settings
+        self.tracker = tracker
+        self.clientFactory = Factory.forProtocol(ClientProtocol)
+        self.clientFactory.noisy = False

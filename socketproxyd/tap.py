@@ -1,0 +1,200 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The command line (L{Options}) and L{makeService}, shared by the
+C{socketproxyd} command and the twistd/twist C{socketproxy} plugin.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import IO
+
+import twisted
+from twisted.python import usage
+
+from . import __version__
+from .activation import ActivationError, InheritedSocket, inheritedSockets
+from .logs import LEVELS, levelFromEnvironment, setLevel
+from .proxy import ProxySettings
+from .service import ProxyService, StartupError
+from .target import parseTarget
+from .timespan import parseTimespan
+
+PROGRAM = "socketproxyd"
+_DECIMAL = re.compile(r"\s*[0-9]+\s*")
+_HOW_TO_PASS = (
+    "pass listening sockets by socket activation (a systemd .socket unit, or "
+    "systemd-socket-activate -l ADDRESS) or give --listen=ENDPOINT"
+)
+_SPANS = ("exit-idle-time", "connect-timeout", "idle-timeout", "drain-timeout")
+
+
+def _connectionsMax(text: str) -> int:
+    if not _DECIMAL.fullmatch(text) or int(text) < 1:
+        raise ValueError(f"--connections-max={text!r}: give a whole decimal number of 1 or more")
+    return int(text)
+
+
+def _span(option: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            return parseTimespan(text)
+        except ValueError as e:
+            raise ValueError(
+                f"--{option}={text!r}: {e}; give a systemd time span "
+                f"such as 90, 500ms, 5min 30s or infinity"
+            ) from None
+
+    return parse
+
+
+def _choice(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"--{option}={text!r}: give one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+class Options(usage.Options):
+    """
+    The options and TARGET of systemd-socket-proxyd, plus the ones an
+    operator of a production proxy needs.
+
+    A usage error prints one line on stderr and exits 1 under every runner
+    (twistd itself would print the whole help and exit 0).
+    """
+
+    synopsis = "[OPTIONS] TARGET"
+    longdesc = (
+        "Accept clients on the listening sockets passed in by socket activation "
+        "(and on --listen endpoints) and forward each to TARGET: HOST:PORT, "
+        "[IPv6]:PORT, /path/to/unix.socket or @abstract."
+    )
+    optFlags = [
+        ["keepalive", None, "Enable TCP keepalive on both sockets of every connection."],
+    ]
+    optParameters = [
+        ["connections-max", "c", 256,
+         "Proxy at most N connections at once; more wait in the backlog.",
+         _connectionsMax],
+        ["exit-idle-time", None, "infinity",
+         "Exit after this time span with no open connection.", _span("exit-idle-time")],
+        ["connect-timeout", None, "30s",
+         "Give up connecting to TARGET after this time span.", _span("connect-timeout")],
+        ["idle-timeout", None, "infinity",
+         "Close a connection that moved no byte for this time span.",
+         _span("idle-timeout")],
+        ["drain-timeout", None, "0",
+         "On SIGTERM, let open connections finish for this time span.",
+         _span("drain-timeout")],
+        ["proxy-protocol", None, None,
+         "Send a PROXY protocol header (v1 or v2) to TARGET first.",
+         _choice("proxy-protocol", ("v1", "v2"))],
+        ["log-level", None, None,
+         "debug, info, warning or error [default: info, or SYSTEMD_LOG_LEVEL].",
+         _choice("log-level", tuple(LEVELS))],
+    ]  # fmt: skip
+
+    stderr: IO[str] = sys.stderr
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Also listen on a server endpoint (tcp:8080, unix:/run/a.sock); repeatable.
+        """
+        self["listen"].append(description)
+
+    def opt_h(self) -> None:
+        """
+        Display this help and exit.
+        """
+        self.opt_help()
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"{PROGRAM} {__version__} (Twisted {twisted.__version__})")
+        sys.exit(0)
+
+    def parseArgs(self, *targets: str) -> None:
+        if not targets:
+            raise usage.UsageError(
+                "TARGET is missing: give HOST:PORT, [IPv6]:PORT, /path/to/socket or @abstract"
+            )
+        if len(targets) > 1:
+            raise usage.UsageError(f"one TARGET expected, got {len(targets)}: {targets}")
+        self["target-text"] = targets[0]
+
+    def postOptions(self) -> None:
+        for option in _SPANS:
+            if isinstance(self[option], str):
+                self[option] = parseTimespan(self[option])
+        try:
+            self["target"] = parseTarget(self["target-text"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-level"] is None:
+            self["log-level"] = levelFromEnvironment() or "info"
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            message = str(e).removeprefix("Parameter type enforcement failed: ")
+            self.stderr.write(f"{PROGRAM}: {message} (see --help)\n")
+            raise SystemExit(1) from None
+
+    def settings(self) -> ProxySettings:
+        """
+        The per-connection settings these options choose.
+        """
+        return ProxySettings(
+            connectTimeout=self["connect-timeout"],
+            idleTimeout=self["idle-timeout"],
+            keepalive=bool(self["keepalive"]),
+            proxyProtocol=self["proxy-protocol"],
+        )
+
+
+def makeService(
+    config: Options,
+    reactor: object | None = None,
+    findInherited: Callable[[], list[InheritedSocket]] = inheritedSockets,
+) -> ProxyService:
+    """
+    Build the proxy and open its listeners: the inherited sockets and every
+    C{--listen} endpoint.
+
+    A start-up failure exits 1 with one line on stderr rather than a
+    traceback, under every runner.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    setLevel(config["log-level"])
+    service = ProxyService(
+        reactor,
+        config["target"],
+        config.settings(),
+        connectionsMax=config["connections-max"],
+        exitIdleTime=config["exit-idle-time"],
+        drainTimeout=config["drain-timeout"],
+    )
+    try:
+        inherited = findInherited()
+        if not inherited and not config["listen"]:
+            raise StartupError(f"no listening socket: {_HOW_TO_PASS}")
+        service.adoptInherited(inherited)
+        service.listen(config["listen"])
+    except (ActivationError, StartupError) as e:
+        for port in service.ports:
+            port.stopListening()
+        raise SystemExit(f"{PROGRAM}: {e}") from None
+    return service
