@@ -34,7 +34,6 @@ from .helpers import (
     replyAfterEof,
     sendPattern,
     unixPath,
-    waitUntil,
 )
 
 log = Logger()
@@ -145,8 +144,9 @@ class ActivationScenarios(_ProxyTestMixin):
 
 
 def _commandTests(name: str, scenarios: type) -> type:
+    suffix = name.replace(" ", "_").replace("-", "")
     return type(
-        f"{scenarios.__name__.removesuffix('Scenarios')}Tests_{name.replace(' ', '_').replace('-', '')}",
+        f"{scenarios.__name__.removesuffix('Scenarios')}Tests_{suffix}",
         (scenarios, SynchronousTestCase),
         {"command": commands()[name]},
     )
@@ -229,7 +229,7 @@ class BetterTargetScenarios(_ProxyTestMixin):
         backend = Backend(self, echo)
         port = backend.address.rsplit(":", 1)[1]
         sock, address = listeningSocket(self, "ipv4")
-        proxy = ProxyProcess(
+        ProxyProcess(
             self,
             [
                 "unshare",
