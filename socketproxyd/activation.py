@@ -133,6 +133,7 @@ def inheritedSockets(
     environ: MutableMapping[str, str] = os.environ,
     pid: int | None = None,
     initial: Callable[[], Mapping[str, str]] = initialEnvironment,
+    start: int = LISTEN_FDS_START,
 ) -> list[InheritedSocket]:
     """
     Read, validate and consume the C{LISTEN_*} variables.
@@ -162,7 +163,7 @@ def inheritedSockets(
     count = variables.get("LISTEN_FDS", "").strip()
     if not count.isdigit() or int(count) < 1:
         raise ActivationError(f"LISTEN_FDS={count!r} is not a count of sockets (1 or more)")
-    fds = range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))
+    fds = range(start, start + int(count))
     names: list[str] = ["unknown"] * len(fds)
     if variables.get("LISTEN_FDNAMES"):
         names = variables["LISTEN_FDNAMES"].split(":")

@@ -53,14 +53,15 @@ def setLevel(name: str) -> None:
     """
     Show the proxy's events at C{name} (a key of L{LEVELS}) and above.
     """
-    levelPredicate.defaultLogLevel = LEVELS[name]
+    levelPredicate.setLogLevelForNamespace("", LEVELS[name])
 
 
-def levelFromEnvironment(environ: Mapping[str, str] = os.environ) -> str | None:
+def levelFromEnvironment(environ: Mapping[str, str] | None = None) -> str | None:
     """
     The level C{SYSTEMD_LOG_LEVEL} asks for, as the original honours it, or
     L{None} when it is unset or unknown.
     """
+    environ = os.environ if environ is None else environ
     return _SYSTEMD_LEVELS.get(environ.get("SYSTEMD_LOG_LEVEL", "").strip().lower())
 
 

@@ -23,7 +23,7 @@ for _names, _seconds in [
     for _name in _names:
         _UNITS[_name] = _seconds
 
-_COMPONENT = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Zµμ]*)")
+_COMPONENT = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Zµμ]*)")
 
 
 def parseTimespan(text: str) -> float:

@@ -1,0 +1,89 @@
+"""
+Bad input under every command: one line on stderr that says what is wrong,
+exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from .helpers import ProxyProcess, commands, listeningSocket
+
+
+class BadInputScenarios:
+    """
+    The bad-input matrix of the core issue.
+    """
+
+    command: list[str]
+
+    def setUp(self) -> None:
+        if not self.command:
+            raise SkipTest("command not installed")
+
+    def assertRejected(self, args: list[str], *words: str, listeners=(), **kwargs: object) -> None:
+        process = ProxyProcess(self, [*self.command, *args], listeners, **kwargs)
+        for sock in listeners:
+            if not isinstance(sock, int):
+                sock.close()
+        status = process.wait()
+        output = process.stdout + process.stderr
+        self.assertEqual(status, 1, output)
+        self.assertNotIn("Traceback", output)
+        lines = process.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, process.stderr)
+        for word in words:
+            self.assertIn(word, lines[0])
+
+    def test_missingTarget(self) -> None:
+        self.assertRejected([], "TARGET is missing")
+
+    def test_extraTarget(self) -> None:
+        self.assertRejected(["127.0.0.1:1", "127.0.0.1:2"], "one TARGET")
+
+    def test_badConnectionsMax(self) -> None:
+        for value in ["0", "-1", "abc"]:
+            self.assertRejected(["-c", value, "127.0.0.1:1"], "--connections-max")
+
+    def test_badSpan(self) -> None:
+        self.assertRejected(["--exit-idle-time=abc", "127.0.0.1:1"], "--exit-idle-time")
+
+    def test_badTarget(self) -> None:
+        self.assertRejected(["127.0.0.1:99999"], "99999")
+
+    def test_noSockets(self) -> None:
+        self.assertRejected(["127.0.0.1:1"], "no listening socket", "--listen")
+
+    def test_otherProcess(self) -> None:
+        sock, _ = listeningSocket(self, "ipv4")
+        self.assertRejected(["127.0.0.1:1"], "process 1", listeners=[sock], listenPid="1")
+
+    def test_datagramSocket(self) -> None:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(udp.close)
+        self.assertRejected(["127.0.0.1:1"], "fd 3", "datagram", listeners=[udp])
+
+    def test_notListening(self) -> None:
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        self.assertRejected(["127.0.0.1:1"], "fd 3", "not listening", listeners=[sock])
+
+    def test_listenCannotBind(self) -> None:
+        sock, address = listeningSocket(self, "ipv4")
+        port = address.rsplit(":", 1)[1]
+        self.assertRejected(
+            [f"--listen=tcp:{port}:interface=127.0.0.1", "127.0.0.1:1"], "--listen", port
+        )
+
+    def test_malformedListen(self) -> None:
+        self.assertRejected(["--listen=bogus:1", "127.0.0.1:1"], "--listen=bogus:1")
+
+
+for _name, _command in commands().items():
+    _suffix = _name.replace(" ", "_").replace("-", "")
+    globals()[f"BadInputTests_{_suffix}"] = type(
+        f"BadInputTests_{_suffix}", (BadInputScenarios, SynchronousTestCase), {"command": _command}
+    )

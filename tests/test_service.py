@@ -1,0 +1,185 @@
+"""
+Unit tests for L{socketproxyd.service} on a memory reactor: the exact
+connection limit, the idle exit, and stopping with or without a drain.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from socketproxyd.proxy import ProxySettings
+from socketproxyd.service import ProxyService, StartupError, gateAccepts
+from socketproxyd.target import parseTarget
+
+
+class FakePort:
+    """
+    A listening port that records reading state and accept wake-ups.
+    """
+
+    numberAccepts = 100
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.wakeups: list[int] = []
+        self.stopped = False
+
+    def doRead(self) -> None:
+        self.wakeups.append(self.numberAccepts)
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopListening(self):
+        self.stopped = True
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8000)
+
+
+class FakeConnection:
+    """
+    Stands in for a L{ServerProtocol}: records how it was ended.
+    """
+
+    def __init__(self, service: ProxyService) -> None:
+        self.service = service
+        self.ended: str | None = None
+
+    def abort(self, how: str) -> None:
+        self.ended = how
+        self.service.connectionClosed(self)
+
+
+class GateTests(SynchronousTestCase):
+    """
+    L{gateAccepts} keeps one wake-up from accepting past the limit.
+    """
+
+    def test_clamped(self) -> None:
+        port = FakePort()
+        free = [3]
+        gateAccepts(port, lambda: free[0])
+        port.doRead()
+        free[0] = 0
+        port.doRead()
+        free[0] = 500
+        port.doRead()
+        self.assertEqual(port.wakeups, [3, 3])
+
+
+class ServiceTestCase(SynchronousTestCase):
+    def service(self, **kwargs: object) -> tuple[ProxyService, list[FakePort]]:
+        self.reactor = MemoryReactorClock()
+        self.reactor.running = True
+        service = ProxyService(self.reactor, parseTarget("127.0.0.1:1"), ProxySettings(), **kwargs)
+        ports = [FakePort(), FakePort()]
+        for i, port in enumerate(ports):
+            service._addPort(port, f"test {i}")
+        return service, ports
+
+
+class LimitTests(ServiceTestCase):
+    """
+    At the limit the listeners stop reading; a freed slot resumes them.
+    """
+
+    def test_limit(self) -> None:
+        service, ports = self.service(connectionsMax=2)
+        service.startService()
+        first, second = FakeConnection(service), FakeConnection(service)
+        service.connectionOpened(first)
+        self.assertEqual([p.reading for p in ports], [True, True])
+        service.connectionOpened(second)
+        self.assertEqual([p.reading for p in ports], [False, False])
+        service.connectionClosed(first)
+        self.assertEqual([p.reading for p in ports], [True, True])
+
+    def test_noListener(self) -> None:
+        service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), ProxySettings())
+        self.assertRaises(StartupError, service.startService)
+
+
+class IdleExitTests(ServiceTestCase):
+    """
+    The idle timer runs from start-up and from the last close.
+    """
+
+    def test_fromStartup(self) -> None:
+        service, ports = self.service(exitIdleTime=1.0)
+        service.startService()
+        self.reactor.advance(0.999)
+        self.assertFalse(self.reactor.hasStopped)
+        self.reactor.advance(0.001)
+        self.assertTrue(self.reactor.hasStopped)
+
+    def test_notWhileConnected(self) -> None:
+        service, ports = self.service(exitIdleTime=1.0)
+        service.startService()
+        connection = FakeConnection(service)
+        self.reactor.advance(0.5)
+        service.connectionOpened(connection)
+        self.reactor.advance(10)
+        self.assertFalse(self.reactor.hasStopped)
+        service.connectionClosed(connection)
+        self.reactor.advance(0.999)
+        self.assertFalse(self.reactor.hasStopped)
+        self.reactor.advance(0.001)
+        self.assertTrue(self.reactor.hasStopped)
+
+    def test_infinityNeverExits(self) -> None:
+        service, ports = self.service()
+        service.startService()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class StopTests(ServiceTestCase):
+    """
+    Stopping closes the listeners at once; open connections get the drain
+    timeout, then are closed.
+    """
+
+    def test_immediate(self) -> None:
+        service, ports = self.service()
+        service.startService()
+        connection = FakeConnection(service)
+        service.connectionOpened(connection)
+        stopped = service.stopService()
+        self.assertEqual([p.stopped for p in ports], [True, True])
+        self.assertEqual(connection.ended, "shutdown")
+        self.successResultOf(stopped)
+
+    def test_drain(self) -> None:
+        service, ports = self.service(drainTimeout=5.0)
+        service.startService()
+        finishing, lingering = FakeConnection(service), FakeConnection(service)
+        service.connectionOpened(finishing)
+        service.connectionOpened(lingering)
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.reactor.advance(2)
+        service.connectionClosed(finishing)
+        self.assertNoResult(stopped)
+        self.assertIsNone(lingering.ended)
+        self.reactor.advance(3)
+        self.assertEqual(lingering.ended, "shutdown")
+        self.assertIsNone(finishing.ended)
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_drainEndsEarly(self) -> None:
+        service, ports = self.service(drainTimeout=5.0)
+        service.startService()
+        connection = FakeConnection(service)
+        service.connectionOpened(connection)
+        stopped = service.stopService()
+        service.connectionClosed(connection)
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])

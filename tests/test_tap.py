@@ -1,0 +1,97 @@
+"""
+Tests for L{socketproxyd.tap}: the options every command shares.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from socketproxyd.tap import Options
+from socketproxyd.target import Target
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    L{Options} parses the original's options with exact semantics.
+    """
+
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.stderr = io.StringIO()
+        options.parseOptions(list(argv))
+        return options
+
+    def rejected(self, *argv: str) -> str:
+        """
+        Parse C{argv}, expecting exit status 1 and one line on stderr.
+        """
+        options = Options()
+        options.stderr = io.StringIO()
+        with self.assertRaises(SystemExit) as caught:
+            options.parseOptions(list(argv))
+        self.assertEqual(caught.exception.code, 1)
+        message = options.stderr.getvalue()
+        self.assertEqual(message.count("\n"), 1, message)
+        self.assertTrue(message.startswith("socketproxyd: "), message)
+        return message
+
+    def test_defaults(self) -> None:
+        self.patch(os, "environ", {})
+        options = self.parse("127.0.0.1:80")
+        self.assertEqual(options["connections-max"], 256)
+        self.assertEqual(options["exit-idle-time"], math.inf)
+        self.assertEqual(options["connect-timeout"], 30.0)
+        self.assertEqual(options["idle-timeout"], math.inf)
+        self.assertEqual(options["drain-timeout"], 0.0)
+        self.assertEqual(options["listen"], [])
+        self.assertEqual(options["log-level"], "info")
+        self.assertEqual(options["target"], Target("ipv4", "127.0.0.1", 80))
+
+    def test_connectionsMaxDecimal(self) -> None:
+        """
+        C{-c 010} means ten, not eight as in the original.
+        """
+        self.assertEqual(self.parse("-c", "010", "x:1")["connections-max"], 10)
+        self.assertEqual(self.parse("--connections-max=3", "x:1")["connections-max"], 3)
+
+    def test_badConnectionsMax(self) -> None:
+        for value in ["0", "-1", "abc", "0x10", "1.5", ""]:
+            self.assertIn("--connections-max", self.rejected("-c", value, "x:1"))
+
+    def test_spans(self) -> None:
+        options = self.parse(
+            "--exit-idle-time=5min 30s", "--connect-timeout=500ms", "--idle-timeout=1h", "x:1"
+        )
+        self.assertEqual(options["exit-idle-time"], 330.0)
+        self.assertEqual(options["connect-timeout"], 0.5)
+        self.assertEqual(options["idle-timeout"], 3600.0)
+
+    def test_badSpan(self) -> None:
+        message = self.rejected("--exit-idle-time=soon", "x:1")
+        self.assertIn("--exit-idle-time='soon'", message)
+
+    def test_target(self) -> None:
+        self.assertIn("TARGET is missing", self.rejected())
+        self.assertIn("one TARGET expected", self.rejected("a:1", "b:2"))
+        self.assertIn("99999", self.rejected("127.0.0.1:99999"))
+
+    def test_listenRepeatable(self) -> None:
+        options = self.parse("--listen=tcp:0", "--listen", "unix:/tmp/x", "x:1")
+        self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/x"])
+
+    def test_logLevel(self) -> None:
+        """
+        C{--log-level} wins; otherwise C{SYSTEMD_LOG_LEVEL} is honoured.
+        """
+        self.patch(os, "environ", {"SYSTEMD_LOG_LEVEL": "debug"})
+        self.assertEqual(self.parse("x:1")["log-level"], "debug")
+        self.assertEqual(self.parse("--log-level=error", "x:1")["log-level"], "error")
+        self.assertIn("--log-level", self.rejected("--log-level=loud", "x:1"))
+
+    def test_proxyProtocol(self) -> None:
+        self.assertEqual(self.parse("--proxy-protocol=v2", "x:1").settings().proxyProtocol, "v2")
+        self.assertIn("--proxy-protocol", self.rejected("--proxy-protocol=v3", "x:1"))
