@@ -7,6 +7,7 @@ flow control, half-close and reset propagation.
 
 from __future__ import annotations
 
+import errno
 import math
 import socket
 import struct
@@ -33,6 +34,7 @@ from .proxyheader import HEADERS
 from .timespan import formatTimespan
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 def describeAddress(address: IAddress) -> str:
@@ -70,6 +72,8 @@ class ConnectionTracker(TypingProtocol):
     def connectionOpened(self, connection: ServerProtocol) -> None: ...
 
     def connectionClosed(self, connection: ServerProtocol) -> None: ...
+
+    def fdsExhausted(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ class ServerProtocol(_Relay, TimeoutMixin):
         if self.ending is None:
             self.ending = "connect failed"
             why = reason.getErrorMessage()
+            if reason.check(error.ConnectError) and reason.value.osError in _OUT_OF_FDS:
+                self.factory.tracker.fdsExhausted()
         elif self.ending == "connect timeout":
             timeout = self.factory.settings.connectTimeout
             why = f"no answer within {formatTimespan(timeout)}"

@@ -17,7 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .activation import InheritedSocket, adopt
+from .fdlimit import connectionCapacity, openDescriptors
 from .logs import observer
+from .notify import Notifier
 from .proxy import ProxyFactory, ProxySettings, ServerProtocol, describeAddress
 from .target import Target
 from .timespan import formatTimespan
@@ -50,14 +52,31 @@ def gateAccepts(port: IListeningPort, freeSlots: Callable[[], int]) -> None:
     port.doRead = gatedDoRead
 
 
+def forgetExitSignal(reactor: object) -> None:
+    """
+    Make a stop by SIGTERM or SIGINT exit 0 under every runner.
+
+    twistd and twist re-raise the signal that stopped the reactor once it
+    has stopped, so the process dies of it; the contract is exit status 0
+    after a graceful stop, as the C{socketproxyd} command does.
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
+
+
 class ProxyService(Service):
     """
     Serves every listener with one L{ProxyFactory}, accepting at most
-    C{connectionsMax} clients at a time, and stops the reactor after
-    C{exitIdleTime} without any connection.
+    C{connectionsMax} clients at a time (fewer if the fd limit cannot hold
+    that many), and stops the reactor after C{exitIdleTime} without any
+    connection.
+
+    @ivar capacity: how many connections are served at once.
     """
 
     log = Logger(observer=observer)
+    statusInterval = 0.5
+    exhaustionBackoff = 1.0
 
     def __init__(
         self,
@@ -67,9 +86,14 @@ class ProxyService(Service):
         connectionsMax: int = 256,
         exitIdleTime: float = math.inf,
         drainTimeout: float = 0.0,
+        notifier: Notifier | None = None,
+        fdLimit: int | None = None,
     ) -> None:
         self.reactor = reactor
         self.connectionsMax = connectionsMax
+        self.capacity = connectionsMax
+        self.fdLimit = fdLimit
+        self.notifier = notifier if notifier is not None else Notifier(reactor, {})
         self.exitIdleTime = exitIdleTime
         self.drainTimeout = drainTimeout
         self.factory = ProxyFactory(
@@ -78,7 +102,10 @@ class ProxyService(Service):
         self.ports: list[IListeningPort] = []
         self.connections: set[ServerProtocol] = set()
         self._accepting = True
+        self._exhausted = False
         self._idleTimer = None
+        self._statusCall = None
+        self._backoffCall = None
         self._drained: Deferred | None = None
 
     def adoptInherited(self, inherited: Sequence[InheritedSocket]) -> None:
@@ -123,13 +150,53 @@ class ProxyService(Service):
         )
 
     def _freeSlots(self) -> int:
-        return self.connectionsMax - len(self.connections)
+        return self.capacity - len(self.connections)
 
     def startService(self) -> None:
         if not self.ports:
             raise StartupError("no listening socket")
         super().startService()
+        if self.fdLimit is not None:
+            fits = connectionCapacity(self.fdLimit, openDescriptors())
+            if fits < self.connectionsMax:
+                self.capacity = fits
+                self.log.warn(
+                    "RLIMIT_NOFILE={limit} holds {fits} connections, not {wanted}: "
+                    "serving at most {fits} at once (raise LimitNOFILE= for more)",
+                    limit=self.fdLimit,
+                    fits=fits,
+                    wanted=self.connectionsMax,
+                )
+        self.notifier.ready(self._status())
+        self.notifier.startWatchdog()
         self._armIdleTimer()
+
+    def _status(self) -> str:
+        return f"{len(self.connections)} connections open (at most {self.capacity})"
+
+    def _statusChanged(self) -> None:
+        if self._statusCall is None and self.notifier.address is not None:
+            self._statusCall = self.reactor.callLater(self.statusInterval, self._sendStatus)
+
+    def _sendStatus(self) -> None:
+        self._statusCall = None
+        self.notifier.status(self._status())
+
+    def _updateAccepting(self) -> None:
+        accepting = self.running and not self._exhausted and self._freeSlots() > 0
+        if accepting == self._accepting:
+            return
+        self._accepting = accepting
+        for port in self.ports:
+            if accepting:
+                port.startReading()
+            else:
+                port.stopReading()
+        if not accepting and not self._exhausted and self.running:
+            self.log.info(
+                "Reached {limit} connections; new clients wait in the backlog",
+                limit=self.capacity,
+            )
 
     def connectionOpened(self, connection: ServerProtocol) -> None:
         """
@@ -137,29 +204,50 @@ class ProxyService(Service):
         """
         self.connections.add(connection)
         self._cancelIdleTimer()
-        if self._accepting and self._freeSlots() <= 0:
-            self._accepting = False
-            for port in self.ports:
-                port.stopReading()
-            self.log.info(
-                "Reached {limit} connections; new clients wait in the backlog",
-                limit=self.connectionsMax,
-            )
+        self._updateAccepting()
+        self._statusChanged()
 
     def connectionClosed(self, connection: ServerProtocol) -> None:
         """
         Free a connection's slot; below the limit, accept again.
         """
         self.connections.discard(connection)
-        if not self._accepting and self.running and self._freeSlots() > 0:
-            self._accepting = True
-            for port in self.ports:
-                port.startReading()
+        if self._exhausted:
+            self._endExhaustion()
+        self._updateAccepting()
+        self._statusChanged()
         if not self.connections:
             if self._drained is not None:
                 drained, self._drained = self._drained, None
                 drained.callback(None)
             self._armIdleTimer()
+
+    def fdsExhausted(self) -> None:
+        """
+        A connection failed for want of file descriptors: stop accepting
+        until a connection closes (or, with none open, for a moment), and
+        say so once for the whole episode.
+        """
+        if self._exhausted:
+            return
+        self._exhausted = True
+        self.log.warn(
+            "Out of file descriptors with {count} connections open: new clients wait "
+            "in the backlog until connections close",
+            count=len(self.connections),
+        )
+        self._updateAccepting()
+        if not self.connections:
+            self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._endExhaustion)
+
+    def _endExhaustion(self) -> None:
+        if self._backoffCall is not None and self._backoffCall.active():
+            self._backoffCall.cancel()
+        self._backoffCall = None
+        if self._exhausted:
+            self._exhausted = False
+            self.log.info("File descriptors available again; accepting")
+            self._updateAccepting()
 
     def _armIdleTimer(self) -> None:
         if self.running and not self.connections and not math.isinf(self.exitIdleTime):
@@ -185,7 +273,14 @@ class ProxyService(Service):
         drain timeout, then close the rest.
         """
         super().stopService()
+        forgetExitSignal(self.reactor)
+        self.notifier.stopping()
+        self.notifier.stopWatchdog()
         self._cancelIdleTimer()
+        for call in (self._statusCall, self._backoffCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._statusCall = self._backoffCall = None
         stopped = DeferredList([d for d in (p.stopListening() for p in self.ports) if d])
         self.ports = []
         if not self.connections:

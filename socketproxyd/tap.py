@@ -7,16 +7,20 @@ C{socketproxyd} command and the twistd/twist C{socketproxy} plugin.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from collections.abc import Callable
 from typing import IO
 
 import twisted
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
 from .activation import ActivationError, InheritedSocket, inheritedSockets
+from .fdlimit import raiseSoftLimit
 from .logs import LEVELS, levelFromEnvironment, setLevel
+from .notify import Notifier
 from .proxy import ProxySettings
 from .service import ProxyService, StartupError
 from .target import parseTarget
@@ -164,6 +168,18 @@ class Options(usage.Options):
         )
 
 
+def ignoreHangups(reactor: object, log: Logger) -> None:
+    """
+    Log and otherwise ignore SIGHUP: there is nothing to reload, and dying
+    of it (as the original does) drops every connection.
+    """
+
+    def onHangup(signum: int, frame: object) -> None:
+        reactor.callFromThread(log.info, "SIGHUP ignored: there is no configuration to reload")
+
+    signal.signal(signal.SIGHUP, onHangup)
+
+
 def makeService(
     config: Options,
     reactor: object | None = None,
@@ -186,7 +202,10 @@ def makeService(
         connectionsMax=config["connections-max"],
         exitIdleTime=config["exit-idle-time"],
         drainTimeout=config["drain-timeout"],
+        notifier=Notifier(reactor),
+        fdLimit=raiseSoftLimit(),
     )
+    ignoreHangups(reactor, service.log)
     try:
         inherited = findInherited()
         if not inherited and not config["listen"]:

@@ -125,6 +125,16 @@ class ActivationScenarios(_ProxyTestMixin):
         for address in addresses:
             self.assertEqual(ping(address), b"ping")
 
+    def test_sigtermExitsZero(self) -> None:
+        """
+        A stop by SIGTERM exits 0 under every runner (twistd and twist would
+        otherwise die of the signal).
+        """
+        backend = Backend(self, echo)
+        proxy, addresses = self.startProxy(backend.address)
+        self.assertEqual(ping(addresses[0]), b"ping")
+        self.assertEqual(proxy.stop(signal.SIGTERM), 0)
+
     def test_stalePluginCache(self) -> None:
         """
         A plugin module imported during a plugin-cache rescan that imports

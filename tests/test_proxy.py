@@ -5,6 +5,7 @@ transports: no sockets, no sleeps.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from twisted.internet import error
@@ -56,6 +57,7 @@ class Tracker:
     """
 
     def __init__(self) -> None:
+        self.exhausted = 0
         self.opened: list[ServerProtocol] = []
         self.closed: list[ServerProtocol] = []
 
@@ -64,6 +66,9 @@ class Tracker:
 
     def connectionClosed(self, connection: ServerProtocol) -> None:
         self.closed.append(connection)
+
+    def fdsExhausted(self) -> None:
+        self.exhausted += 1
 
 
 class ProxyTestCase(SynchronousTestCase):
@@ -150,6 +155,19 @@ class ConnectTests(ProxyTestCase):
         warnings = [e for e in self.events if "Failed to connect" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["target"], "127.0.0.1:8080")
+
+    def test_outOfFileDescriptors(self) -> None:
+        """
+        A connect that fails with EMFILE tells the tracker, which pauses
+        accepting.
+        """
+        factory = self.factory()
+        self.accept(factory)
+        self.reactor.tcpClients[0][2].clientConnectionFailed(
+            self.reactor.connectors[0],
+            Failure(error.getConnectError(OSError(errno.EMFILE, "Too many open files"))),
+        )
+        self.assertEqual(self.tracker.exhausted, 1)
 
     def test_connectTimeout(self) -> None:
         """

@@ -1,0 +1,346 @@
+"""
+The proxy run as a production service: sd_notify and the watchdog, the
+connect timeout, stopping with and without a drain, running out of file
+descriptors, and a bounded soak.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from .helpers import (
+    Backend,
+    ProxyProcess,
+    commands,
+    connect,
+    cpuSeconds,
+    echo,
+    listeningSocket,
+    recvAll,
+    unixPath,
+    waitUntil,
+)
+from .test_integration import ping
+
+MiB = 1 << 20
+
+
+class NotifyListener:
+    """
+    A NOTIFY_SOCKET the test reads, as systemd would.
+    """
+
+    def __init__(self, testcase: SynchronousTestCase, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        testcase.addCleanup(self.sock.close)
+        if abstract:
+            name = f"spx-notify-{os.getpid()}-{random.randrange(10**9)}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.address = unixPath(testcase, "notify")
+            self.sock.bind(self.address)
+        self.messages: list[tuple[float, str]] = []
+
+    def waitFor(self, field: str, timeout: float = 30.0) -> float:
+        """
+        Wait for a message containing C{field}; when it arrived.
+        """
+        deadline = time.monotonic() + timeout
+        for at, message in self.messages:
+            if field in message.split("\n"):
+                return at
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            at = time.monotonic()
+            self.messages.append((at, data.decode()))
+            if field in data.decode().split("\n"):
+                return at
+        raise AssertionError(f"no {field} in {self.messages}")
+
+    def collect(self, seconds: float) -> list[tuple[float, str]]:
+        """
+        Everything that arrives in the next C{seconds}.
+        """
+        deadline = time.monotonic() + seconds
+        got = []
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            got.append((time.monotonic(), data.decode()))
+        self.messages.extend(got)
+        return got
+
+
+class _Service(SynchronousTestCase):
+    command = commands()["socketproxyd"]
+
+    def start(
+        self, target: str, *args: str, env: dict[str, str] | None = None, prefix=()
+    ) -> tuple[ProxyProcess, str]:
+        sock, address = listeningSocket(self, "ipv4")
+        process = ProxyProcess(self, [*prefix, *self.command, *args, target], [sock], env=env)
+        sock.close()
+        return process, address
+
+
+class NotifyTests(_Service):
+    """
+    READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 over a real NOTIFY_SOCKET.
+    """
+
+    def test_readyStatusStopping(self) -> None:
+        notify = NotifyListener(self)
+        backend = Backend(self, echo)
+        proxy, address = self.start(backend.address, env={"NOTIFY_SOCKET": notify.address})
+        notify.waitFor("READY=1")
+        self.assertEqual(ping(address), b"ping")
+        with connect(address) as held:
+            held.sendall(b"x")
+            self.assertEqual(held.recv(1), b"x")
+            notify.waitFor("STATUS=1 connections open (at most 256)")
+        proxy.popen.send_signal(signal.SIGTERM)
+        notify.waitFor("STOPPING=1")
+        self.assertEqual(proxy.wait(), 0)
+
+    def test_abstractSocketAndWatchdog(self) -> None:
+        """
+        With WATCHDOG_USEC=400000, WATCHDOG=1 comes every 0.2 s.
+        """
+        notify = NotifyListener(self, abstract=True)
+        proxy, address = self.start(
+            "127.0.0.1:9", env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"}
+        )
+        notify.waitFor("READY=1")
+        pings = [at for at, m in notify.collect(2.0) if "WATCHDOG=1" in m.split("\n")]
+        self.assertTrue(7 <= len(pings) <= 12, pings)
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        self.assertLess(max(gaps), 0.4, gaps)
+
+    def test_watchdogForAnotherPid(self) -> None:
+        notify = NotifyListener(self)
+        proxy, address = self.start(
+            "127.0.0.1:9",
+            env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"},
+        )
+        notify.waitFor("READY=1")
+        self.assertEqual([m for _, m in notify.collect(0.5) if "WATCHDOG" in m], [])
+
+
+class ConnectTimeoutTests(_Service):
+    """
+    A target that never answers (its backlog is full, so SYNs are dropped)
+    closes the client within the connect timeout plus a small margin.
+    """
+
+    def test_fullBacklog(self) -> None:
+        target = socket.socket()
+        self.addCleanup(target.close)
+        target.bind(("127.0.0.1", 0))
+        target.listen(0)
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            try:
+                filler.connect(target.getsockname())
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        host, port = target.getsockname()
+        proxy, address = self.start(f"{host}:{port}", "--connect-timeout=1s")
+        with connect(address) as client:
+            started = time.monotonic()
+            try:
+                outcome = recvAll(client)
+            except ConnectionResetError:
+                outcome = b""
+            elapsed = time.monotonic() - started
+        self.assertEqual(outcome, b"")
+        self.assertTrue(0.9 <= elapsed < 2.5, elapsed)
+        self.assertTrue(proxy.running())
+
+
+def slowStream(conn: socket.socket) -> int:
+    """
+    Send 4 MiB in 64 chunks a few milliseconds apart (about a second), then
+    close.
+    """
+    conn.recv(100)
+    for i in range(64):
+        conn.sendall(bytes([i]) * 65536)
+        time.sleep(0.015)
+    return 64
+
+
+class StopTests(_Service):
+    """
+    SIGTERM stops accepting at once; with a drain timeout a transfer in
+    flight completes, without one the stop is immediate.
+    """
+
+    def transferDuringStop(self, *args: str) -> tuple[bytes, int, float]:
+        backend = Backend(self, slowStream)
+        proxy, address = self.start(backend.address, *args)
+        with connect(address) as client:
+            client.sendall(b"go")
+            first = client.recv(65536)
+            proxy.popen.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            try:
+                rest = recvAll(client)
+            except ConnectionResetError:
+                rest = b""
+        status = proxy.wait()
+        return first + rest, status, time.monotonic() - signalled
+
+    def test_drainCompletesTransfer(self) -> None:
+        data, status, elapsed = self.transferDuringStop("--drain-timeout=5s")
+        self.assertEqual(status, 0)
+        self.assertEqual(len(data), 64 * 65536)
+        self.assertEqual(data, b"".join(bytes([i]) * 65536 for i in range(64)))
+
+    def test_immediateByDefault(self) -> None:
+        data, status, elapsed = self.transferDuringStop()
+        self.assertEqual(status, 0)
+        self.assertLess(len(data), 64 * 65536)
+        self.assertLess(elapsed, 2.0)
+
+    def test_drainTimeoutBounds(self) -> None:
+        """
+        A transfer longer than the drain timeout is cut at the deadline.
+        """
+        data, status, elapsed = self.transferDuringStop("--drain-timeout=200ms")
+        self.assertEqual(status, 0)
+        self.assertLess(len(data), 64 * 65536)
+        self.assertLess(elapsed, 2.0)
+
+    def test_hangupIgnored(self) -> None:
+        backend = Backend(self, echo)
+        proxy, address = self.start(backend.address)
+        self.assertEqual(ping(address), b"ping")
+        proxy.popen.send_signal(signal.SIGHUP)
+        self.assertEqual(ping(address), b"ping")
+        self.assertEqual(proxy.stop(), 0)
+        self.assertIn("SIGHUP ignored", proxy.stderr)
+
+
+class FileDescriptorTests(_Service):
+    """
+    With RLIMIT_NOFILE capped at 64 and more clients than fit, the proxy
+    serves what fits, leaves the rest in the backlog without spinning or
+    flooding the log, and serves them once fds free up.
+    """
+
+    def test_cappedLimit(self) -> None:
+        if not shutil.which("prlimit"):
+            raise SkipTest("prlimit (util-linux) is not installed")
+        backend = Backend(self, echo)
+        notify = NotifyListener(self)
+        proxy, address = self.start(
+            backend.address,
+            "-c",
+            "1000",
+            prefix=["prlimit", "--nofile=64:64"],
+            env={"NOTIFY_SOCKET": notify.address},
+        )
+        notify.waitFor("READY=1")
+        status = [m for _, m in notify.messages if "READY=1" in m][0]
+        served = int(status.rsplit("at most ", 1)[1].rstrip(")"))
+        self.assertTrue(10 <= served < 30, status)
+        clients = []
+        for i in range(40):
+            sock = connect(address, timeout=30)
+            sock.sendall(b"%03d" % i)
+            clients.append(sock)
+        self.assertTrue(backend.waitFor(lambda: backend.accepted >= served))
+        cpuBefore = cpuSeconds(proxy.pid)
+        time.sleep(2.0)
+        cpuSpent = cpuSeconds(proxy.pid) - cpuBefore
+        self.assertEqual(backend.accepted, served)
+        self.assertLess(served, 40)
+        self.assertLess(cpuSpent, 0.2)
+        for i, sock in enumerate(clients[:served]):
+            self.assertEqual(recvAll(sock, 3), b"%03d" % i)
+        for sock in clients[:served]:
+            sock.close()
+        for i, sock in enumerate(clients[served:], served):
+            self.assertEqual(recvAll(sock, 3), b"%03d" % i)
+            sock.close()
+        self.assertEqual(proxy.stop(), 0)
+        lines = proxy.stderr.strip().splitlines()
+        self.assertLess(len(lines), 12, lines)
+        self.assertIn("RLIMIT_NOFILE=64", proxy.stderr)
+
+
+class SoakTests(_Service):
+    """
+    2,000 connections in waves with random aborts on both sides leave no
+    fd behind and no creeping memory.
+    """
+
+    def test_waves(self) -> None:
+        rng = random.Random(42)
+
+        def backendHandler(conn: socket.socket) -> None:
+            if rng.random() < 0.2:
+                conn.recv(10)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            echo(conn)
+
+        backend = Backend(self, backendHandler)
+        proxy, address = self.start(backend.address)
+
+        def client(seed: int) -> None:
+            local = random.Random(seed)
+            try:
+                with connect(address, timeout=10) as sock:
+                    payload = local.randbytes(local.randrange(1, 200_000))
+                    if local.random() < 0.2:
+                        sock.sendall(payload[:100])
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        return
+                    sock.sendall(payload)
+                    sock.shutdown(socket.SHUT_WR)
+                    recvAll(sock)
+            except OSError:
+                pass
+
+        def wave(first: int) -> None:
+            threads = [threading.Thread(target=client, args=(first + i,)) for i in range(100)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+
+        wave(0)
+        self.assertTrue(waitUntil(lambda: backend.accepted == len(backend.results)))
+        idleFds = proxy.fdCount()
+        warmRss = proxy.rss()
+        for n in range(1, 20):
+            wave(n * 100)
+        self.assertTrue(waitUntil(lambda: backend.accepted == len(backend.results)))
+        self.assertGreaterEqual(backend.accepted, 1900)
+        self.assertTrue(waitUntil(lambda: proxy.fdCount() == idleFds), (proxy.fdCount(), idleFds))
+        self.assertLess(proxy.rss() - warmRss, 8 * MiB)
+        self.assertTrue(proxy.running())
