@@ -20,6 +20,7 @@ from twisted.logger import (
     formatEvent,
     globalLogPublisher,
 )
+from zope.interface import implementer
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -41,11 +42,29 @@ _PRIORITIES = {
     LogLevel.critical: 2,
 }
 
+
+@implementer(ILogObserver)
+class _Destination:
+    """
+    Where the proxy's own events go after the level filter: the runner's
+    observers, or straight to the journal when stderr is the journal, so
+    that they carry their priority under twistd and twist as well.
+    """
+
+    def __init__(self) -> None:
+        self.journal: ILogObserver | None = None
+
+    def __call__(self, event: dict) -> None:
+        (self.journal or globalLogPublisher)(event)
+
+
+destination = _Destination()
 levelPredicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-observer: ILogObserver = FilteringLogObserver(globalLogPublisher, [levelPredicate])
+observer: ILogObserver = FilteringLogObserver(destination, [levelPredicate])
 """
 The observer every logger of this package emits to: the chosen threshold,
-then whatever the runner (twistd, twist or our command) observes.
+then whatever the runner (twistd, twist or our command) observes, or the
+journal directly.
 """
 
 
@@ -77,14 +96,41 @@ def _formatLine(event: dict, journal: bool) -> str:
     return "".join(f"<{priority}>{line}\n" for line in lines)
 
 
+def isJournal(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool:
+    """
+    Whether C{stream} is connected to the journal: systemd sets
+    C{JOURNAL_STREAM} to the device and inode of that connection.
+    """
+    environ = os.environ if environ is None else environ
+    expected = environ.get("JOURNAL_STREAM", "")
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{status.st_dev}:{status.st_ino}"
+
+
 def textObserver(stream: IO[str], journal: bool | None = None) -> ILogObserver:
     """
     Plain one-line-per-event text on C{stream}; with C{<N>} priority prefixes
-    when C{stream} is the journal (C{JOURNAL_STREAM} set by systemd).
+    when C{stream} is the journal.
     """
     if journal is None:
-        journal = bool(os.environ.get("JOURNAL_STREAM"))
+        journal = isJournal(stream)
     return FileLogObserver(stream, lambda event: _formatLine(event, journal))
+
+
+def useJournalIfThere(stream: IO[str] | None = None) -> bool:
+    """
+    When C{stream} (stderr by default) is the journal, write the proxy's own
+    events there with priority prefixes, whatever the runner does with the
+    rest; returns whether it is.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not isJournal(stream):
+        return False
+    destination.journal = textObserver(stream, journal=True)
+    return True
 
 
 def journalObserver() -> ILogObserver:

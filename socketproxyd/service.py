@@ -76,6 +76,7 @@ class ProxyService(Service):
 
     log = Logger(observer=observer)
     statusInterval = 0.5
+    limitLogInterval = 60.0
     exhaustionBackoff = 1.0
 
     def __init__(
@@ -103,6 +104,8 @@ class ProxyService(Service):
         self.connections: set[ServerProtocol] = set()
         self._accepting = True
         self._exhausted = False
+        self._limitHits = 0
+        self._limitLogged = -math.inf
         self._idleTimer = None
         self._statusCall = None
         self._backoffCall = None
@@ -193,10 +196,17 @@ class ProxyService(Service):
             else:
                 port.stopReading()
         if not accepting and not self._exhausted and self.running:
-            self.log.info(
-                "Reached {limit} connections; new clients wait in the backlog",
-                limit=self.capacity,
-            )
+            self._limitHits += 1
+            now = self.reactor.seconds()
+            if now - self._limitLogged >= self.limitLogInterval:
+                self.log.info(
+                    "Reached {limit} connections ({hits} times since the last report); "
+                    "new clients wait in the backlog",
+                    limit=self.capacity,
+                    hits=self._limitHits,
+                )
+                self._limitLogged = now
+                self._limitHits = 0
 
     def connectionOpened(self, connection: ServerProtocol) -> None:
         """

@@ -19,7 +19,7 @@ from twisted.python import usage
 from . import __version__
 from .activation import ActivationError, InheritedSocket, inheritedSockets
 from .fdlimit import raiseSoftLimit
-from .logs import LEVELS, levelFromEnvironment, setLevel
+from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
 from .proxy import ProxySettings
 from .service import ProxyService, StartupError
@@ -195,6 +195,7 @@ def makeService(
     if reactor is None:
         from twisted.internet import reactor
     setLevel(config["log-level"])
+    useJournalIfThere()
     service = ProxyService(
         reactor,
         config["target"],

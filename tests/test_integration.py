@@ -135,6 +135,36 @@ class ActivationScenarios(_ProxyTestMixin):
         self.assertEqual(ping(addresses[0]), b"ping")
         self.assertEqual(proxy.stop(signal.SIGTERM), 0)
 
+    def test_journalPriorities(self) -> None:
+        """
+        When stderr is the journal (JOURNAL_STREAM names it), the proxy's
+        lines carry sd-daemon priority prefixes under every command.
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        status = os.fstat(writeEnd)
+        sock, address = listeningSocket(self, "ipv4")
+        dead, deadAddress = listeningSocket(self, "ipv4")
+        dead.close()
+        proxy = ProxyProcess(
+            self,
+            [*self.command, "--log-level=debug", deadAddress],
+            [sock],
+            env={"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"},
+            stderr=writeEnd,
+        )
+        os.close(writeEnd)
+        sock.close()
+        with connect(address) as client:
+            self.assertEqual(recvAll(client), b"")
+        self.assertEqual(proxy.stop(), 0)
+        with os.fdopen(os.dup(readEnd), "rb") as f:
+            journal = f.read().decode()
+        lines = journal.splitlines()
+        self.assertIn(f"<4>Failed to connect to {deadAddress}", journal)
+        self.assertTrue(any(line.startswith("<6>Listening on") for line in lines), journal)
+        self.assertTrue(any(line.startswith("<7>") and "connect failed" in line for line in lines))
+
     def test_stalePluginCache(self) -> None:
         """
         A plugin module imported during a plugin-cache rescan that imports
@@ -163,8 +193,9 @@ def _commandTests(name: str, scenarios: type) -> type:
 
 
 for _name in commands():
-    _cls = _commandTests(_name, ActivationScenarios)
-    globals()[_cls.__name__] = _cls
+    _tests = _commandTests(_name, ActivationScenarios)
+    globals()[_tests.__name__] = _tests
+del _tests
 
 
 class TargetScenarios(_ProxyTestMixin):
@@ -512,17 +543,3 @@ class ExitIdleTests(_ProxyTestMixin, SynchronousTestCase):
         sock.close()
         self.assertEqual(proxy.wait(), 0)
         self.assertTrue(0.9 <= time.monotonic() - closed < 4, time.monotonic() - closed)
-
-
-class SignalTests(_ProxyTestMixin, SynchronousTestCase):
-    """
-    SIGTERM stops the proxy with exit status 0.
-    """
-
-    command = commands()["socketproxyd"]
-
-    def test_sigtermExitsZero(self) -> None:
-        backend = Backend(self, echo)
-        proxy, addresses = self.startProxy(backend.address)
-        self.assertEqual(ping(addresses[0]), b"ping")
-        self.assertEqual(proxy.stop(signal.SIGTERM), 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.proxy import ProxySettings
@@ -183,3 +184,24 @@ class StopTests(ServiceTestCase):
         service.connectionClosed(connection)
         self.successResultOf(stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class LimitLogTests(ServiceTestCase):
+    """
+    Hitting the limit is logged once a minute at most, not per client.
+    """
+
+    def test_rateLimited(self) -> None:
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service, ports = self.service(connectionsMax=1)
+        service.startService()
+        for _ in range(5):
+            connection = FakeConnection(service)
+            service.connectionOpened(connection)
+            service.connectionClosed(connection)
+        self.reactor.advance(60)
+        service.connectionOpened(FakeConnection(service))
+        hits = [e["hits"] for e in events if "Reached" in e.get("log_format", "")]
+        self.assertEqual(hits, [1, 5])
