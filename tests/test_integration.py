@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ from .helpers import (
     replyAfterEof,
     sendPattern,
     unixPath,
+    waitUntil,
 )
 
 log = Logger()
@@ -124,6 +126,22 @@ class ActivationScenarios(_ProxyTestMixin):
         )
         for address in addresses:
             self.assertEqual(ping(address), b"ping")
+
+    def test_systemdSocketActivate(self) -> None:
+        """
+        The real launcher, C{systemd-socket-activate -l}, starts it too.
+        """
+        launcher = shutil.which("systemd-socket-activate")
+        if launcher is None:
+            raise SkipTest("systemd-socket-activate is not installed")
+        backend = Backend(self, echo)
+        path = unixPath(self, "front.sock")
+        ProxyProcess(
+            self,
+            [launcher, "-l", path, "-E", "PYTHONPATH", *self.command, backend.address],
+        )
+        self.assertTrue(waitUntil(lambda: os.path.exists(path)))
+        self.assertEqual(ping(path), b"ping")
 
     def test_sigtermExitsZero(self) -> None:
         """
