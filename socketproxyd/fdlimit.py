@@ -11,6 +11,7 @@ import os
 import resource
 
 FDS_PER_CONNECTION = 2
+FDS_PER_PIPE_PAIR = 4
 RESERVE = 16
 """
 Descriptors kept free for what else the process opens: resolver threads,
@@ -51,3 +52,15 @@ def connectionCapacity(softLimit: int, inUse: int) -> int:
     if softLimit == resource.RLIM_INFINITY:
         return 2**31
     return max(1, (softLimit - inUse - RESERVE) // FDS_PER_CONNECTION)
+
+
+def pipeCapacity(softLimit: int, inUse: int, connections: int) -> int:
+    """
+    How many connections may hold a splice pipe pair at once once
+    C{connections} sockets pairs are open; the rest relay through their
+    transports.
+    """
+    if softLimit == resource.RLIM_INFINITY:
+        return 2**31
+    spare = softLimit - inUse - RESERVE - connections * FDS_PER_CONNECTION
+    return max(0, spare // FDS_PER_PIPE_PAIR)

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from .logs import observer
 from .proxyheader import HEADERS
+from .splice import PipeSweeper, Splicer, spliceable
 from .timespan import formatTimespan
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -50,6 +51,16 @@ def describeAddress(address: IAddress) -> str:
     if not name:
         return "unix:(unnamed)"
     return "@" + name[1:] if name.startswith("\0") else name
+
+
+def _sendNow(transport: object, data: bytes) -> int:
+    """
+    Send C{data} straight on a transport's socket; how much went out.
+    """
+    try:
+        return transport.socket.send(data)
+    except OSError:
+        return 0
 
 
 def resetConnection(transport: object) -> None:
@@ -86,12 +97,15 @@ class ProxySettings:
         C{math.inf} for never.
     @ivar keepalive: whether to enable TCP keepalive on both sockets.
     @ivar proxyProtocol: C{None}, C{"v1"} or C{"v2"}.
+    @ivar dataPath: C{"auto"} (splice where both sockets allow it),
+        C{"splice"} or C{"transport"} (Twisted transports only).
     """
 
     connectTimeout: float = 30.0
     idleTimeout: float = math.inf
     keepalive: bool = False
     proxyProtocol: str | None = None
+    dataPath: str = "auto"
 
 
 @implementer(IHalfCloseableProtocol)
@@ -168,6 +182,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
     factory: ProxyFactory
     ending: str | None = None
     idleTimed = False
+    splicer: Splicer | None = None
     started = 0.0
 
     def __init__(self) -> None:
@@ -217,19 +232,69 @@ class ServerProtocol(_Relay, TimeoutMixin):
             return
         self.peer = client
         settings = self.factory.settings
+        splicing = settings.dataPath != "transport" and spliceable(self.transport)
+        splicing = splicing and spliceable(client.transport)
         if settings.proxyProtocol is not None:
-            build = HEADERS[settings.proxyProtocol]
-            client.transport.write(build(self.peerAddress, self.hostAddress))
+            header = HEADERS[settings.proxyProtocol](self.peerAddress, self.hostAddress)
+            if splicing:
+                header = header[_sendNow(client.transport, header) :]
+                splicing = not header
+            if header:
+                client.transport.write(header)
         if settings.keepalive:
             for transport in (self.transport, client.transport):
                 if hasattr(transport, "setTcpKeepAlive"):
                     transport.setTcpKeepAlive(True)
-        client.transport.registerProducer(self.transport, True)
-        self.transport.registerProducer(client.transport, True)
         if not math.isinf(settings.idleTimeout):
             self.setTimeout(settings.idleTimeout)
             self.idleTimed = True
+        if splicing:
+            self.splicer = Splicer(
+                self.factory.reactor,
+                self.factory.sweeper,
+                self,
+                client,
+                self._spliceActivity,
+                self._spliceEnded,
+            )
+            self.splicer.start()
+            return
+        self._relayWithTransports()
+
+    def _relayWithTransports(self) -> None:
+        """
+        Relay through the Twisted transports, each the other's streaming
+        producer, so a slow reader pauses the far side.
+        """
+        client = self.client
+        client.transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(client.transport, True)
         self.transport.resumeProducing()
+        client.transport.resumeProducing()
+
+    def _spliceActivity(self) -> None:
+        if self.idleTimed:
+            self.resetTimeout()
+
+    def _spliceEnded(self, how: str, failed: object) -> None:
+        """
+        The splicer gave the sockets back: both directions finished, or one
+        socket failed and the connection is reset.
+        """
+        self.splicer = None
+        if how == "done":
+            self.transport.loseConnection()
+            self.client.transport.loseConnection()
+            return
+        if how == "fallback":
+            if failed is not None and failed.errno in _OUT_OF_FDS:
+                self.factory.tracker.fdsExhausted()
+            self._relayWithTransports()
+            return
+        if self.ending is None:
+            self.ending = how
+        resetConnection(self.transport)
+        resetConnection(self.client.transport)
 
     def _connectFailed(self, reason: Failure) -> None:
         self.connecting = None
@@ -277,6 +342,9 @@ class ServerProtocol(_Relay, TimeoutMixin):
     def _end(self, how: str, closeTransport: Callable[[object], None]) -> None:
         if self.ending is None:
             self.ending = how
+        if self.splicer is not None:
+            self.splicer.stop()
+            self.splicer = None
         if self.connecting is not None:
             self.connecting.cancel()
         for side in (self, self.client):
@@ -346,3 +414,4 @@ class ProxyFactory(ServerFactory):
         self.tracker = tracker
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False
+        self.sweeper = PipeSweeper(reactor)

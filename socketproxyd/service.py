@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .activation import InheritedSocket, adopt
-from .fdlimit import connectionCapacity, openDescriptors
+from .fdlimit import connectionCapacity, openDescriptors, pipeCapacity
 from .logs import observer
 from .notify import Notifier
 from .proxy import ProxyFactory, ProxySettings, ServerProtocol, describeAddress
@@ -160,7 +160,11 @@ class ProxyService(Service):
             raise StartupError("no listening socket")
         super().startService()
         if self.fdLimit is not None:
-            fits = connectionCapacity(self.fdLimit, openDescriptors())
+            inUse = openDescriptors()
+            fits = connectionCapacity(self.fdLimit, inUse)
+            self.factory.sweeper.maxHolders = pipeCapacity(
+                self.fdLimit, inUse, min(fits, self.connectionsMax)
+            )
             if fits < self.connectionsMax:
                 self.capacity = fits
                 self.log.warn(

@@ -23,6 +23,7 @@ from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
 from .proxy import ProxySettings
 from .service import ProxyService, StartupError
+from .splice import available as spliceAvailable
 from .target import parseTarget
 from .timespan import parseTimespan
 
@@ -98,6 +99,9 @@ class Options(usage.Options):
         ["proxy-protocol", None, None,
          "Send a PROXY protocol header (v1 or v2) to TARGET first.",
          _choice("proxy-protocol", ("v1", "v2"))],
+        ["data-path", None, "auto",
+         "auto (splice(2) where possible), splice, or transport (Twisted transports).",
+         _choice("data-path", ("auto", "splice", "transport"))],
         ["log-level", None, None,
          "debug, info, warning or error [default: info, or SYSTEMD_LOG_LEVEL].",
          _choice("log-level", tuple(LEVELS))],
@@ -145,6 +149,8 @@ class Options(usage.Options):
             self["target"] = parseTarget(self["target-text"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["data-path"] == "splice" and not spliceAvailable():
+            raise usage.UsageError("--data-path=splice needs Linux splice(2)")
         if self["log-level"] is None:
             self["log-level"] = levelFromEnvironment() or "info"
 
@@ -165,6 +171,7 @@ class Options(usage.Options):
             idleTimeout=self["idle-timeout"],
             keepalive=bool(self["keepalive"]),
             proxyProtocol=self["proxy-protocol"],
+            dataPath=self["data-path"],
         )
 
 

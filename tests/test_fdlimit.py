@@ -17,3 +17,12 @@ class CapacityTests(SynchronousTestCase):
 
     def test_openDescriptors(self) -> None:
         self.assertGreaterEqual(openDescriptors(), 3)
+
+    def test_pipeCapacity(self) -> None:
+        """
+        Pipe pairs (four fds) get what the connections leave.
+        """
+        from socketproxyd.fdlimit import pipeCapacity
+
+        self.assertEqual(pipeCapacity(1024, 10, 100), (1024 - 10 - RESERVE - 200) // 4)
+        self.assertEqual(pipeCapacity(64, 10, 19), 0)

@@ -69,6 +69,7 @@ class _ProxyTestMixin:
 
     command: list[str] | None = None
     isOriginal = False
+    options: tuple[str, ...] = ()
 
     def setUp(self) -> None:
         if not self.command:
@@ -92,7 +93,7 @@ class _ProxyTestMixin:
             sockets.append(sock)
             addresses.append(address)
         process = ProxyProcess(
-            self, [*self.command, *args, target], sockets, fdnames=fdnames, env=env
+            self, [*self.command, *self.options, *args, target], sockets, fdnames=fdnames, env=env
         )
         for sock in sockets:
             sock.close()
@@ -420,9 +421,12 @@ class DataPathScenarios(_ProxyTestMixin):
         self.assertTrue(proxy.running())
 
 
-def _differential(name: str, scenarios: type, original: bool) -> type:
+def _differential(
+    name: str, scenarios: type, original: bool, options: tuple[str, ...] = ()
+) -> type:
     attrs = {"command": originalCommand() if original else commands()["socketproxyd"]}
     attrs["isOriginal"] = original
+    attrs["options"] = options
     cls = type(name, (scenarios, SynchronousTestCase), attrs)
     return cls
 
@@ -431,6 +435,9 @@ TargetTests = _differential("TargetTests", TargetScenarios, False)
 OriginalTargetTests = _differential("OriginalTargetTests", TargetScenarios, True)
 BetterTargetTests = _differential("BetterTargetTests", BetterTargetScenarios, False)
 DataPathTests = _differential("DataPathTests", DataPathScenarios, False)
+TransportDataPathTests = _differential(
+    "TransportDataPathTests", DataPathScenarios, False, ("--data-path=transport",)
+)
 OriginalDataPathTests = _differential("OriginalDataPathTests", DataPathScenarios, True)
 
 
@@ -527,6 +534,9 @@ class BetterThanOriginalScenarios(_ProxyTestMixin):
 
 
 BetterTests = _differential("BetterTests", BetterThanOriginalScenarios, False)
+TransportBetterTests = _differential(
+    "TransportBetterTests", BetterThanOriginalScenarios, False, ("--data-path=transport",)
+)
 OriginalBetterTests = _differential("OriginalBetterTests", BetterThanOriginalScenarios, True)
 
 

@@ -90,12 +90,15 @@ class NotifyListener:
 
 class _Service(SynchronousTestCase):
     command = commands()["socketproxyd"]
+    options: tuple[str, ...] = ()
 
     def start(
         self, target: str, *args: str, env: dict[str, str] | None = None, prefix=()
     ) -> tuple[ProxyProcess, str]:
         sock, address = listeningSocket(self, "ipv4")
-        process = ProxyProcess(self, [*prefix, *self.command, *args, target], [sock], env=env)
+        process = ProxyProcess(
+            self, [*prefix, *self.command, *self.options, *args, target], [sock], env=env
+        )
         sock.close()
         return process, address
 
@@ -242,6 +245,35 @@ class StopTests(_Service):
         self.assertIn("SIGHUP ignored", proxy.stderr)
 
 
+class TransportStopTests(StopTests):
+    options = ("--data-path=transport",)
+
+
+class IdleTimeoutTests(_Service):
+    """
+    A connection that moves no byte for the idle timeout is closed; one
+    that keeps moving is not.
+    """
+
+    def test_idleClosed(self) -> None:
+        backend = Backend(self, echo)
+        proxy, address = self.start(backend.address, "--idle-timeout=500ms")
+        with connect(address) as client:
+            for _ in range(4):
+                client.sendall(b"x")
+                self.assertEqual(client.recv(1), b"x")
+                time.sleep(0.3)
+            quiet = time.monotonic()
+            self.assertEqual(recvAll(client), b"")
+            elapsed = time.monotonic() - quiet
+        self.assertTrue(0.2 <= elapsed < 1.5, elapsed)
+        self.assertTrue(proxy.running())
+
+
+class TransportIdleTimeoutTests(IdleTimeoutTests):
+    options = ("--data-path=transport",)
+
+
 class FileDescriptorTests(_Service):
     """
     With RLIMIT_NOFILE capped at 64 and more clients than fit, the proxy
@@ -293,7 +325,7 @@ class FileDescriptorTests(_Service):
 class SoakTests(_Service):
     """
     2,000 connections in waves with random aborts on both sides leave no
-    fd behind and no creeping memory.
+    fd behind (idle pipes are closed too) and no creeping memory.
     """
 
     def test_waves(self) -> None:
@@ -307,7 +339,10 @@ class SoakTests(_Service):
             echo(conn)
 
         backend = Backend(self, backendHandler)
-        proxy, address = self.start(backend.address)
+        notify = NotifyListener(self)
+        proxy, address = self.start(backend.address, env={"NOTIFY_SOCKET": notify.address})
+        notify.waitFor("READY=1")
+        idleFds = proxy.fdCount()
 
         def client(seed: int) -> None:
             local = random.Random(seed)
@@ -335,7 +370,6 @@ class SoakTests(_Service):
 
         wave(0)
         self.assertTrue(waitUntil(lambda: backend.accepted == len(backend.results)))
-        idleFds = proxy.fdCount()
         warmRss = proxy.rss()
         for n in range(1, 20):
             wave(n * 100)

@@ -1,0 +1,198 @@
+"""
+Unit tests for L{socketproxyd.splice}: real socket pairs and pipes, a fake
+reactor that records registrations, and the reactor's calls made by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from socketproxyd import splice
+from socketproxyd.splice import PipeSweeper, Splicer
+
+
+class FakeFDReactor:
+    """
+    Records which ends are registered for reading and writing.
+    """
+
+    def __init__(self) -> None:
+        self.readers: set[object] = set()
+        self.writers: set[object] = set()
+
+    def addReader(self, reader: object) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader: object) -> None:
+        self.readers.discard(reader)
+
+    def addWriter(self, writer: object) -> None:
+        self.writers.add(writer)
+
+    def removeWriter(self, writer: object) -> None:
+        self.writers.discard(writer)
+
+
+class SocketTransport:
+    """
+    The parts of a Twisted transport the splicer uses.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.reading = True
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def stopWriting(self) -> None:
+        pass
+
+
+class Side:
+    """
+    Stands in for a relay protocol: a transport and a byte counter.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.transport = SocketTransport(sock)
+        self.received = 0
+
+
+class SplicerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if not splice.available():
+            raise SkipTest("splice(2) is not available")
+        self.reactor = FakeFDReactor()
+        self.clock = Clock()
+        self.sweeper = PipeSweeper(self.clock)
+        self.client, clientInside = self.pair()
+        self.target, targetInside = self.pair()
+        self.clientSide, self.targetSide = Side(clientInside), Side(targetInside)
+        self.activity = 0
+        self.ended: list[tuple[str, object]] = []
+        self.splicer = Splicer(
+            self.reactor,
+            self.sweeper,
+            self.clientSide,
+            self.targetSide,
+            self.countActivity,
+            lambda how, detail: self.ended.append((how, detail)),
+        )
+        self.splicer.start()
+        self.clientEnd, self.targetEnd = self.splicer.ends
+
+    def pair(self) -> tuple[socket.socket, socket.socket]:
+        outside, inside = socket.socketpair()
+        for sock in (outside, inside):
+            sock.setblocking(False)
+            self.addCleanup(sock.close)
+        return outside, inside
+
+    def countActivity(self) -> None:
+        self.activity += 1
+
+    def test_startTakesOver(self) -> None:
+        self.assertFalse(self.clientSide.transport.reading)
+        self.assertEqual(self.reactor.readers, {self.clientEnd, self.targetEnd})
+
+    def test_bytesBothWays(self) -> None:
+        self.client.sendall(b"request")
+        self.clientEnd.doRead()
+        self.assertEqual(self.target.recv(100), b"request")
+        self.target.sendall(b"reply!")
+        self.targetEnd.doRead()
+        self.assertEqual(self.client.recv(100), b"reply!")
+        self.assertEqual((self.clientSide.received, self.targetSide.received), (7, 6))
+        self.assertEqual(self.activity, 2)
+
+    def test_halfCloseThenDone(self) -> None:
+        """
+        EOF from the client shuts down writing to the target; the reply
+        still flows; EOF from the target finishes the connection.
+        """
+        self.client.sendall(b"req")
+        self.client.shutdown(socket.SHUT_WR)
+        self.clientEnd.doRead()
+        self.assertEqual(self.target.recv(100), b"req")
+        self.assertEqual(self.target.recv(100), b"")
+        self.assertNotIn(self.clientEnd, self.reactor.readers)
+        self.target.sendall(b"REPLY")
+        self.target.shutdown(socket.SHUT_WR)
+        self.targetEnd.doRead()
+        self.assertEqual(self.client.recv(100), b"REPLY")
+        self.assertEqual(self.client.recv(100), b"")
+        self.assertEqual(self.ended, [("done", None)])
+        self.assertEqual(self.reactor.readers | self.reactor.writers, set())
+
+    def test_backpressure(self) -> None:
+        """
+        While the destination cannot take the pipe's bytes, the source is
+        not read; once it drains, reading resumes and every byte arrives.
+        """
+        self.target.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        chunk = os.urandom(1 << 16)
+        sent = received = b""
+        while self.clientEnd in self.reactor.readers:
+            try:
+                self.client.send(chunk)
+                sent += chunk
+            except BlockingIOError:
+                pass
+            self.clientEnd.doRead()
+        self.assertIn(self.targetEnd, self.reactor.writers)
+        while self.targetEnd in self.reactor.writers or self.clientEnd in self.reactor.readers:
+            try:
+                received += self.target.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            if self.targetEnd in self.reactor.writers:
+                self.targetEnd.doWrite()
+            elif len(received) < len(sent):
+                self.clientEnd.doRead()
+            else:
+                break
+        self.assertEqual(received, sent)
+
+    def test_resetReported(self) -> None:
+        self.target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        self.target.close()
+        self.client.sendall(b"x")
+        self.clientEnd.doRead()
+        self.assertEqual(self.ended[0][0], "reset")
+        self.assertFalse(self.splicer.running)
+
+    def test_idlePipesSwept(self) -> None:
+        """
+        Pipes are opened with the first bytes and closed after an interval
+        without any.
+        """
+        self.client.sendall(b"x")
+        self.clientEnd.doRead()
+        self.assertIsNotNone(self.splicer.upstream.pipe)
+        self.assertIsNotNone(self.splicer.downstream.pipe)
+        self.clock.advance(PipeSweeper.interval)
+        self.assertIsNotNone(self.splicer.upstream.pipe)
+        self.clock.advance(PipeSweeper.interval)
+        self.assertIsNone(self.splicer.upstream.pipe)
+        self.assertIsNone(self.splicer.downstream.pipe)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_budgetFullFallsBack(self) -> None:
+        """
+        With no room for another pipe pair, the connection goes back to its
+        transports before any byte is moved.
+        """
+        self.sweeper.maxHolders = 0
+        self.client.sendall(b"x")
+        self.clientEnd.doRead()
+        self.assertEqual(self.ended, [("fallback", None)])
+        self.assertEqual(self.clientSide.received, 0)
+        self.assertEqual(self.reactor.readers, set())
