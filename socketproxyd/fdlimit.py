@@ -7,8 +7,10 @@ EMFILE as the original does.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
+from collections.abc import Callable
 
 FDS_PER_CONNECTION = 2
 FDS_PER_PIPE_PAIR = 4
@@ -17,6 +19,7 @@ RESERVE = 16
 Descriptors kept free for what else the process opens: resolver threads,
 the notify socket, log files.
 """
+PIPE_HEADROOM = 8
 
 
 def raiseSoftLimit() -> int:
@@ -44,23 +47,55 @@ def openDescriptors() -> int:
         return RESERVE
 
 
-def connectionCapacity(softLimit: int, inUse: int) -> int:
+class FdBudget:
     """
-    How many proxied connections fit in C{softLimit} fds with C{inUse}
-    already open and L{RESERVE} kept spare; at least 1.
-    """
-    if softLimit == resource.RLIM_INFINITY:
-        return 2**31
-    return max(1, (softLimit - inUse - RESERVE) // FDS_PER_CONNECTION)
+    The fds still free under RLIMIT_NOFILE for connections (two each) and
+    splice pipe pairs (four each). Connections come first: a pipe pair is
+    only opened while room for L{PIPE_HEADROOM} more connections remains,
+    and a connection that cannot have pipes relays through its transports.
 
+    @ivar free: fds not spoken for; C{math.inf} without a limit.
+    @ivar onReleased: called after fds are given back.
+    """
 
-def pipeCapacity(softLimit: int, inUse: int, connections: int) -> int:
-    """
-    How many connections may hold a splice pipe pair at once once
-    C{connections} sockets pairs are open; the rest relay through their
-    transports.
-    """
-    if softLimit == resource.RLIM_INFINITY:
-        return 2**31
-    spare = softLimit - inUse - RESERVE - connections * FDS_PER_CONNECTION
-    return max(0, spare // FDS_PER_PIPE_PAIR)
+    def __init__(self, free: float = math.inf) -> None:
+        self.free = free
+        self.onReleased: Callable[[], None] = lambda: None
+
+    @classmethod
+    def forLimit(cls, softLimit: int, inUse: int) -> FdBudget:
+        """
+        The budget of a process with C{inUse} fds open under C{softLimit},
+        keeping L{RESERVE} spare.
+        """
+        if softLimit == resource.RLIM_INFINITY:
+            return cls()
+        return cls(max(0, softLimit - inUse - RESERVE))
+
+    def connections(self) -> float:
+        """
+        How many more connections fit.
+        """
+        return self.free // FDS_PER_CONNECTION
+
+    def takePipes(self) -> bool:
+        """
+        Reserve a pipe pair's fds if that leaves room for connections.
+        """
+        if self.free < FDS_PER_PIPE_PAIR + PIPE_HEADROOM * FDS_PER_CONNECTION:
+            return False
+        self.free -= FDS_PER_PIPE_PAIR
+        return True
+
+    def take(self, count: int) -> None:
+        """
+        C{count} fds are now in use.
+        """
+        self.free -= count
+
+    def give(self, count: int) -> None:
+        """
+        C{count} fds were closed.
+        """
+        self.free += count
+        self.onReleased()

@@ -29,6 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .fdlimit import FdBudget
 from .logs import observer
 from .proxyheader import HEADERS
 from .splice import PipeSweeper, Splicer, spliceable
@@ -406,6 +407,7 @@ class ProxyFactory(ServerFactory):
         endpoint: IStreamClientEndpoint,
         settings: ProxySettings,
         tracker: ConnectionTracker,
+        budget: FdBudget | None = None,
     ) -> None:
         self.reactor = reactor
         self.target = target
@@ -414,4 +416,4 @@ class ProxyFactory(ServerFactory):
         self.tracker = tracker
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False
-        self.sweeper = PipeSweeper(reactor)
+        self.sweeper = PipeSweeper(reactor, budget)

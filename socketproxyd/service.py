@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .activation import InheritedSocket, adopt
-from .fdlimit import connectionCapacity, openDescriptors, pipeCapacity
+from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors
 from .logs import observer
 from .notify import Notifier
 from .proxy import ProxyFactory, ProxySettings, ServerProtocol, describeAddress
@@ -94,11 +94,18 @@ class ProxyService(Service):
         self.connectionsMax = connectionsMax
         self.capacity = connectionsMax
         self.fdLimit = fdLimit
+        self.budget = FdBudget()
+        self.budget.onReleased = self._updateAccepting
         self.notifier = notifier if notifier is not None else Notifier(reactor, {})
         self.exitIdleTime = exitIdleTime
         self.drainTimeout = drainTimeout
         self.factory = ProxyFactory(
-            reactor, target, target.endpoint(reactor, settings.connectTimeout), settings, self
+            reactor,
+            target,
+            target.endpoint(reactor, settings.connectTimeout),
+            settings,
+            self,
+            self.budget,
         )
         self.ports: list[IListeningPort] = []
         self.connections: set[ServerProtocol] = set()
@@ -153,18 +160,15 @@ class ProxyService(Service):
         )
 
     def _freeSlots(self) -> int:
-        return self.capacity - len(self.connections)
+        return min(self.capacity - len(self.connections), self.budget.connections())
 
     def startService(self) -> None:
         if not self.ports:
             raise StartupError("no listening socket")
         super().startService()
         if self.fdLimit is not None:
-            inUse = openDescriptors()
-            fits = connectionCapacity(self.fdLimit, inUse)
-            self.factory.sweeper.maxHolders = pipeCapacity(
-                self.fdLimit, inUse, min(fits, self.connectionsMax)
-            )
+            self.budget.free = FdBudget.forLimit(self.fdLimit, openDescriptors()).free
+            fits = int(min(self.budget.connections(), self.connectionsMax))
             if fits < self.connectionsMax:
                 self.capacity = fits
                 self.log.warn(
@@ -217,6 +221,7 @@ class ProxyService(Service):
         Count a new connection; at the limit, stop accepting.
         """
         self.connections.add(connection)
+        self.budget.take(FDS_PER_CONNECTION)
         self._cancelIdleTimer()
         self._updateAccepting()
         self._statusChanged()
@@ -225,7 +230,9 @@ class ProxyService(Service):
         """
         Free a connection's slot; below the limit, accept again.
         """
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.budget.give(FDS_PER_CONNECTION)
         if self._exhausted:
             self._endExhaustion()
         self._updateAccepting()

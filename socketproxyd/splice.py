@@ -19,7 +19,6 @@ holds just its two sockets.
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import socket
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from twisted.internet import error
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
+
+from .fdlimit import FDS_PER_PIPE_PAIR, FdBudget
 
 PIPE_SIZE = 256 * 1024
 ROUNDS = 8
@@ -136,28 +137,21 @@ class _SpliceEnd:
 
 class PipeSweeper:
     """
-    Keeps the count of connections holding pipes within the fd budget
-    (C{maxHolders}), and closes the pipes of connections that moved nothing
-    for one interval.
+    Takes the fds of pipe pairs from the fd budget, and closes the pipes of
+    connections that moved nothing for one interval.
     """
 
     interval = 1.0
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, budget: FdBudget | None = None) -> None:
         self.clock = clock
+        self.budget = budget if budget is not None else FdBudget()
         self.holders: set[Splicer] = set()
-        self.maxHolders = math.inf
         self._loop: LoopingCall | None = None
-
-    def full(self) -> bool:
-        """
-        Whether the fd budget has room for no more pipe pairs.
-        """
-        return len(self.holders) >= self.maxHolders
 
     def holding(self, splicer: Splicer) -> None:
         """
-        C{splicer} has just allocated its pipes.
+        C{splicer} has just opened its pipes (after L{FdBudget.takePipes}).
         """
         self.holders.add(splicer)
         if self._loop is None:
@@ -169,7 +163,9 @@ class PipeSweeper:
         """
         C{splicer} closed its pipes.
         """
-        self.holders.discard(splicer)
+        if splicer in self.holders:
+            self.holders.discard(splicer)
+            self.budget.give(FDS_PER_PIPE_PAIR)
 
     def sweep(self) -> None:
         """
@@ -243,19 +239,18 @@ class Splicer:
         of fds) leaves no byte stranded in a pipe; on failure, or when the
         fd budget has no room, hand the connection back to the transports.
         """
-        if self.sweeper.full():
+        if not self.sweeper.budget.takePipes():
             self.stop()
             self.onEnd("fallback", None)
             return False
+        self.sweeper.holding(self)
         try:
             for direction in (self.upstream, self.downstream):
-                if direction.pipe is None and not direction.done:
-                    direction.pipe = _Pipe()
+                direction.pipe = _Pipe()
         except OSError as e:
             self.stop()
             self.onEnd("fallback", e)
             return False
-        self.sweeper.holding(self)
         return True
 
     def start(self) -> None:
@@ -352,7 +347,6 @@ class Splicer:
         on the destination; once both directions are done, the connection is.
         """
         direction.done = True
-        direction.releasePipe()
         try:
             direction.destination.transport.socket.shutdown(socket.SHUT_WR)
         except OSError:

@@ -4,25 +4,36 @@ Tests for L{socketproxyd.fdlimit}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.fdlimit import RESERVE, connectionCapacity, openDescriptors
+from socketproxyd.fdlimit import PIPE_HEADROOM, RESERVE, FdBudget, openDescriptors
 
 
-class CapacityTests(SynchronousTestCase):
-    def test_capacity(self) -> None:
+class FdBudgetTests(SynchronousTestCase):
+    def test_forLimit(self) -> None:
         """
-        Two fds per connection, after what is open and the reserve.
+        What is open and the reserve are set aside; connections take two.
         """
-        self.assertEqual(connectionCapacity(1024, 10), (1024 - 10 - RESERVE) // 2)
-        self.assertEqual(connectionCapacity(20, 10), 1)
+        budget = FdBudget.forLimit(1024, 10)
+        self.assertEqual(budget.free, 1024 - 10 - RESERVE)
+        self.assertEqual(budget.connections(), (1024 - 10 - RESERVE) // 2)
+        self.assertEqual(FdBudget.forLimit(20, 10).connections(), 0)
+
+    def test_pipesLeaveRoomForConnections(self) -> None:
+        """
+        A pipe pair (four fds) is only taken while room for PIPE_HEADROOM
+        more connections remains.
+        """
+        budget = FdBudget(4 + 2 * PIPE_HEADROOM)
+        self.assertTrue(budget.takePipes())
+        self.assertFalse(budget.takePipes())
+        self.assertEqual(budget.free, 2 * PIPE_HEADROOM)
+
+    def test_giveNotifies(self) -> None:
+        budget = FdBudget(10)
+        released = []
+        budget.onReleased = lambda: released.append(budget.free)
+        budget.take(2)
+        budget.give(2)
+        self.assertEqual(released, [10])
 
     def test_openDescriptors(self) -> None:
         self.assertGreaterEqual(openDescriptors(), 3)
-
-    def test_pipeCapacity(self) -> None:
-        """
-        Pipe pairs (four fds) get what the connections leave.
-        """
-        from socketproxyd.fdlimit import pipeCapacity
-
-        self.assertEqual(pipeCapacity(1024, 10, 100), (1024 - 10 - RESERVE - 200) // 4)
-        self.assertEqual(pipeCapacity(64, 10, 19), 0)

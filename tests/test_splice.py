@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd import splice
+from socketproxyd.fdlimit import FdBudget
 from socketproxyd.splice import PipeSweeper, Splicer
 
 
@@ -184,13 +185,14 @@ class SplicerTests(SynchronousTestCase):
         self.assertIsNone(self.splicer.upstream.pipe)
         self.assertIsNone(self.splicer.downstream.pipe)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.sweeper.holders, set())
 
     def test_budgetFullFallsBack(self) -> None:
         """
         With no room for another pipe pair, the connection goes back to its
         transports before any byte is moved.
         """
-        self.sweeper.maxHolders = 0
+        self.sweeper.budget = FdBudget(0)
         self.client.sendall(b"x")
         self.clientEnd.doRead()
         self.assertEqual(self.ended, [("fallback", None)])
