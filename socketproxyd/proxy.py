@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .fdlimit import FdBudget
-from .logs import observer
+from .logs import debugEnabled, observer
 from .proxyheader import HEADERS
 from .splice import PipeSweeper, Splicer, spliceable
 from .timespan import formatTimespan
@@ -184,6 +184,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
     ending: str | None = None
     idleTimed = False
     splicer: Splicer | None = None
+    hostAddress: IAddress | None = None
     started = 0.0
 
     def __init__(self) -> None:
@@ -203,20 +204,24 @@ class ServerProtocol(_Relay, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
-        self.peerAddress = self.transport.getPeer()
-        self.hostAddress = self.transport.getHost()
         factory = self.factory
+        self.peerAddress = self.transport.getPeer()
+        if factory.settings.proxyProtocol is not None or debugEnabled():
+            self.hostAddress = self.transport.getHost()
         self.started = factory.reactor.seconds()
         factory.tracker.connectionOpened(self)
         self.connecting = factory.endpoint.connect(factory.clientFactory)
-        timer = factory.reactor.callLater(factory.settings.connectTimeout, self._connectTimedOut)
+        if not factory.target.boundsItsConnect:
+            timer = factory.reactor.callLater(
+                factory.settings.connectTimeout, self._connectTimedOut
+            )
 
-        def stopTimer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
+            def stopTimer(result: object) -> object:
+                if timer.active():
+                    timer.cancel()
+                return result
 
-        self.connecting.addBoth(stopTimer)
+            self.connecting.addBoth(stopTimer)
         self.connecting.addCallbacks(self._connected, self._connectFailed)
 
     def _connectTimedOut(self) -> None:
@@ -301,6 +306,8 @@ class ServerProtocol(_Relay, TimeoutMixin):
         self.connecting = None
         if self.lost:
             return
+        if self.ending is None and reason.check(error.TimeoutError):
+            self.ending = "connect timeout"
         if self.ending is None:
             self.ending = "connect failed"
             why = reason.getErrorMessage()
@@ -372,6 +379,9 @@ class ServerProtocol(_Relay, TimeoutMixin):
 
     def _finished(self) -> None:
         factory = self.factory
+        factory.tracker.connectionClosed(self)
+        if self.hostAddress is None:
+            return
         upstream = self.received
         downstream = self.client.received if self.client is not None else 0
         self.log.debug(
@@ -385,7 +395,6 @@ class ServerProtocol(_Relay, TimeoutMixin):
             duration=factory.reactor.seconds() - self.started,
             how=self.ending or "done",
         )
-        factory.tracker.connectionClosed(self)
 
 
 class ProxyFactory(ServerFactory):

@@ -7,6 +7,7 @@ endpoint that reaches it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 from dataclasses import dataclass
@@ -46,10 +47,12 @@ class Target:
         """
         A client endpoint for this target; one is enough for every connection.
 
-        Literal addresses skip the resolver; names go through the reactor's
-        resolver and every address they resolve to is tried.
+        Literal addresses skip the resolver, and their single attempt is
+        bounded by C{timeout}; names go through the reactor's resolver and
+        every address they resolve to is tried, each bounded by C{timeout}
+        (see L{Target.boundsItsConnect}).
         """
-        attemptTimeout = max(1, int(min(timeout, 2**31)))
+        attemptTimeout = None if math.isinf(timeout) else timeout
         if self.kind == "unix":
             return UNIXClientEndpoint(reactor, self.host, timeout=attemptTimeout)
         assert self.port is not None
@@ -58,6 +61,15 @@ class Target:
         if self.kind == "ipv6":
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
+
+    @property
+    def boundsItsConnect(self) -> bool:
+        """
+        Whether the endpoint's own timeout bounds the whole connect (one
+        attempt); a name's resolution and several attempts need a timer
+        around them.
+        """
+        return self.kind != "name"
 
     def __str__(self) -> str:
         if self.kind == "unix":

@@ -83,8 +83,8 @@ class ProxyTestCase(SynchronousTestCase):
         logs.setLevel("debug")
         self.addCleanup(logs.setLevel, "info")
 
-    def factory(self, **settings: object) -> ProxyFactory:
-        target = parseTarget("127.0.0.1:8080")
+    def factory(self, target: str = "127.0.0.1:8080", **settings: object) -> ProxyFactory:
+        target = parseTarget(target)
         proxySettings = ProxySettings(**settings)
         endpoint = target.endpoint(self.reactor, proxySettings.connectTimeout)
         return ProxyFactory(self.reactor, target, endpoint, proxySettings, self.tracker)
@@ -169,18 +169,34 @@ class ConnectTests(ProxyTestCase):
         )
         self.assertEqual(self.tracker.exhausted, 1)
 
-    def test_connectTimeout(self) -> None:
+    def test_connectTimeoutOfLiteral(self) -> None:
         """
-        Without an answer within the connect timeout, the attempt is
-        cancelled and the client closed.
+        A literal address has one attempt, bounded by the connector's own
+        timeout; when it fires, the client is closed and the end is a
+        connect timeout.
         """
         factory = self.factory(connectTimeout=5.0)
+        server, serverTransport = self.accept(factory)
+        self.assertEqual(self.reactor.tcpClients[0][3], 5.0)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.reactor.tcpClients[0][2].clientConnectionFailed(
+            self.reactor.connectors[0], Failure(error.TimeoutError())
+        )
+        self.assertTrue(serverTransport.disconnecting)
+        self.assertEqual(server.ending, "connect timeout")
+
+    def test_connectTimeoutOfName(self) -> None:
+        """
+        A name's resolution and attempts together are bounded by the
+        connect timeout: the attempt is cancelled and the client closed.
+        """
+        factory = self.factory(connectTimeout=5.0, target="localhost:8080")
         server, serverTransport = self.accept(factory)
         self.reactor.advance(4.9)
         self.assertFalse(serverTransport.disconnecting)
         self.reactor.advance(0.1)
         self.assertTrue(serverTransport.disconnecting)
-        self.assertEqual(self.reactor.connectors[0].stoppedConnecting, True)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
         self.assertEqual(server.ending, "connect timeout")
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
