@@ -14,6 +14,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from itertools import chain
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -51,23 +53,27 @@ class NotifyListener:
             self.sock.bind(self.address)
         self.messages: list[tuple[float, str]] = []
 
-    def waitFor(self, field: str, timeout: float = 30.0) -> float:
+    def _arrivals(self, seconds: float) -> Iterator[tuple[float, str]]:
         """
-        Wait for a message containing C{field}; when it arrived.
+        Messages as they arrive (and are recorded) for up to C{seconds}.
         """
-        deadline = time.monotonic() + timeout
-        for at, message in self.messages:
-            if field in message.split("\n"):
-                return at
+        deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(4096)
             except TimeoutError:
-                break
-            at = time.monotonic()
-            self.messages.append((at, data.decode()))
-            if field in data.decode().split("\n"):
+                return
+            arrival = (time.monotonic(), data.decode())
+            self.messages.append(arrival)
+            yield arrival
+
+    def waitFor(self, field: str, timeout: float = 30.0) -> float:
+        """
+        Wait for a message containing C{field}; when it arrived.
+        """
+        for at, message in chain(list(self.messages), self._arrivals(timeout)):
+            if field in message.split("\n"):
                 return at
         raise AssertionError(f"no {field} in {self.messages}")
 
@@ -75,17 +81,7 @@ class NotifyListener:
         """
         Everything that arrives in the next C{seconds}.
         """
-        deadline = time.monotonic() + seconds
-        got = []
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                break
-            got.append((time.monotonic(), data.decode()))
-        self.messages.extend(got)
-        return got
+        return list(self._arrivals(seconds))
 
 
 class _Service(SynchronousTestCase):
