@@ -279,15 +279,18 @@ class Splicer:
     def fill(self, direction: _Direction) -> None:
         """
         The source is readable: move what it has into the pipe and on to
-        the destination, a few rounds while both keep up.
+        the destination, a few more rounds while the source fills the pipe
+        and the destination keeps up (a short read means the source is
+        drained for now, and another try would only cost an EAGAIN).
         """
         if direction.pipe is None and not self._allocatePipes():
             return
         pipe = direction.pipe
         source = direction.source.fd
         for _ in range(ROUNDS):
+            space = pipe.size - direction.pending
             try:
-                moved = os.splice(source, pipe.write, pipe.size - direction.pending, flags=_FLAGS)
+                moved = os.splice(source, pipe.write, space, flags=_FLAGS)
             except BlockingIOError:
                 break
             except OSError:
@@ -301,7 +304,7 @@ class Splicer:
                 return
             direction.pending += moved
             direction.counter.received += moved
-            if not self.flush(direction):
+            if not self.flush(direction) or moved < space:
                 break
         self.active = True
         self.onActivity()

@@ -129,6 +129,8 @@ class SplicerTests(SynchronousTestCase):
         self.target.shutdown(socket.SHUT_WR)
         self.targetEnd.doRead()
         self.assertEqual(self.client.recv(100), b"REPLY")
+        self.assertEqual(self.ended, [])
+        self.targetEnd.doRead()
         self.assertEqual(self.client.recv(100), b"")
         self.assertEqual(self.ended, [("done", None)])
         self.assertEqual(self.reactor.readers | self.reactor.writers, set())
