@@ -123,6 +123,7 @@ class SplicerTests(SynchronousTestCase):
         self.client.shutdown(socket.SHUT_WR)
         self.clientEnd.doRead()
         self.assertEqual(self.target.recv(100), b"req")
+        self.clientEnd.doRead()
         self.assertEqual(self.target.recv(100), b"")
         self.assertNotIn(self.clientEnd, self.reactor.readers)
         self.target.sendall(b"REPLY")
