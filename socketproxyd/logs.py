@@ -95,8 +95,9 @@ def levelFromEnvironment(environ: Mapping[str, str] | None = None) -> str | None
 def _formatLine(event: dict, journal: bool) -> str:
     text = formatEvent(event)
     failure = event.get("log_failure")
-    if failure is not None and "log_format" not in event:
-        text = failure.getErrorMessage()
+    if failure is not None:
+        reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        text = f"{text}: {reason}" if event.get("log_format") else reason
     lines = text.splitlines() or [""]
     if not journal:
         return "".join(line + "\n" for line in lines)
