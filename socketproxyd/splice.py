@@ -32,6 +32,9 @@ from .fdlimit import FDS_PER_PIPE_PAIR, FdBudget
 
 PIPE_SIZE = 256 * 1024
 ROUNDS = 8
+COPY_SIZE = 64 * 1024
+_copyBuffer = bytearray(COPY_SIZE)
+_copyView = memoryview(_copyBuffer)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
@@ -85,10 +88,11 @@ class _Pipe:
 class _Direction:
     """
     One direction of a connection: from C{source} to C{destination},
-    with the bytes in flight in C{pipe}.
+    with the bytes in flight in C{pipe} (C{pending} of them), or, before
+    the direction has a pipe, in C{backlog}.
     """
 
-    __slots__ = ("source", "destination", "counter", "pipe", "pending", "eof", "done")
+    __slots__ = ("source", "destination", "counter", "pipe", "pending", "backlog", "eof", "done")
 
     def __init__(self, source: _SpliceEnd, destination: _SpliceEnd, counter: object) -> None:
         self.source = source
@@ -96,6 +100,7 @@ class _Direction:
         self.counter = counter
         self.pipe: _Pipe | None = None
         self.pending = 0
+        self.backlog = b""
         self.eof = False
         self.done = False
 
@@ -223,7 +228,7 @@ class Splicer:
         """
         Whether either pipe holds bytes not yet written on.
         """
-        return bool(self.upstream.pending or self.downstream.pending)
+        return any(d.pending or d.backlog for d in (self.upstream, self.downstream))
 
     def releasePipes(self) -> None:
         """
@@ -283,7 +288,8 @@ class Splicer:
         and the destination keeps up (a short read means the source is
         drained for now, and another try would only cost an EAGAIN).
         """
-        if direction.pipe is None and not self._allocatePipes():
+        if direction.pipe is None:
+            self._copy(direction)
             return
         pipe = direction.pipe
         source = direction.source.fd
@@ -309,13 +315,56 @@ class Splicer:
         self.active = True
         self.onActivity()
 
-    def flush(self, direction: _Direction) -> bool:
+    def _copy(self, direction: _Direction) -> None:
         """
-        Move what is in the pipe to the destination; stop reading the
-        source while the destination cannot take it all. Whether the pipe
-        is empty and the source may be read again.
+        A direction without a pipe reads into a shared buffer and sends from
+        it: for the small messages of most connections that costs the same
+        two system calls as splicing, without opening a pipe pair. A read
+        that fills the buffer means bulk data: the connection opens its
+        pipes and splices from then on.
         """
         try:
+            moved = direction.source.transport.socket.recv_into(_copyBuffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._failed(direction.source)
+            return
+        if moved == 0:
+            direction.eof = True
+            self.reactor.removeReader(direction.source)
+            if not direction.backlog:
+                self._finish(direction)
+            return
+        direction.counter.received += moved
+        self.active = True
+        self.onActivity()
+        try:
+            sent = direction.destination.transport.socket.send(_copyView[:moved])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._failed(direction.destination)
+            return
+        if sent < moved:
+            direction.backlog = bytes(_copyView[sent:moved])
+            self.reactor.removeReader(direction.source)
+            self.reactor.addWriter(direction.destination)
+        elif moved == COPY_SIZE:
+            self._allocatePipes()
+
+    def flush(self, direction: _Direction) -> bool:
+        """
+        Move what is in flight (backlog, then pipe) to the destination;
+        stop reading the source while the destination cannot take it all.
+        Whether all is out and the source may be read again.
+        """
+        try:
+            if direction.backlog:
+                sent = direction.destination.transport.socket.send(direction.backlog)
+                direction.backlog = direction.backlog[sent:]
+                if direction.backlog:
+                    raise BlockingIOError
             while direction.pending:
                 direction.pending -= os.splice(
                     direction.pipe.read, direction.destination.fd, direction.pending, flags=_FLAGS
@@ -325,7 +374,7 @@ class Splicer:
         except OSError:
             self._failed(direction.destination)
             return False
-        if direction.pending:
+        if direction.pending or direction.backlog:
             self.reactor.removeReader(direction.source)
             self.reactor.addWriter(direction.destination)
             return False

@@ -173,15 +173,29 @@ class SplicerTests(SynchronousTestCase):
         self.assertEqual(self.ended[0][0], "reset")
         self.assertFalse(self.splicer.running)
 
+    def test_smallMessagesNeedNoPipe(self) -> None:
+        """
+        Reads shorter than the copy buffer are copied; no pipe is opened.
+        """
+        self.client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        self.clientEnd.doRead()
+        self.assertEqual(self.target.recv(100), b"GET / HTTP/1.1\r\n\r\n")
+        self.assertIsNone(self.splicer.upstream.pipe)
+        self.assertEqual(self.sweeper.holders, set())
+
     def test_idlePipesSwept(self) -> None:
         """
-        Pipes are opened with the first bytes and closed after an interval
-        without any.
+        A full buffer's worth opens the pipes; an interval without any
+        traffic closes them.
         """
-        self.client.sendall(b"x")
+        self.client.sendall(b"x" * splice.COPY_SIZE)
         self.clientEnd.doRead()
+        self.assertEqual(len(recvAll(self.target)), splice.COPY_SIZE)
         self.assertIsNotNone(self.splicer.upstream.pipe)
         self.assertIsNotNone(self.splicer.downstream.pipe)
+        self.client.sendall(b"y")
+        self.clientEnd.doRead()
+        self.assertEqual(self.target.recv(10), b"y")
         self.clock.advance(PipeSweeper.interval)
         self.assertIsNotNone(self.splicer.upstream.pipe)
         self.clock.advance(PipeSweeper.interval)
@@ -192,12 +206,24 @@ class SplicerTests(SynchronousTestCase):
 
     def test_budgetFullFallsBack(self) -> None:
         """
-        With no room for another pipe pair, the connection goes back to its
-        transports before any byte is moved.
+        With no room for a pipe pair, a connection that turns to bulk data
+        goes back to its transports, with nothing left in flight.
         """
         self.sweeper.budget = FdBudget(0)
-        self.client.sendall(b"x")
+        self.client.sendall(b"x" * splice.COPY_SIZE)
         self.clientEnd.doRead()
         self.assertEqual(self.ended, [("fallback", None)])
-        self.assertEqual(self.clientSide.received, 0)
+        self.assertEqual(len(recvAll(self.target)), splice.COPY_SIZE)
         self.assertEqual(self.reactor.readers, set())
+
+
+def recvAll(sock: socket.socket) -> bytes:
+    """
+    Everything readable now from a non-blocking socket.
+    """
+    chunks = []
+    while True:
+        try:
+            chunks.append(sock.recv(1 << 20))
+        except BlockingIOError:
+            return b"".join(chunks)
