@@ -262,6 +262,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
                 client,
                 self._spliceActivity,
                 self._spliceEnded,
+                self.factory.tracker.fdsExhausted,
             )
             self.splicer.start()
             return
@@ -276,7 +277,6 @@ class ServerProtocol(_Relay, TimeoutMixin):
         client.transport.registerProducer(self.transport, True)
         self.transport.registerProducer(client.transport, True)
         self.transport.resumeProducing()
-        client.transport.resumeProducing()
 
     def _spliceActivity(self) -> None:
         if self.idleTimed:
@@ -291,11 +291,6 @@ class ServerProtocol(_Relay, TimeoutMixin):
         if how == "done":
             self.transport.loseConnection()
             self.client.transport.loseConnection()
-            return
-        if how == "fallback":
-            if failed is not None and failed.errno in _OUT_OF_FDS:
-                self.factory.tracker.fdsExhausted()
-            self._relayWithTransports()
             return
         if self.ending is None:
             self.ending = how

@@ -18,6 +18,7 @@ holds just its two sockets.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -195,10 +196,11 @@ class Splicer:
 
     @param onActivity: called after each move (the idle timeout's reset).
     @param onEnd: called with C{"done"} once both directions are finished,
-        C{"reset"} and the failed transport after an error on either socket,
-        or C{"fallback"} and the C{OSError} when no pipe could be opened (the
-        transports must then carry on); the splicer has by then given the
-        sockets back to their transports.
+        or C{"reset"} and the failed transport after an error on either
+        socket; the splicer has by then given the sockets back to their
+        transports.
+    @param onOutOfFds: called when a pipe could not be opened for want of
+        fds (the connection goes on copying).
     """
 
     def __init__(
@@ -209,11 +211,13 @@ class Splicer:
         targetSide: object,
         onActivity: Callable[[], None],
         onEnd: Callable[[str, object], None],
+        onOutOfFds: Callable[[], None] = lambda: None,
     ) -> None:
         self.reactor = reactor
         self.sweeper = sweeper
         self.onActivity = onActivity
         self.onEnd = onEnd
+        self.onOutOfFds = onOutOfFds
         client = _SpliceEnd(self, clientSide.transport)
         target = _SpliceEnd(self, targetSide.transport)
         self.ends = (client, target)
@@ -238,25 +242,22 @@ class Splicer:
         self.downstream.releasePipe()
         self.sweeper.released(self)
 
-    def _allocatePipes(self) -> bool:
+    def _allocatePipes(self) -> None:
         """
-        Open the pipes of both directions together, so that a failure (out
-        of fds) leaves no byte stranded in a pipe; on failure, or when the
-        fd budget has no room, hand the connection back to the transports.
+        Open the pipes of both directions together, if the fd budget has
+        room; otherwise (or if the system is out of fds) the connection
+        keeps copying through the shared buffer, which needs no fd.
         """
         if not self.sweeper.budget.takePipes():
-            self.stop()
-            self.onEnd("fallback", None)
-            return False
+            return
         self.sweeper.holding(self)
         try:
             for direction in (self.upstream, self.downstream):
                 direction.pipe = _Pipe()
         except OSError as e:
-            self.stop()
-            self.onEnd("fallback", e)
-            return False
-        return True
+            self.releasePipes()
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self.onOutOfFds()
 
     def start(self) -> None:
         """

@@ -204,17 +204,19 @@ class SplicerTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.sweeper.holders, set())
 
-    def test_budgetFullFallsBack(self) -> None:
+    def test_budgetFullKeepsCopying(self) -> None:
         """
-        With no room for a pipe pair, a connection that turns to bulk data
-        goes back to its transports, with nothing left in flight.
+        With no room for a pipe pair in the fd budget, bulk data goes on
+        through the copy buffer.
         """
         self.sweeper.budget = FdBudget(0)
-        self.client.sendall(b"x" * splice.COPY_SIZE)
-        self.clientEnd.doRead()
-        self.assertEqual(self.ended, [("fallback", None)])
-        self.assertEqual(len(recvAll(self.target)), splice.COPY_SIZE)
-        self.assertEqual(self.reactor.readers, set())
+        for _ in range(3):
+            self.client.sendall(b"x" * splice.COPY_SIZE)
+            self.clientEnd.doRead()
+            self.assertEqual(len(recvAll(self.target)), splice.COPY_SIZE)
+        self.assertIsNone(self.splicer.upstream.pipe)
+        self.assertEqual(self.ended, [])
+        self.assertEqual(self.clientSide.received, 3 * splice.COPY_SIZE)
 
 
 def recvAll(sock: socket.socket) -> bytes:
