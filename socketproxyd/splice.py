@@ -304,10 +304,7 @@ class Splicer:
                 self._failed(direction.source)
                 return
             if moved == 0:
-                direction.eof = True
-                self.reactor.removeReader(direction.source)
-                if direction.pending == 0:
-                    self._finish(direction)
+                self._sourceEnded(direction)
                 return
             direction.pending += moved
             direction.counter.received += moved
@@ -332,10 +329,7 @@ class Splicer:
             self._failed(direction.source)
             return
         if moved == 0:
-            direction.eof = True
-            self.reactor.removeReader(direction.source)
-            if not direction.backlog:
-                self._finish(direction)
+            self._sourceEnded(direction)
             return
         direction.counter.received += moved
         self.active = True
@@ -349,10 +343,23 @@ class Splicer:
             return
         if sent < moved:
             direction.backlog = bytes(_copyView[sent:moved])
-            self.reactor.removeReader(direction.source)
-            self.reactor.addWriter(direction.destination)
+            self._waitForDestination(direction)
         elif moved == COPY_SIZE:
             self._allocatePipes()
+
+    def _sourceEnded(self, direction: _Direction) -> None:
+        direction.eof = True
+        self.reactor.removeReader(direction.source)
+        if not (direction.pending or direction.backlog):
+            self._finish(direction)
+
+    def _waitForDestination(self, direction: _Direction) -> None:
+        """
+        Stop reading the source until the destination takes what is in
+        flight: this is the flow control.
+        """
+        self.reactor.removeReader(direction.source)
+        self.reactor.addWriter(direction.destination)
 
     def flush(self, direction: _Direction) -> bool:
         """
@@ -376,8 +383,7 @@ class Splicer:
             self._failed(direction.destination)
             return False
         if direction.pending or direction.backlog:
-            self.reactor.removeReader(direction.source)
-            self.reactor.addWriter(direction.destination)
+            self._waitForDestination(direction)
             return False
         if direction.eof:
             self.reactor.removeWriter(direction.destination)

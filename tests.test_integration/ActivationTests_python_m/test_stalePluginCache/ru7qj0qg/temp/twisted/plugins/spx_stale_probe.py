@@ -1,0 +1,1 @@
+import twisted.internet.endpoints  # noqa
