@@ -282,7 +282,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
         if self.idleTimed:
             self.resetTimeout()
 
-    def _spliceEnded(self, how: str, failed: object) -> None:
+    def _spliceEnded(self, how: str) -> None:
         """
         The splicer gave the sockets back: both directions finished, or one
         socket failed and the connection is reset.

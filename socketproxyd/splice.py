@@ -196,9 +196,8 @@ class Splicer:
 
     @param onActivity: called after each move (the idle timeout's reset).
     @param onEnd: called with C{"done"} once both directions are finished,
-        or C{"reset"} and the failed transport after an error on either
-        socket; the splicer has by then given the sockets back to their
-        transports.
+        or C{"reset"} after an error on either socket; the splicer has by
+        then given the sockets back to their transports.
     @param onOutOfFds: called when a pipe could not be opened for want of
         fds (the connection goes on copying).
     """
@@ -210,7 +209,7 @@ class Splicer:
         clientSide: object,
         targetSide: object,
         onActivity: Callable[[], None],
-        onEnd: Callable[[str, object], None],
+        onEnd: Callable[[str], None],
         onOutOfFds: Callable[[], None] = lambda: None,
     ) -> None:
         self.reactor = reactor
@@ -412,11 +411,11 @@ class Splicer:
             pass
         if self.upstream.done and self.downstream.done:
             self.stop()
-            self.onEnd("done", None)
+            self.onEnd("done")
 
     def _failed(self, end: _SpliceEnd) -> None:
         self.stop()
-        self.onEnd("reset", end.transport)
+        self.onEnd("reset")
 
     def lost(self, end: _SpliceEnd, reason: Failure) -> None:
         """
@@ -431,4 +430,4 @@ class Splicer:
                 self.reactor.addReader(end.incoming.source)
             return
         self.stop()
-        self.onEnd("reset", end.transport)
+        self.onEnd("reset")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -264,6 +265,40 @@ class IdleTimeoutTests(_Service):
             elapsed = time.monotonic() - quiet
         self.assertTrue(0.2 <= elapsed < 1.5, elapsed)
         self.assertTrue(proxy.running())
+
+
+class KeepaliveTests(_Service):
+    """
+    C{--keepalive} enables TCP keepalive on both of the proxy's sockets, as
+    C{ss} shows them; without it, neither has it.
+    """
+
+    def keepaliveSockets(self, *args: str) -> int:
+        if not shutil.which("ss"):
+            raise SkipTest("ss (iproute2) is not installed")
+        backend = Backend(self, echo)
+        proxy, address = self.start(backend.address, *args)
+        backendPort = backend.address.rsplit(":", 1)[1]
+        listenPort = address.rsplit(":", 1)[1]
+        with connect(address) as client:
+            client.sendall(b"x")
+            self.assertEqual(client.recv(1), b"x")
+            table = subprocess.run(
+                ["ss", "-tno", "state", "established"], capture_output=True, text=True
+            ).stdout
+        keepalive = 0
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            local, peer = fields[2], fields[3]
+            ours = local.endswith(f":{listenPort}") or peer.endswith(f":{backendPort}")
+            keepalive += ours and "keepalive" in line
+        return keepalive
+
+    def test_keepalive(self) -> None:
+        self.assertEqual(self.keepaliveSockets("--keepalive"), 2)
+
+    def test_noKeepaliveByDefault(self) -> None:
+        self.assertEqual(self.keepaliveSockets(), 0)
 
 
 class TransportIdleTimeoutTests(IdleTimeoutTests):

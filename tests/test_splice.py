@@ -78,14 +78,14 @@ class SplicerTests(SynchronousTestCase):
         self.target, targetInside = self.pair()
         self.clientSide, self.targetSide = Side(clientInside), Side(targetInside)
         self.activity = 0
-        self.ended: list[tuple[str, object]] = []
+        self.ended: list[str] = []
         self.splicer = Splicer(
             self.reactor,
             self.sweeper,
             self.clientSide,
             self.targetSide,
             self.countActivity,
-            lambda how, detail: self.ended.append((how, detail)),
+            self.ended.append,
         )
         self.splicer.start()
         self.clientEnd, self.targetEnd = self.splicer.ends
@@ -133,7 +133,7 @@ class SplicerTests(SynchronousTestCase):
         self.assertEqual(self.ended, [])
         self.targetEnd.doRead()
         self.assertEqual(self.client.recv(100), b"")
-        self.assertEqual(self.ended, [("done", None)])
+        self.assertEqual(self.ended, ["done"])
         self.assertEqual(self.reactor.readers | self.reactor.writers, set())
 
     def test_backpressure(self) -> None:
@@ -170,7 +170,7 @@ class SplicerTests(SynchronousTestCase):
         self.target.close()
         self.client.sendall(b"x")
         self.clientEnd.doRead()
-        self.assertEqual(self.ended[0][0], "reset")
+        self.assertEqual(self.ended, ["reset"])
         self.assertFalse(self.splicer.running)
 
     def test_smallMessagesNeedNoPipe(self) -> None:
