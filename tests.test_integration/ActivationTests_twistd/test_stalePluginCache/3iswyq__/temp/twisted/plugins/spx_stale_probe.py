@@ -1,1 +1,0 @@
-import twisted.internet.endpoints  # noqa
