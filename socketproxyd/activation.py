@@ -30,10 +30,13 @@ _FAMILIES = {
     socket.AF_INET6: "IPv6",
     socket.AF_UNIX: "UNIX",
 }
-_HOW_TO_PASS = (
-    "run it from a systemd .socket unit, under systemd-socket-activate -l ADDRESS, "
-    "or give --listen=ENDPOINT"
+HOW_TO_PASS = (
+    "pass listening sockets by socket activation (a systemd .socket unit, or "
+    "systemd-socket-activate -l ADDRESS) or give --listen=ENDPOINT"
 )
+"""
+What an error about missing or unusable sockets tells the operator to do.
+"""
 
 
 class ActivationError(Exception):
@@ -153,7 +156,7 @@ def inheritedSockets(
         return []
     listenPid = variables.get("LISTEN_PID", "").strip()
     if not listenPid.isdigit():
-        raise ActivationError(f"LISTEN_PID={listenPid!r} is not a process id; {_HOW_TO_PASS}")
+        raise ActivationError(f"LISTEN_PID={listenPid!r} is not a process id; {HOW_TO_PASS}")
     if int(listenPid) != pid:
         raise ActivationError(
             f"the inherited sockets are for process {listenPid}, not this one "

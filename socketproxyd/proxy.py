@@ -54,6 +54,10 @@ def describeAddress(address: IAddress) -> str:
     return "@" + name[1:] if name.startswith("\0") else name
 
 
+def _nothing() -> None:
+    pass
+
+
 def _sendNow(transport: object, data: bytes) -> int:
     """
     Send C{data} straight on a transport's socket; how much went out.
@@ -192,13 +196,6 @@ class ServerProtocol(_Relay, TimeoutMixin):
         self.connecting: Deferred | None = None
         self.client: ClientProtocol | None = None
 
-    @property
-    def clock(self) -> IReactorTime:
-        """
-        The clock of the factory's reactor, for L{TimeoutMixin}.
-        """
-        return self.factory.reactor
-
     def callLater(self, period: float, func: Callable[[], object]) -> object:
         return self.factory.reactor.callLater(period, func)
 
@@ -260,7 +257,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
                 self.factory.sweeper,
                 self,
                 client,
-                self._spliceActivity,
+                self.resetTimeout if self.idleTimed else _nothing,
                 self._spliceEnded,
                 self.factory.tracker.fdsExhausted,
             )
@@ -277,10 +274,6 @@ class ServerProtocol(_Relay, TimeoutMixin):
         client.transport.registerProducer(self.transport, True)
         self.transport.registerProducer(client.transport, True)
         self.transport.resumeProducing()
-
-    def _spliceActivity(self) -> None:
-        if self.idleTimed:
-            self.resetTimeout()
 
     def _spliceEnded(self, how: str) -> None:
         """

@@ -228,19 +228,17 @@ class ProxyService(Service):
 
     def connectionClosed(self, connection: ServerProtocol) -> None:
         """
-        Free a connection's slot; below the limit, accept again.
+        Free a connection's slot; giving its fds back to the budget
+        re-evaluates accepting.
         """
         if connection in self.connections:
             self.connections.discard(connection)
             self.budget.give(FDS_PER_CONNECTION)
         if self._exhausted:
             self._endExhaustion()
-        self._updateAccepting()
         self._statusChanged()
         if not self.connections:
-            if self._drained is not None:
-                drained, self._drained = self._drained, None
-                drained.callback(None)
+            self._fireDrained()
             self._armIdleTimer()
 
     def fdsExhausted(self) -> None:
@@ -323,6 +321,10 @@ class ProxyService(Service):
     def _closeAll(self) -> None:
         for connection in list(self.connections):
             connection.abort("shutdown")
-        if not self.connections and self._drained is not None:
+        if not self.connections:
+            self._fireDrained()
+
+    def _fireDrained(self) -> None:
+        if self._drained is not None:
             drained, self._drained = self._drained, None
             drained.callback(None)

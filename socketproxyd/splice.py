@@ -116,11 +116,12 @@ class _SpliceEnd:
     Stands in the reactor for one socket while its connection is spliced.
     """
 
-    __slots__ = ("splicer", "transport", "fd", "outgoing", "incoming")
+    __slots__ = ("splicer", "transport", "socket", "fd", "outgoing", "incoming")
 
     def __init__(self, splicer: Splicer, transport: object) -> None:
         self.splicer = splicer
         self.transport = transport
+        self.socket: socket.socket = transport.socket
         self.fd = transport.fileno()
         self.outgoing: _Direction
         self.incoming: _Direction
@@ -321,7 +322,7 @@ class Splicer:
         pipes and splices from then on.
         """
         try:
-            moved = direction.source.transport.socket.recv_into(_copyBuffer)
+            moved = direction.source.socket.recv_into(_copyBuffer)
         except BlockingIOError:
             return
         except OSError:
@@ -334,7 +335,7 @@ class Splicer:
         self.active = True
         self.onActivity()
         try:
-            sent = direction.destination.transport.socket.send(_copyView[:moved])
+            sent = direction.destination.socket.send(_copyView[:moved])
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -368,7 +369,7 @@ class Splicer:
         """
         try:
             if direction.backlog:
-                sent = direction.destination.transport.socket.send(direction.backlog)
+                sent = direction.destination.socket.send(direction.backlog)
                 direction.backlog = direction.backlog[sent:]
                 if direction.backlog:
                     raise BlockingIOError
@@ -406,7 +407,7 @@ class Splicer:
         """
         direction.done = True
         try:
-            direction.destination.transport.socket.shutdown(socket.SHUT_WR)
+            direction.destination.socket.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         if self.upstream.done and self.downstream.done:

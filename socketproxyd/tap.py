@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
-from .activation import ActivationError, InheritedSocket, inheritedSockets
+from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, inheritedSockets
 from .fdlimit import raiseSoftLimit
 from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
@@ -29,10 +29,6 @@ from .timespan import parseTimespan
 
 PROGRAM = "socketproxyd"
 _DECIMAL = re.compile(r"\s*[0-9]+\s*")
-_HOW_TO_PASS = (
-    "pass listening sockets by socket activation (a systemd .socket unit, or "
-    "systemd-socket-activate -l ADDRESS) or give --listen=ENDPOINT"
-)
 _SPANS = ("exit-idle-time", "connect-timeout", "idle-timeout", "drain-timeout")
 
 
@@ -217,7 +213,7 @@ def makeService(
     try:
         inherited = findInherited()
         if not inherited and not config["listen"]:
-            raise StartupError(f"no listening socket: {_HOW_TO_PASS}")
+            raise StartupError(f"no listening socket: {HOW_TO_PASS}")
         service.adoptInherited(inherited)
         service.listen(config["listen"])
     except (ActivationError, StartupError) as e:
