@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--data-path", default="auto")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--keep", help="also save the raw profile to this file")
+    parser.add_argument("--callers", help="also print the callers of functions matching this")
     args = parser.parse_args(argv)
     ensureTools()
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
             nginx.stop()
         print(f"{args.scenario}: {rate:,.0f}/s under cProfile (p99 {p99:.2f} ms)\n")
         stats = pstats.Stats(str(output))
+        if args.keep:
+            stats.dump_stats(args.keep)
         stats.sort_stats("tottime").print_stats(args.top)
+        if args.callers:
+            stats.print_callers(args.callers)
 
 
 if __name__ == "__main__":

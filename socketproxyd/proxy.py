@@ -29,10 +29,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .bareconnect import ABORTED, CLEAN_END, BareSocketTransport
 from .fdlimit import FdBudget
 from .logs import debugEnabled, observer
 from .proxyheader import HEADERS
 from .splice import PipeSweeper, Splicer, spliceable
+from .splice import available as spliceAvailable
 from .timespan import formatTimespan
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -78,6 +80,25 @@ def resetConnection(transport: object) -> None:
     except (OSError, AttributeError):
         pass
     transport.abortConnection()
+
+
+def releaseSpliced(transport: object, clean: bool) -> None:
+    """
+    End a transport whose socket the splicer held in the reactor's place.
+
+    The socket is out of the reactor and nothing is queued on it, so there
+    is nothing to flush: the transport is told its connection is lost now,
+    as the reactor would tell it, instead of being put back in the reactor
+    for a close that would take another wake-up. A clean end had both
+    directions shut down already, so the socket is closed without another
+    C{shutdown}; otherwise it is closed with a reset.
+    """
+    if clean:
+        if hasattr(transport, "_shouldShutdown"):
+            transport._shouldShutdown = False
+        transport.connectionLost(CLEAN_END)
+    else:
+        transport.connectionLost(ABORTED)
 
 
 class ConnectionTracker(TypingProtocol):
@@ -188,6 +209,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
     ending: str | None = None
     idleTimed = False
     splicer: Splicer | None = None
+    spliceable = False
     hostAddress: IAddress | None = None
     started = 0.0
 
@@ -207,7 +229,11 @@ class ServerProtocol(_Relay, TimeoutMixin):
             self.hostAddress = self.transport.getHost()
         self.started = factory.reactor.seconds()
         factory.tracker.connectionOpened(self)
-        self.connecting = factory.endpoint.connect(factory.clientFactory)
+        self.spliceable = factory.settings.dataPath != "transport" and spliceable(self.transport)
+        endpoint = factory.endpoint
+        if self.spliceable and factory.bareEndpoint is not None:
+            endpoint = factory.bareEndpoint
+        self.connecting = endpoint.connect(factory.clientFactory)
         if not factory.target.boundsItsConnect:
             timer = factory.reactor.callLater(
                 factory.settings.connectTimeout, self._connectTimedOut
@@ -235,13 +261,17 @@ class ServerProtocol(_Relay, TimeoutMixin):
             return
         self.peer = client
         settings = self.factory.settings
-        splicing = settings.dataPath != "transport" and spliceable(self.transport)
-        splicing = splicing and spliceable(client.transport)
+        splicing = self.spliceable and (
+            isinstance(client.transport, BareSocketTransport) or spliceable(client.transport)
+        )
         if settings.proxyProtocol is not None:
             header = HEADERS[settings.proxyProtocol](self.peerAddress, self.hostAddress)
             if splicing:
                 header = header[_sendNow(client.transport, header) :]
                 splicing = not header
+            if header and isinstance(client.transport, BareSocketTransport):
+                self.abort("reset")
+                return
             if header:
                 client.transport.write(header)
         if settings.keepalive:
@@ -281,14 +311,10 @@ class ServerProtocol(_Relay, TimeoutMixin):
         socket failed and the connection is reset.
         """
         self.splicer = None
-        if how == "done":
-            self.transport.loseConnection()
-            self.client.transport.loseConnection()
-            return
-        if self.ending is None:
+        if how != "done" and self.ending is None:
             self.ending = how
-        resetConnection(self.transport)
-        resetConnection(self.client.transport)
+        releaseSpliced(self.transport, how == "done")
+        releaseSpliced(self.client.transport, how == "done")
 
     def _connectFailed(self, reason: Failure) -> None:
         self.connecting = None
@@ -358,7 +384,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
             if self.connecting is not None:
                 self.connecting.cancel()
         other = self.client if side is self else self
-        if not reason.check(error.ConnectionDone) and self.ending is None:
+        if not isinstance(reason.value, error.ConnectionDone) and self.ending is None:
             self.ending = "reset"
             if other is not None and not other.lost:
                 resetConnection(other.transport)
@@ -391,6 +417,8 @@ class ProxyFactory(ServerFactory):
     all forwarded to one target.
 
     @ivar endpoint: the target's client endpoint, shared by all connections.
+    @ivar bareEndpoint: the target's endpoint for connections that are
+        spliced (see L{socketproxyd.bareconnect}), or C{None}.
     @ivar clientFactory: builds the L{ClientProtocol} of each connection.
     """
 
@@ -409,6 +437,9 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self.target = target
         self.endpoint = endpoint
+        self.bareEndpoint = None
+        if settings.dataPath != "transport" and spliceAvailable():
+            self.bareEndpoint = target.bareEndpoint(reactor, settings.connectTimeout)
         self.settings = settings
         self.tracker = tracker
         self.clientFactory = Factory.forProtocol(ClientProtocol)

@@ -57,7 +57,7 @@ def spliceable(transport: object) -> bool:
         _AVAILABLE
         and isinstance(sock, socket.socket)
         and sock.family in _FAMILIES
-        and type(transport).__name__ in ("Server", "Client")
+        and type(transport).__name__ in ("Server", "Client", "BareSocketTransport")
         and not getattr(transport, "dataBuffer", b"")
         and not getattr(transport, "_tempDataBuffer", None)
     )
@@ -196,9 +196,11 @@ class Splicer:
     path.
 
     @param onActivity: called after each move (the idle timeout's reset).
-    @param onEnd: called with C{"done"} once both directions are finished,
-        or C{"reset"} after an error on either socket; the splicer has by
-        then given the sockets back to their transports.
+    @param onEnd: called with C{"done"} once both directions are finished
+        (the second one's destination is not shut down: closing the sockets,
+        which is the caller's next step, ends it), or C{"reset"} after an
+        error on either socket; the splicer has by then given the sockets
+        back to their transports.
     @param onOutOfFds: called when a pipe could not be opened for want of
         fds (the connection goes on copying).
     """
@@ -403,16 +405,18 @@ class Splicer:
     def _finish(self, direction: _Direction) -> None:
         """
         A direction's source ended and its pipe is empty: shut down writing
-        on the destination; once both directions are done, the connection is.
+        on the destination; once both directions are done, the connection is
+        (and closing its sockets ends the second direction the same way).
         """
         direction.done = True
+        if self.upstream.done and self.downstream.done:
+            self.stop()
+            self.onEnd("done")
+            return
         try:
             direction.destination.socket.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        if self.upstream.done and self.downstream.done:
-            self.stop()
-            self.onEnd("done")
 
     def _failed(self, end: _SpliceEnd) -> None:
         self.stop()
@@ -424,7 +428,7 @@ class Splicer:
         """
         if not self.running:
             return
-        if reason.check(error.ConnectionDone) and end.outgoing.pending == 0:
+        if isinstance(reason.value, error.ConnectionDone) and end.outgoing.pending == 0:
             end.outgoing.eof = True
             self._finish(end.outgoing)
             if self.running and not end.incoming.done:

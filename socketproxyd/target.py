@@ -20,6 +20,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 
+from .bareconnect import BareSocketEndpoint
+
 DEFAULT_PORT = 80
 _SUN_PATH_MAX = 107
 _HOSTNAME = re.compile(
@@ -61,6 +63,24 @@ class Target:
         if self.kind == "ipv6":
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
+
+    def bareEndpoint(self, reactor: object, timeout: float) -> BareSocketEndpoint | None:
+        """
+        An endpoint whose connections are bare sockets for the splicer, or
+        C{None} for a name (resolving and trying several addresses is left
+        to Twisted's L{HostnameEndpoint}).
+        """
+        if self.kind == "name":
+            return None
+        attemptTimeout = None if math.isinf(timeout) else timeout
+        fallback = self.endpoint(reactor, timeout)
+        if self.kind == "unix":
+            family, address = socket.AF_UNIX, self.host
+        elif self.kind == "ipv4":
+            family, address = socket.AF_INET, (self.host, self.port)
+        else:
+            family, address = socket.AF_INET6, (self.host, self.port)
+        return BareSocketEndpoint(reactor, family, address, attemptTimeout, fallback)
 
     @property
     def boundsItsConnect(self) -> bool:

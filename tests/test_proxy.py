@@ -13,10 +13,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd import logs
-from socketproxyd.proxy import ProxyFactory, ProxySettings, ServerProtocol
+from socketproxyd import logs, splice
+from socketproxyd.proxy import ProxyFactory, ProxySettings, ServerProtocol, releaseSpliced
 from socketproxyd.proxyheader import headerV1
 from socketproxyd.target import parseTarget
 
@@ -334,3 +334,44 @@ class CloseLogTests(ProxyTestCase):
         self.assertEqual(event["peer"], "192.0.2.1:4000")
         self.assertEqual(event["duration"], 2.0)
         self.assertEqual(event["how"], "done")
+
+
+class SpliceHandOverTests(ProxyTestCase):
+    """
+    Which endpoint a connection uses, and how a spliced connection's
+    transports are ended.
+    """
+
+    def test_bareEndpointOnlyForSplicing(self) -> None:
+        """
+        The bare-socket endpoint exists for literal targets unless the data
+        path is pinned to transports; test transports are not spliceable,
+        so they connect through the ordinary endpoint.
+        """
+        if not splice.available():
+            raise SkipTest("splice(2) is not available")
+        self.assertIsNotNone(self.factory().bareEndpoint)
+        self.assertIsNone(self.factory(dataPath="transport").bareEndpoint)
+        self.assertIsNone(self.factory("localhost:80").bareEndpoint)
+        server, _, _, _ = self.connected()
+        self.assertFalse(server.spliceable)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_releaseSpliced(self) -> None:
+        """
+        A clean end closes without another shutdown and reports a normal
+        end; otherwise the transport hears of an abort (a reset).
+        """
+        reasons: list[Failure] = []
+
+        class Released:
+            _shouldShutdown = True
+            connectionLost = reasons.append
+
+        clean, failed = Released(), Released()
+        releaseSpliced(clean, True)
+        releaseSpliced(failed, False)
+        self.assertFalse(clean._shouldShutdown)
+        self.assertTrue(failed._shouldShutdown)
+        self.assertIsInstance(reasons[0].value, error.ConnectionDone)
+        self.assertIsInstance(reasons[1].value, error.ConnectionAborted)

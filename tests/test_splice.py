@@ -15,27 +15,7 @@ from socketproxyd import splice
 from socketproxyd.fdlimit import FdBudget
 from socketproxyd.splice import PipeSweeper, Splicer
 
-
-class FakeFDReactor:
-    """
-    Records which ends are registered for reading and writing.
-    """
-
-    def __init__(self) -> None:
-        self.readers: set[object] = set()
-        self.writers: set[object] = set()
-
-    def addReader(self, reader: object) -> None:
-        self.readers.add(reader)
-
-    def removeReader(self, reader: object) -> None:
-        self.readers.discard(reader)
-
-    def addWriter(self, writer: object) -> None:
-        self.writers.add(writer)
-
-    def removeWriter(self, writer: object) -> None:
-        self.writers.discard(writer)
+from .fakes import FakeFDReactor
 
 
 class SocketTransport:
@@ -117,7 +97,8 @@ class SplicerTests(SynchronousTestCase):
     def test_halfCloseThenDone(self) -> None:
         """
         EOF from the client shuts down writing to the target; the reply
-        still flows; EOF from the target finishes the connection.
+        still flows; EOF from the target finishes the connection, and the
+        owner's close of the sockets ends the reply direction.
         """
         self.client.sendall(b"req")
         self.client.shutdown(socket.SHUT_WR)
@@ -132,9 +113,10 @@ class SplicerTests(SynchronousTestCase):
         self.assertEqual(self.client.recv(100), b"REPLY")
         self.assertEqual(self.ended, [])
         self.targetEnd.doRead()
-        self.assertEqual(self.client.recv(100), b"")
         self.assertEqual(self.ended, ["done"])
         self.assertEqual(self.reactor.readers | self.reactor.writers, set())
+        self.clientSide.transport.socket.close()
+        self.assertEqual(self.client.recv(100), b"")
 
     def test_backpressure(self) -> None:
         """

@@ -2,6 +2,9 @@
 Tests for L{socketproxyd.target}.
 """
 
+import math
+import socket
+
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -91,6 +94,27 @@ class EndpointTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         parseTarget("@spx").endpoint(reactor, 30).connect(_NullFactory())
         self.assertEqual(reactor.unixClients[0][0], "\0spx")
+
+    def test_bareEndpoints(self) -> None:
+        """
+        Literal targets also get a bare-socket endpoint for the splice path,
+        with the address in the form C{connect} takes and the ordinary
+        endpoint as its fallback; names do not.
+        """
+        reactor = MemoryReactorClock()
+        cases = [
+            ("127.0.0.1:81", socket.AF_INET, ("127.0.0.1", 81)),
+            ("[::1]:82", socket.AF_INET6, ("::1", 82)),
+            ("/a.sock", socket.AF_UNIX, "/a.sock"),
+            ("@spx", socket.AF_UNIX, "\0spx"),
+        ]
+        for text, family, address in cases:
+            endpoint = parseTarget(text).bareEndpoint(reactor, 7)
+            self.assertEqual((endpoint.family, endpoint.address), (family, address))
+            self.assertEqual(endpoint.timeout, 7)
+            self.assertIsInstance(endpoint.fallback, type(parseTarget(text).endpoint(reactor, 7)))
+        self.assertIsNone(parseTarget("localhost:1").bareEndpoint(reactor, 7))
+        self.assertIsNone(parseTarget("127.0.0.1:1").bareEndpoint(reactor, math.inf).timeout)
 
 
 class _NullFactory:

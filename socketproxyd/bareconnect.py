@@ -1,0 +1,230 @@
+# -*- test-case-name: tests.test_bareconnect -*-
+"""
+Connections to a literal target for the splice path: one non-blocking
+C{connect} and one writability event, yielding a bare socket.
+
+A connection that is spliced never reads or writes through a Twisted
+transport on the target side, so building one (a connector, a
+C{tcp.Client}, a wrapping protocol, three Deferreds, five C{epoll_ctl}
+calls and two C{connect} calls per connection) is pure cost: at the
+new-connection rate of a proxy, most of its cost. L{BareSocketEndpoint}
+skips all of it; L{BareSocketTransport} gives the connected socket just
+enough of a transport for L{socketproxyd.proxy.ServerProtocol} to hand it
+to the splicer and to end it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProtocolFactory, IReactorFDSet, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+CLEAN_END = Failure(error.ConnectionDone())
+"""
+The reason a connection ended normally, built once and shared, as the
+reactor shares its own.
+"""
+
+ABORTED = Failure(error.ConnectionAborted())
+"""
+The reason a connection was aborted, built once and shared.
+"""
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+class BareSocketTransport:
+    """
+    The target side of a connection made by L{BareSocketEndpoint}: the
+    socket, owned by the splicer while it runs, and closed here.
+
+    It never reads or writes (the splicer does); it closes, with a reset
+    when aborted, and tells its protocol once.
+    """
+
+    disconnected = False
+
+    def __init__(self, sock: socket.socket, protocol: Protocol) -> None:
+        self.socket = sock
+        self.protocol = protocol
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def getHandle(self) -> socket.socket:
+        return self.socket
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        if self.socket.family != socket.AF_UNIX:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(enabled))
+
+    def stopReading(self) -> None:
+        """
+        Nothing to stop: a bare socket is in the reactor only through the
+        splicer.
+        """
+
+    stopWriting = stopReading
+
+    def loseConnection(self) -> None:
+        """
+        Close the socket; the peer sees a normal end of stream.
+        """
+        self.connectionLost(CLEAN_END)
+
+    def abortConnection(self) -> None:
+        """
+        Close the socket with a reset.
+        """
+        self.connectionLost(ABORTED)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Close the socket (with a reset unless C{reason} is a clean end) and
+        tell the protocol, once.
+        """
+        if self.disconnected:
+            return
+        self.disconnected = True
+        if not isinstance(reason.value, error.ConnectionDone):
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.socket.close()
+        self.protocol.connectionLost(reason)
+
+
+class _PendingConnect:
+    """
+    A non-blocking connect in flight, a writer in the reactor until the
+    socket is writable, bounded by a timer.
+    """
+
+    def __init__(
+        self,
+        endpoint: BareSocketEndpoint,
+        sock: socket.socket,
+        factory: IProtocolFactory,
+    ) -> None:
+        self.reactor = endpoint.reactor
+        self.socket = sock
+        self.fd = sock.fileno()
+        self.factory = factory
+        self.deferred: Deferred = Deferred(self._cancel)
+        self.timer = None
+        if endpoint.timeout is not None:
+            self.timer = self.reactor.callLater(endpoint.timeout, self._timedOut)
+        self.reactor.addWriter(self)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "connect"
+
+    def doWrite(self) -> None:
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._stop()
+        if code:
+            self._fail(error.getConnectError((code, os.strerror(code))))
+        else:
+            self.deferred.callback(connected(self.factory, self.socket))
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor saw the connect fail (a hang-up or error event).
+        """
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._stop()
+        self._fail(error.getConnectError((code, os.strerror(code))) if code else reason.value)
+
+    def _stop(self) -> None:
+        self.reactor.removeWriter(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _fail(self, reason: BaseException) -> None:
+        self.socket.close()
+        self.deferred.errback(Failure(reason))
+
+    def _timedOut(self) -> None:
+        self.timer = None
+        self._stop()
+        self._fail(error.TimeoutError())
+
+    def _cancel(self, deferred: Deferred) -> None:
+        self._stop()
+        self.socket.close()
+
+
+def connected(factory: IProtocolFactory, sock: socket.socket) -> Protocol:
+    """
+    The protocol for a connected bare socket, already connected to its
+    L{BareSocketTransport}.
+    """
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(BareSocketTransport(sock, protocol))
+    return protocol
+
+
+class BareSocketEndpoint:
+    """
+    A client endpoint for a literal address (IPv4, IPv6 or a UNIX socket)
+    whose connections are bare sockets for the splicer.
+
+    A UNIX socket whose listener's backlog is full cannot be waited for (a
+    second connect is needed once it has room), so such an attempt goes
+    through C{fallback}, an ordinary Twisted endpoint for the same address.
+
+    @ivar timeout: seconds an attempt may take, or C{None} for no bound.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorFDSet | IReactorTime,
+        family: int,
+        address: object,
+        timeout: float | None,
+        fallback: object,
+    ) -> None:
+        self.reactor = reactor
+        self.family = family
+        self.address = address
+        self.timeout = timeout
+        self.fallback = fallback
+
+    def connect(self, factory: IProtocolFactory) -> Deferred:
+        """
+        Start connecting; the Deferred fires with the protocol built by
+        C{factory} on a L{BareSocketTransport}, or fails with the
+        L{error.ConnectError} Twisted's endpoints would give.
+        """
+        try:
+            sock = socket.socket(self.family, _NONBLOCKING_STREAM)
+        except OSError as e:
+            return _failed(e.errno)
+        code = sock.connect_ex(self.address)
+        if code == 0:
+            return succeed(connected(factory, sock))
+        if code in _IN_PROGRESS:
+            if self.family != socket.AF_UNIX:
+                return _PendingConnect(self, sock, factory).deferred
+            sock.close()
+            return self.fallback.connect(factory)
+        sock.close()
+        return _failed(code)
+
+
+def _failed(code: int) -> Deferred:
+    return fail(error.getConnectError((code, os.strerror(code))))

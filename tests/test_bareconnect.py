@@ -1,0 +1,258 @@
+"""
+Unit tests for L{socketproxyd.bareconnect}: real loopback and UNIX sockets,
+a fake reactor whose writability events are delivered by hand once
+C{select} says the socket is writable, and a clock for the timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from socketproxyd.bareconnect import BareSocketEndpoint, BareSocketTransport
+
+from .fakes import FakeFDReactor
+
+
+def openFds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class RecordingProtocol(Protocol):
+    """
+    Records how its connection ended.
+    """
+
+    def __init__(self) -> None:
+        self.reasons: list[Failure] = []
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.reasons.append(reason)
+
+
+class RecordingEndpoint:
+    """
+    Stands in for the fallback endpoint and records that it was used.
+    """
+
+    def __init__(self) -> None:
+        self.factories: list[object] = []
+
+    def connect(self, factory: object) -> Deferred:
+        self.factories.append(factory)
+        return succeed("fallback")
+
+
+class BareSocketEndpointTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = FakeFDReactor()
+        self.factory = Factory.forProtocol(RecordingProtocol)
+        self.fallback = RecordingEndpoint()
+        self.fds = openFds()
+
+    def listener(self) -> socket.socket:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        self.addCleanup(server.close)
+        return server
+
+    def endpoint(self, address: object, family: int = socket.AF_INET) -> BareSocketEndpoint:
+        return BareSocketEndpoint(self.reactor, family, address, 5.0, self.fallback)
+
+    def pending(self) -> object:
+        (writer,) = self.reactor.writers
+        return writer
+
+    def deliverWritable(self) -> None:
+        writer = self.pending()
+        _, writable, _ = select.select([], [writer.fileno()], [], 10)
+        self.assertEqual(writable, [writer.fileno()])
+        writer.doWrite()
+
+    def result(self, deferred: Deferred) -> object:
+        results: list[object] = []
+        deferred.addBoth(results.append)
+        self.assertEqual(len(results), 1)
+        return results[0]
+
+    def test_connects(self) -> None:
+        """
+        One writability event completes the connect: the protocol is
+        connected on a bare socket, the writer and the timer are gone.
+        """
+        server = self.listener()
+        deferred = self.endpoint(server.getsockname()).connect(self.factory)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.deliverWritable()
+        protocol = self.result(deferred)
+        self.assertIsInstance(protocol, RecordingProtocol)
+        self.assertIsInstance(protocol.transport, BareSocketTransport)
+        self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        accepted, _ = server.accept()
+        self.addCleanup(accepted.close)
+        protocol.transport.socket.sendall(b"hello")
+        self.assertEqual(accepted.recv(10), b"hello")
+        protocol.transport.loseConnection()
+        self.assertEqual(accepted.recv(10), b"")
+        self.assertEqual(openFds(), self.fds + 2)
+
+    def test_refused(self) -> None:
+        """
+        A refused connect fails like Twisted's endpoints do, and its socket
+        is closed.
+        """
+        server = self.listener()
+        address = server.getsockname()
+        server.close()
+        deferred = self.endpoint(address).connect(self.factory)
+        if self.reactor.writers:
+            self.deliverWritable()
+        failure = self.result(deferred)
+        self.assertIsInstance(failure.value, error.ConnectionRefusedError)
+        self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        self.assertEqual(openFds(), self.fds)
+
+    def test_hangupReported(self) -> None:
+        """
+        The reactor's hang-up report for a failed connect fails the attempt
+        with the socket's error.
+        """
+        server = self.listener()
+        address = server.getsockname()
+        server.close()
+        deferred = self.endpoint(address).connect(self.factory)
+        if not self.reactor.writers:
+            raise self.skipTest("the refusal was reported at once")
+        writer = self.pending()
+        select.select([], [writer.fileno()], [], 10)
+        self.reactor.removeWriter(writer)
+        writer.connectionLost(Failure(error.ConnectionLost()))
+        self.assertIsInstance(self.result(deferred).value, error.ConnectionRefusedError)
+        self.assertEqual(openFds(), self.fds)
+
+    def test_timeout(self) -> None:
+        """
+        No writability event within the timeout: the attempt fails with
+        L{error.TimeoutError} and its socket is closed.
+        """
+        server = self.listener()
+        deferred = self.endpoint(server.getsockname()).connect(self.factory)
+        self.reactor.advance(4.9)
+        self.assertNoResult(deferred)
+        self.reactor.advance(0.2)
+        self.assertIsInstance(self.result(deferred).value, error.TimeoutError)
+        self.assertEqual(self.reactor.writers, set())
+        self.assertEqual(openFds(), self.fds + 1)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling stops the attempt, its timer and its socket.
+        """
+        server = self.listener()
+        deferred = self.endpoint(server.getsockname()).connect(self.factory)
+        deferred.cancel()
+        self.assertIsInstance(self.result(deferred).value, CancelledError)
+        self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        self.assertEqual(openFds(), self.fds + 1)
+
+    def unixListener(self, backlog: int) -> str:
+        path = self.mktemp()
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(path)
+        server.listen(backlog)
+        self.addCleanup(server.close)
+        return path
+
+    def test_unixConnectsAtOnce(self) -> None:
+        """
+        A UNIX socket with room in its backlog is connected by the connect
+        call itself: no reactor event, no timer.
+        """
+        path = self.unixListener(8)
+        deferred = self.endpoint(path, socket.AF_UNIX).connect(self.factory)
+        protocol = self.result(deferred)
+        self.assertIsInstance(protocol.transport, BareSocketTransport)
+        self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        protocol.transport.abortConnection()
+        protocol.transport.abortConnection()
+        self.assertEqual(len(protocol.reasons), 1)
+        self.assertIsInstance(protocol.reasons[0].value, error.ConnectionAborted)
+
+    def test_unixFullBacklogFallsBack(self) -> None:
+        """
+        A UNIX socket whose backlog is full goes through the fallback
+        endpoint, which can wait for room; the bare socket is closed.
+        """
+        path = self.unixListener(0)
+        waiting = []
+        for _ in range(16):
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            self.addCleanup(client.close)
+            waiting.append(client)
+            if client.connect_ex(path) == errno.EAGAIN:
+                break
+        else:
+            raise self.skipTest("this kernel never reports a full UNIX backlog")
+        fds = openFds()
+        deferred = self.endpoint(path, socket.AF_UNIX).connect(self.factory)
+        self.assertEqual(self.result(deferred), "fallback")
+        self.assertEqual(self.fallback.factories, [self.factory])
+        self.assertEqual(openFds(), fds)
+
+    def test_missingUnixPath(self) -> None:
+        """
+        An immediate failure fails the Deferred with the OS error and leaks
+        no socket.
+        """
+        deferred = self.endpoint(self.mktemp(), socket.AF_UNIX).connect(self.factory)
+        failure = self.result(deferred)
+        self.assertIsInstance(failure.value, error.ConnectError)
+        self.assertEqual(failure.value.osError, errno.ENOENT)
+        self.assertEqual(openFds(), self.fds)
+
+
+class BareSocketTransportTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.outside, inside = socket.socketpair()
+        self.addCleanup(self.outside.close)
+        self.protocol = RecordingProtocol()
+        self.transport = BareSocketTransport(inside, self.protocol)
+
+    def test_loseConnection(self) -> None:
+        """
+        A normal close: the peer reads an end of stream, the protocol hears
+        of it once.
+        """
+        self.transport.loseConnection()
+        self.transport.loseConnection()
+        self.assertEqual(self.outside.recv(10), b"")
+        self.assertEqual(len(self.protocol.reasons), 1)
+        self.assertIsInstance(self.protocol.reasons[0].value, error.ConnectionDone)
+
+    def test_abortResets(self) -> None:
+        """
+        An abort on a TCP socket reaches the peer as a reset.
+        """
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        self.addCleanup(server.close)
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        self.addCleanup(accepted.close)
+        transport = BareSocketTransport(client, self.protocol)
+        transport.setTcpKeepAlive(True)
+        self.assertEqual(client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        transport.abortConnection()
+        self.assertRaises(ConnectionResetError, accepted.recv, 10)
+        self.assertIsInstance(self.protocol.reasons[0].value, error.ConnectionAborted)
