@@ -209,19 +209,28 @@ class BareSocketEndpoint:
         Start connecting; the Deferred fires with the protocol built by
         C{factory} on a L{BareSocketTransport}, or fails with the
         L{error.ConnectError} Twisted's endpoints would give.
+
+        A target on the same host has usually accepted the connection by
+        the time C{connect} returns, even when it reports the connection
+        as in progress: one C{getpeername} finds that out, and saves a
+        reactor registration, a wake-up and a timer.
         """
         try:
             sock = socket.socket(self.family, _NONBLOCKING_STREAM)
         except OSError as e:
             return _failed(e.errno)
         code = sock.connect_ex(self.address)
+        if code in _IN_PROGRESS:
+            if self.family == socket.AF_UNIX:
+                sock.close()
+                return self.fallback.connect(factory)
+            try:
+                sock.getpeername()
+            except OSError:
+                return _PendingConnect(self, sock, factory).deferred
+            code = 0
         if code == 0:
             return succeed(connected(factory, sock))
-        if code in _IN_PROGRESS:
-            if self.family != socket.AF_UNIX:
-                return _PendingConnect(self, sock, factory).deferred
-            sock.close()
-            return self.fallback.connect(factory)
         sock.close()
         return _failed(code)
 

@@ -15,9 +15,9 @@ from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.bareconnect import BareSocketEndpoint, BareSocketTransport
+from socketproxyd.bareconnect import BareSocketEndpoint, BareSocketTransport, _PendingConnect
 
 from .fakes import FakeFDReactor
 
@@ -84,15 +84,39 @@ class BareSocketEndpointTests(SynchronousTestCase):
         self.assertEqual(len(results), 1)
         return results[0]
 
+    def fullListener(self) -> socket.socket:
+        """
+        A listener whose backlog is full, so a new connect stays in
+        progress (its SYNs are dropped).
+        """
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        self.addCleanup(server.close)
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            self.addCleanup(filler.close)
+            filler.connect_ex(server.getsockname())
+        return server
+
+    def pendingConnect(self) -> Deferred:
+        deferred = self.endpoint(self.fullListener().getsockname()).connect(self.factory)
+        if not self.reactor.writers:
+            raise SkipTest("the connect completed although the backlog was full")
+        self.fds = openFds() - 1
+        return deferred
+
     def test_connects(self) -> None:
         """
-        One writability event completes the connect: the protocol is
-        connected on a bare socket, the writer and the timer are gone.
+        A connect to a listening socket gives a protocol on a bare socket;
+        on the same host that is usually at once, without a registration
+        or a timer.
         """
         server = self.listener()
         deferred = self.endpoint(server.getsockname()).connect(self.factory)
-        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
-        self.deliverWritable()
+        if self.reactor.writers:
+            self.deliverWritable()
         protocol = self.result(deferred)
         self.assertIsInstance(protocol, RecordingProtocol)
         self.assertIsInstance(protocol.transport, BareSocketTransport)
@@ -104,6 +128,23 @@ class BareSocketEndpointTests(SynchronousTestCase):
         protocol.transport.loseConnection()
         self.assertEqual(accepted.recv(10), b"")
         self.assertEqual(openFds(), self.fds + 2)
+
+    def test_completesOnWritable(self) -> None:
+        """
+        A connect in progress completes on the writability event: the
+        writer and the timer are gone and the protocol is connected.
+        """
+        server = self.listener()
+        sock = socket.create_connection(server.getsockname())
+        endpoint = self.endpoint(server.getsockname())
+        pending = _PendingConnect(endpoint, sock, self.factory)
+        self.assertEqual(self.reactor.writers, {pending})
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        pending.doWrite()
+        protocol = self.result(pending.deferred)
+        self.assertIs(protocol.transport.socket, sock)
+        self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        protocol.transport.loseConnection()
 
     def test_refused(self) -> None:
         """
@@ -131,7 +172,7 @@ class BareSocketEndpointTests(SynchronousTestCase):
         server.close()
         deferred = self.endpoint(address).connect(self.factory)
         if not self.reactor.writers:
-            raise self.skipTest("the refusal was reported at once")
+            raise SkipTest("the refusal was reported at once")
         writer = self.pending()
         select.select([], [writer.fileno()], [], 10)
         self.reactor.removeWriter(writer)
@@ -144,25 +185,24 @@ class BareSocketEndpointTests(SynchronousTestCase):
         No writability event within the timeout: the attempt fails with
         L{error.TimeoutError} and its socket is closed.
         """
-        server = self.listener()
-        deferred = self.endpoint(server.getsockname()).connect(self.factory)
+        deferred = self.pendingConnect()
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
         self.reactor.advance(4.9)
         self.assertNoResult(deferred)
         self.reactor.advance(0.2)
         self.assertIsInstance(self.result(deferred).value, error.TimeoutError)
         self.assertEqual(self.reactor.writers, set())
-        self.assertEqual(openFds(), self.fds + 1)
+        self.assertEqual(openFds(), self.fds)
 
     def test_cancel(self) -> None:
         """
         Cancelling stops the attempt, its timer and its socket.
         """
-        server = self.listener()
-        deferred = self.endpoint(server.getsockname()).connect(self.factory)
+        deferred = self.pendingConnect()
         deferred.cancel()
         self.assertIsInstance(self.result(deferred).value, CancelledError)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
-        self.assertEqual(openFds(), self.fds + 1)
+        self.assertEqual(openFds(), self.fds)
 
     def unixListener(self, backlog: int) -> str:
         path = self.mktemp()
@@ -202,7 +242,7 @@ class BareSocketEndpointTests(SynchronousTestCase):
             if client.connect_ex(path) == errno.EAGAIN:
                 break
         else:
-            raise self.skipTest("this kernel never reports a full UNIX backlog")
+            raise SkipTest("this kernel never reports a full UNIX backlog")
         fds = openFds()
         deferred = self.endpoint(path, socket.AF_UNIX).connect(self.factory)
         self.assertEqual(self.result(deferred), "fallback")
