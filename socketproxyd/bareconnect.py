@@ -51,11 +51,12 @@ class BareSocketTransport:
     when aborted, and tells its protocol once.
     """
 
-    disconnected = False
+    __slots__ = ("socket", "protocol", "disconnected")
 
     def __init__(self, sock: socket.socket, protocol: Protocol) -> None:
         self.socket = sock
         self.protocol = protocol
+        self.disconnected = False
 
     def fileno(self) -> int:
         return self.socket.fileno()

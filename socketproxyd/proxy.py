@@ -56,10 +56,6 @@ def describeAddress(address: IAddress) -> str:
     return "@" + name[1:] if name.startswith("\0") else name
 
 
-def _nothing() -> None:
-    pass
-
-
 def _sendNow(transport: object, data: bytes) -> int:
     """
     Send C{data} straight on a transport's socket; how much went out.
@@ -210,6 +206,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
     idleTimed = False
     splicer: Splicer | None = None
     spliceable = False
+    peerAddress: IAddress | None = None
     hostAddress: IAddress | None = None
     started = 0.0
 
@@ -224,10 +221,10 @@ class ServerProtocol(_Relay, TimeoutMixin):
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
         factory = self.factory
-        self.peerAddress = self.transport.getPeer()
         if factory.settings.proxyProtocol is not None or debugEnabled():
+            self.peerAddress = self.transport.getPeer()
             self.hostAddress = self.transport.getHost()
-        self.started = factory.reactor.seconds()
+            self.started = factory.reactor.seconds()
         factory.tracker.connectionOpened(self)
         self.spliceable = factory.settings.dataPath != "transport" and spliceable(self.transport)
         endpoint = factory.endpoint
@@ -283,13 +280,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
             self.idleTimed = True
         if splicing:
             self.splicer = Splicer(
-                self.factory.reactor,
-                self.factory.sweeper,
-                self,
-                client,
-                self.resetTimeout if self.idleTimed else _nothing,
-                self._spliceEnded,
-                self.factory.tracker.fdsExhausted,
+                self.factory.reactor, self.factory.sweeper, self, self, client, self.idleTimed
             )
             self.splicer.start()
             return
@@ -305,7 +296,13 @@ class ServerProtocol(_Relay, TimeoutMixin):
         self.transport.registerProducer(client.transport, True)
         self.transport.resumeProducing()
 
-    def _spliceEnded(self, how: str) -> None:
+    def spliceOutOfFds(self) -> None:
+        """
+        The splicer could not open a pipe for want of fds.
+        """
+        self.factory.tracker.fdsExhausted()
+
+    def spliceEnded(self, how: str) -> None:
         """
         The splicer gave the sockets back: both directions finished, or one
         socket failed and the connection is reset.
@@ -336,7 +333,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
         self.log.warn(
             "Failed to connect to {target} for {peer}: {why}",
             target=str(self.factory.target),
-            peer=describeAddress(self.peerAddress),
+            peer=describeAddress(self.peerAddress or self.transport.getPeer()),
             why=why,
         )
         self.transport.loseConnection()

@@ -22,7 +22,7 @@ import errno
 import fcntl
 import os
 import socket
-from collections.abc import Callable
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import error
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime
@@ -86,60 +86,52 @@ class _Pipe:
         os.close(self.write)
 
 
-class _Direction:
+class _SpliceEnd:
     """
-    One direction of a connection: from C{source} to C{destination},
-    with the bytes in flight in C{pipe} (C{pending} of them), or, before
-    the direction has a pipe, in C{backlog}.
+    One socket of a spliced connection, standing in the reactor for its
+    transport, with the state of the direction its bytes leave by: from
+    this socket to its C{peer}, in flight in C{pipe} (C{pending} bytes) or,
+    before the direction has a pipe, in C{backlog}.
+
+    @ivar side: the relay protocol whose socket this is; its C{received}
+        counts the bytes read here.
     """
 
-    __slots__ = ("source", "destination", "counter", "pipe", "pending", "backlog", "eof", "done")
+    __slots__ = (
+        "splicer", "side", "socket", "peer",
+        "pipe", "pending", "backlog", "eof", "done",
+    )  # fmt: skip
 
-    def __init__(self, source: _SpliceEnd, destination: _SpliceEnd, counter: object) -> None:
-        self.source = source
-        self.destination = destination
-        self.counter = counter
+    def __init__(self, splicer: Splicer, side: object) -> None:
+        self.splicer = splicer
+        self.side = side
+        self.socket: socket.socket = side.transport.socket
+        self.peer: _SpliceEnd
         self.pipe: _Pipe | None = None
         self.pending = 0
         self.backlog = b""
         self.eof = False
         self.done = False
 
-    def releasePipe(self) -> None:
-        if self.pipe is not None:
-            self.pipe.close()
-            self.pipe = None
-
-
-class _SpliceEnd:
-    """
-    Stands in the reactor for one socket while its connection is spliced.
-    """
-
-    __slots__ = ("splicer", "transport", "socket", "fd", "outgoing", "incoming")
-
-    def __init__(self, splicer: Splicer, transport: object) -> None:
-        self.splicer = splicer
-        self.transport = transport
-        self.socket: socket.socket = transport.socket
-        self.fd = transport.fileno()
-        self.outgoing: _Direction
-        self.incoming: _Direction
-
     def fileno(self) -> int:
-        return self.fd
+        return self.socket.fileno()
 
     def logPrefix(self) -> str:
         return "splice"
 
     def doRead(self) -> None:
-        self.splicer.fill(self.outgoing)
+        self.splicer.fill(self)
 
     def doWrite(self) -> None:
-        self.splicer.drain(self.incoming)
+        self.splicer.drain(self.peer)
 
     def connectionLost(self, reason: Failure) -> None:
         self.splicer.lost(self, reason)
+
+    def releasePipe(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
 
 
 class PipeSweeper:
@@ -189,52 +181,86 @@ class PipeSweeper:
             self._loop = None
 
 
+class SpliceOwner(TypingProtocol):
+    """
+    What a L{Splicer} reports to: the connection it moves the bytes of.
+    """
+
+    def resetTimeout(self) -> None:
+        """
+        Bytes moved (called only for a splicer told the owner is timed).
+        """
+
+    def spliceEnded(self, how: str) -> None:
+        """
+        The splicer stopped: C{"done"} once both directions are finished
+        (the second one's destination is not shut down: closing the
+        sockets, the owner's next step, ends it), or C{"reset"} after an
+        error on either socket. The sockets are out of the reactor.
+        """
+
+    def spliceOutOfFds(self) -> None:
+        """
+        A pipe could not be opened for want of fds; the connection goes on
+        copying.
+        """
+
+
 class Splicer:
     """
     Moves a connection's bytes with splice(2) in both directions, with the
     same half-close, reset, byte-count and idle semantics as the transport
     path.
 
-    @param onActivity: called after each move (the idle timeout's reset).
-    @param onEnd: called with C{"done"} once both directions are finished
-        (the second one's destination is not shut down: closing the sockets,
-        which is the caller's next step, ends it), or C{"reset"} after an
-        error on either socket; the splicer has by then given the sockets
-        back to their transports.
-    @param onOutOfFds: called when a pipe could not be opened for want of
-        fds (the connection goes on copying).
+    The splicer and its two ends are the whole per-connection state of the
+    fast path, kept small (slots, no callbacks of its own) because an idle
+    connection keeps them.
+
+    @ivar upstream: the client's end (its bytes go to the target).
+    @ivar downstream: the target's end.
+    @ivar timed: whether to call the owner's C{resetTimeout} after each move.
     """
+
+    __slots__ = (
+        "reactor",
+        "sweeper",
+        "owner",
+        "upstream",
+        "downstream",
+        "timed",
+        "running",
+        "active",
+    )
 
     def __init__(
         self,
         reactor: IReactorFDSet,
         sweeper: PipeSweeper,
+        owner: SpliceOwner,
         clientSide: object,
         targetSide: object,
-        onActivity: Callable[[], None],
-        onEnd: Callable[[str], None],
-        onOutOfFds: Callable[[], None] = lambda: None,
+        timed: bool = False,
     ) -> None:
         self.reactor = reactor
         self.sweeper = sweeper
-        self.onActivity = onActivity
-        self.onEnd = onEnd
-        self.onOutOfFds = onOutOfFds
-        client = _SpliceEnd(self, clientSide.transport)
-        target = _SpliceEnd(self, targetSide.transport)
-        self.ends = (client, target)
-        self.upstream = _Direction(client, target, clientSide)
-        self.downstream = _Direction(target, client, targetSide)
-        client.outgoing = target.incoming = self.upstream
-        target.outgoing = client.incoming = self.downstream
+        self.owner = owner
+        self.timed = timed
+        self.upstream = _SpliceEnd(self, clientSide)
+        self.downstream = _SpliceEnd(self, targetSide)
+        self.upstream.peer = self.downstream
+        self.downstream.peer = self.upstream
         self.running = False
         self.active = False
+
+    @property
+    def ends(self) -> tuple[_SpliceEnd, _SpliceEnd]:
+        return (self.upstream, self.downstream)
 
     def inFlight(self) -> bool:
         """
         Whether either pipe holds bytes not yet written on.
         """
-        return any(d.pending or d.backlog for d in (self.upstream, self.downstream))
+        return any(end.pending or end.backlog for end in self.ends)
 
     def releasePipes(self) -> None:
         """
@@ -254,12 +280,12 @@ class Splicer:
             return
         self.sweeper.holding(self)
         try:
-            for direction in (self.upstream, self.downstream):
-                direction.pipe = _Pipe()
+            for end in self.ends:
+                end.pipe = _Pipe()
         except OSError as e:
             self.releasePipes()
             if e.errno in (errno.EMFILE, errno.ENFILE):
-                self.onOutOfFds()
+                self.owner.spliceOutOfFds()
 
     def start(self) -> None:
         """
@@ -267,8 +293,8 @@ class Splicer:
         """
         self.running = True
         for end in self.ends:
-            end.transport.stopReading()
-            end.transport.stopWriting()
+            end.side.transport.stopReading()
+            end.side.transport.stopWriting()
             self.reactor.addReader(end)
 
     def stop(self) -> None:
@@ -284,38 +310,41 @@ class Splicer:
             self.reactor.removeWriter(end)
         self.releasePipes()
 
-    def fill(self, direction: _Direction) -> None:
+    def _moved(self) -> None:
+        self.active = True
+        if self.timed:
+            self.owner.resetTimeout()
+
+    def fill(self, end: _SpliceEnd) -> None:
         """
-        The source is readable: move what it has into the pipe and on to
-        the destination, a few more rounds while the source fills the pipe
-        and the destination keeps up (a short read means the source is
-        drained for now, and another try would only cost an EAGAIN).
+        C{end}'s socket is readable: move what it has into the pipe and on
+        to its peer, a few more rounds while the source fills the pipe and
+        the destination keeps up (a short read means the source is drained
+        for now, and another try would only cost an EAGAIN).
         """
-        if direction.pipe is None:
-            self._copy(direction)
+        pipe = end.pipe
+        if pipe is None:
+            self._copy(end)
             return
-        pipe = direction.pipe
-        source = direction.source.fd
         for _ in range(ROUNDS):
-            space = pipe.size - direction.pending
+            space = pipe.size - end.pending
             try:
-                moved = os.splice(source, pipe.write, space, flags=_FLAGS)
+                moved = os.splice(end.socket.fileno(), pipe.write, space, flags=_FLAGS)
             except BlockingIOError:
                 break
             except OSError:
-                self._failed(direction.source)
+                self._failed()
                 return
             if moved == 0:
-                self._sourceEnded(direction)
+                self._sourceEnded(end)
                 return
-            direction.pending += moved
-            direction.counter.received += moved
-            if not self.flush(direction) or moved < space:
+            end.pending += moved
+            end.side.received += moved
+            if not self.flush(end) or moved < space:
                 break
-        self.active = True
-        self.onActivity()
+        self._moved()
 
-    def _copy(self, direction: _Direction) -> None:
+    def _copy(self, end: _SpliceEnd) -> None:
         """
         A direction without a pipe reads into a shared buffer and sends from
         it: for the small messages of most connections that costs the same
@@ -324,103 +353,104 @@ class Splicer:
         pipes and splices from then on.
         """
         try:
-            moved = direction.source.socket.recv_into(_copyBuffer)
+            moved = end.socket.recv_into(_copyBuffer)
         except BlockingIOError:
             return
         except OSError:
-            self._failed(direction.source)
+            self._failed()
             return
         if moved == 0:
-            self._sourceEnded(direction)
+            self._sourceEnded(end)
             return
-        direction.counter.received += moved
-        self.active = True
-        self.onActivity()
+        end.side.received += moved
+        self._moved()
         try:
-            sent = direction.destination.socket.send(_copyView[:moved])
+            sent = end.peer.socket.send(_copyView[:moved])
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._failed(direction.destination)
+            self._failed()
             return
         if sent < moved:
-            direction.backlog = bytes(_copyView[sent:moved])
-            self._waitForDestination(direction)
+            end.backlog = bytes(_copyView[sent:moved])
+            self._waitForDestination(end)
         elif moved == COPY_SIZE:
             self._allocatePipes()
 
-    def _sourceEnded(self, direction: _Direction) -> None:
-        direction.eof = True
-        self.reactor.removeReader(direction.source)
-        if not (direction.pending or direction.backlog):
-            self._finish(direction)
+    def _sourceEnded(self, end: _SpliceEnd) -> None:
+        end.eof = True
+        self.reactor.removeReader(end)
+        if not (end.pending or end.backlog):
+            self._finish(end)
 
-    def _waitForDestination(self, direction: _Direction) -> None:
+    def _waitForDestination(self, end: _SpliceEnd) -> None:
         """
-        Stop reading the source until the destination takes what is in
-        flight: this is the flow control.
+        Stop reading C{end} until its peer takes what is in flight: this is
+        the flow control.
         """
-        self.reactor.removeReader(direction.source)
-        self.reactor.addWriter(direction.destination)
+        self.reactor.removeReader(end)
+        self.reactor.addWriter(end.peer)
 
-    def flush(self, direction: _Direction) -> bool:
+    def flush(self, end: _SpliceEnd) -> bool:
         """
-        Move what is in flight (backlog, then pipe) to the destination;
-        stop reading the source while the destination cannot take it all.
-        Whether all is out and the source may be read again.
+        Move what C{end} has in flight (backlog, then pipe) to its peer;
+        stop reading C{end} while the peer cannot take it all. Whether all
+        is out and C{end} may be read again.
         """
+        destination = end.peer
         try:
-            if direction.backlog:
-                sent = direction.destination.socket.send(direction.backlog)
-                direction.backlog = direction.backlog[sent:]
-                if direction.backlog:
+            if end.backlog:
+                sent = destination.socket.send(end.backlog)
+                end.backlog = end.backlog[sent:]
+                if end.backlog:
                     raise BlockingIOError
-            while direction.pending:
-                direction.pending -= os.splice(
-                    direction.pipe.read, direction.destination.fd, direction.pending, flags=_FLAGS
+            while end.pending:
+                end.pending -= os.splice(
+                    end.pipe.read, destination.socket.fileno(), end.pending, flags=_FLAGS
                 )
         except BlockingIOError:
             pass
         except OSError:
-            self._failed(direction.destination)
+            self._failed()
             return False
-        if direction.pending or direction.backlog:
-            self._waitForDestination(direction)
+        if end.pending or end.backlog:
+            self._waitForDestination(end)
             return False
-        if direction.eof:
-            self.reactor.removeWriter(direction.destination)
-            self._finish(direction)
+        if end.eof:
+            self.reactor.removeWriter(destination)
+            self._finish(end)
             return False
         return True
 
-    def drain(self, direction: _Direction) -> None:
+    def drain(self, end: _SpliceEnd) -> None:
         """
-        The destination became writable again: empty the pipe into it, then
-        read the source again.
+        C{end}'s peer became writable again: empty the pipe into it, then
+        read C{end} again.
         """
-        if self.flush(direction):
-            self.reactor.removeWriter(direction.destination)
-            self.reactor.addReader(direction.source)
+        if self.flush(end):
+            self.reactor.removeWriter(end.peer)
+            self.reactor.addReader(end)
 
-    def _finish(self, direction: _Direction) -> None:
+    def _finish(self, end: _SpliceEnd) -> None:
         """
-        A direction's source ended and its pipe is empty: shut down writing
-        on the destination; once both directions are done, the connection is
-        (and closing its sockets ends the second direction the same way).
+        The direction leaving by C{end} is finished (EOF read, nothing in
+        flight): shut down writing on its peer; once both directions are
+        done, the connection is (and closing its sockets ends the second
+        direction the same way).
         """
-        direction.done = True
-        if self.upstream.done and self.downstream.done:
+        end.done = True
+        if end.peer.done:
             self.stop()
-            self.onEnd("done")
+            self.owner.spliceEnded("done")
             return
         try:
-            direction.destination.socket.shutdown(socket.SHUT_WR)
+            end.peer.socket.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
-    def _failed(self, end: _SpliceEnd) -> None:
+    def _failed(self) -> None:
         self.stop()
-        self.onEnd("reset")
+        self.owner.spliceEnded("reset")
 
     def lost(self, end: _SpliceEnd, reason: Failure) -> None:
         """
@@ -428,11 +458,10 @@ class Splicer:
         """
         if not self.running:
             return
-        if isinstance(reason.value, error.ConnectionDone) and end.outgoing.pending == 0:
-            end.outgoing.eof = True
-            self._finish(end.outgoing)
-            if self.running and not end.incoming.done:
-                self.reactor.addReader(end.incoming.source)
+        if isinstance(reason.value, error.ConnectionDone) and end.pending == 0:
+            end.eof = True
+            self._finish(end)
+            if self.running and not end.peer.done:
+                self.reactor.addReader(end.peer)
             return
-        self.stop()
-        self.onEnd("reset")
+        self._failed()

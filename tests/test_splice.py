@@ -48,6 +48,11 @@ class Side:
 
 
 class SplicerTests(SynchronousTestCase):
+    """
+    The test case is the splicer's owner: it counts activity and records
+    how the splicer ended.
+    """
+
     def setUp(self) -> None:
         if not splice.available():
             raise SkipTest("splice(2) is not available")
@@ -59,13 +64,9 @@ class SplicerTests(SynchronousTestCase):
         self.clientSide, self.targetSide = Side(clientInside), Side(targetInside)
         self.activity = 0
         self.ended: list[str] = []
+        self.outOfFds = 0
         self.splicer = Splicer(
-            self.reactor,
-            self.sweeper,
-            self.clientSide,
-            self.targetSide,
-            self.countActivity,
-            self.ended.append,
+            self.reactor, self.sweeper, self, self.clientSide, self.targetSide, timed=True
         )
         self.splicer.start()
         self.clientEnd, self.targetEnd = self.splicer.ends
@@ -77,8 +78,14 @@ class SplicerTests(SynchronousTestCase):
             self.addCleanup(sock.close)
         return outside, inside
 
-    def countActivity(self) -> None:
+    def resetTimeout(self) -> None:
         self.activity += 1
+
+    def spliceEnded(self, how: str) -> None:
+        self.ended.append(how)
+
+    def spliceOutOfFds(self) -> None:
+        self.outOfFds += 1
 
     def test_startTakesOver(self) -> None:
         self.assertFalse(self.clientSide.transport.reading)
