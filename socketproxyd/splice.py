@@ -318,9 +318,14 @@ class Splicer:
     def fill(self, end: _SpliceEnd) -> None:
         """
         C{end}'s socket is readable: move what it has into the pipe and on
-        to its peer, a few more rounds while the source fills the pipe and
-        the destination keeps up (a short read means the source is drained
-        for now, and another try would only cost an EAGAIN).
+        to its peer, and again while the destination keeps up, until the
+        source has nothing more (EAGAIN) or for at most L{ROUNDS} rounds.
+
+        Only bulk transfers have a pipe, and their source has usually
+        received more by the time a round is done: going on saves a return
+        to the reactor, which costs more than the one C{EAGAIN} that ends
+        the loop. Small messages, whose next read would be an C{EAGAIN},
+        take the copy path, which stops after one read.
         """
         pipe = end.pipe
         if pipe is None:
@@ -340,7 +345,7 @@ class Splicer:
                 return
             end.pending += moved
             end.side.received += moved
-            if not self.flush(end) or moved < space:
+            if not self.flush(end):
                 break
         self._moved()
 
