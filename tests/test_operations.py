@@ -34,6 +34,8 @@ from .helpers import (
 )
 from .test_integration import ping
 
+headerV2Signature = b"\r\n\r\n\x00\r\nQUIT\n"
+
 MiB = 1 << 20
 
 
@@ -299,6 +301,41 @@ class KeepaliveTests(_Service):
 
     def test_noKeepaliveByDefault(self) -> None:
         self.assertEqual(self.keepaliveSockets(), 0)
+
+
+class ProxyProtocolTests(_Service):
+    """
+    C{--proxy-protocol} puts the client's and the listener's addresses in
+    front of the client's bytes, whatever the data path.
+    """
+
+    def received(self, version: str) -> tuple[bytes, socket.socket, str]:
+        backend = Backend(self, recvAll)
+        proxy, address = self.start(backend.address, f"--proxy-protocol={version}")
+        with connect(address) as client:
+            client.sendall(b"hello")
+            client.shutdown(socket.SHUT_WR)
+            self.assertEqual(recvAll(client), b"")
+            self.assertTrue(backend.waitFor(lambda: backend.results))
+            return backend.results[0], client.getsockname(), address
+
+    def test_v1(self) -> None:
+        data, (clientHost, clientPort), address = self.received("v1")
+        host, port = address.rsplit(":", 1)
+        header = f"PROXY TCP4 {clientHost} {host} {clientPort} {port}\r\n".encode()
+        self.assertEqual(data, header + b"hello")
+
+    def test_v2(self) -> None:
+        data, (clientHost, clientPort), address = self.received("v2")
+        host, port = address.rsplit(":", 1)
+        body = socket.inet_aton(clientHost) + socket.inet_aton(host)
+        body += struct.pack("!HH", clientPort, int(port))
+        header = headerV2Signature + struct.pack("!BBH", 0x21, 0x11, len(body)) + body
+        self.assertEqual(data, header + b"hello")
+
+
+class TransportProxyProtocolTests(ProxyProtocolTests):
+    options = ("--data-path=transport",)
 
 
 class TransportIdleTimeoutTests(IdleTimeoutTests):
