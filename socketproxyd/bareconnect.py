@@ -7,10 +7,10 @@ A connection that is spliced never reads or writes through a Twisted
 transport on the target side, so building one (a connector, a
 C{tcp.Client}, a wrapping protocol, three Deferreds, five C{epoll_ctl}
 calls and two C{connect} calls per connection) is pure cost: at the
-new-connection rate of a proxy, most of its cost. L{BareSocketEndpoint}
-skips all of it; L{BareSocketTransport} gives the connected socket just
-enough of a transport for L{socketproxyd.proxy.ServerProtocol} to hand it
-to the splicer and to end it.
+new-connection rate of a proxy, most of its cost. L{BareConnector} skips
+all of it; a L{BareTarget} is the connected socket with just enough of a
+relay protocol and its transport for L{socketproxyd.proxy.ServerProtocol}
+to hand it to the splicer and to end it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import struct
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IProtocolFactory, IReactorFDSet, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -38,25 +37,40 @@ ABORTED = Failure(error.ConnectionAborted())
 """
 The reason a connection was aborted, built once and shared.
 """
+
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
-class BareSocketTransport:
+class BareTarget:
     """
-    The target side of a connection made by L{BareSocketEndpoint}: the
-    socket, owned by the splicer while it runs, and closed here.
+    The target side of a spliced connection made by L{BareConnector}: the
+    connected socket, standing where a L{socketproxyd.proxy.ClientProtocol}
+    and its transport would, in one small object (an idle connection keeps
+    it).
 
-    It never reads or writes (the splicer does); it closes, with a reset
-    when aborted, and tells its protocol once.
+    It is its own transport: it never reads or writes (the splicer does);
+    it closes, with a reset when aborted, and reports that to its owner
+    once, as a relay protocol would.
+
+    @ivar owner: the L{socketproxyd.proxy.ServerProtocol} it was handed to.
+    @ivar peer: the other side (the owner), as for a relay protocol.
+    @ivar received: bytes read from the target (the splicer counts them).
+    @ivar lost: whether the socket is closed.
     """
 
-    __slots__ = ("socket", "protocol", "disconnected")
+    __slots__ = ("socket", "owner", "peer", "received", "lost")
 
-    def __init__(self, sock: socket.socket, protocol: Protocol) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.socket = sock
-        self.protocol = protocol
-        self.disconnected = False
+        self.owner = None
+        self.peer = None
+        self.received = 0
+        self.lost = False
+
+    @property
+    def transport(self) -> BareTarget:
+        return self
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -91,18 +105,19 @@ class BareSocketTransport:
     def connectionLost(self, reason: Failure) -> None:
         """
         Close the socket (with a reset unless C{reason} is a clean end) and
-        tell the protocol, once.
+        tell the owner, once.
         """
-        if self.disconnected:
+        if self.lost:
             return
-        self.disconnected = True
+        self.lost = True
         if not isinstance(reason.value, error.ConnectionDone):
             try:
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             except OSError:
                 pass
         self.socket.close()
-        self.protocol.connectionLost(reason)
+        if self.owner is not None:
+            self.owner.sideLost(self, reason)
 
 
 class _PendingConnect:
@@ -113,18 +128,16 @@ class _PendingConnect:
 
     def __init__(
         self,
-        endpoint: BareSocketEndpoint,
+        connector: BareConnector,
         sock: socket.socket,
-        factory: IProtocolFactory,
     ) -> None:
-        self.reactor = endpoint.reactor
+        self.reactor = connector.reactor
         self.socket = sock
         self.fd = sock.fileno()
-        self.factory = factory
         self.deferred: Deferred = Deferred(self._cancel)
         self.timer = None
-        if endpoint.timeout is not None:
-            self.timer = self.reactor.callLater(endpoint.timeout, self._timedOut)
+        if connector.timeout is not None:
+            self.timer = self.reactor.callLater(connector.timeout, self._timedOut)
         self.reactor.addWriter(self)
 
     def fileno(self) -> int:
@@ -139,7 +152,7 @@ class _PendingConnect:
         if code:
             self._fail(error.getConnectError((code, os.strerror(code))))
         else:
-            self.deferred.callback(connected(self.factory, self.socket))
+            self.deferred.callback(BareTarget(self.socket))
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -169,24 +182,15 @@ class _PendingConnect:
         self.socket.close()
 
 
-def connected(factory: IProtocolFactory, sock: socket.socket) -> Protocol:
+class BareConnector:
     """
-    The protocol for a connected bare socket, already connected to its
-    L{BareSocketTransport}.
-    """
-    protocol = factory.buildProtocol(None)
-    protocol.makeConnection(BareSocketTransport(sock, protocol))
-    return protocol
-
-
-class BareSocketEndpoint:
-    """
-    A client endpoint for a literal address (IPv4, IPv6 or a UNIX socket)
-    whose connections are bare sockets for the splicer.
+    Connects to a literal address (IPv4, IPv6 or a UNIX socket) with bare
+    sockets for the splicer.
 
     A UNIX socket whose listener's backlog is full cannot be waited for (a
     second connect is needed once it has room), so such an attempt goes
-    through C{fallback}, an ordinary Twisted endpoint for the same address.
+    through C{fallback}, an ordinary Twisted endpoint for the same address,
+    and gives an ordinary protocol on a Twisted transport.
 
     @ivar timeout: seconds an attempt may take, or C{None} for no bound.
     """
@@ -205,11 +209,12 @@ class BareSocketEndpoint:
         self.timeout = timeout
         self.fallback = fallback
 
-    def connect(self, factory: IProtocolFactory) -> Deferred:
+    def connect(self, fallbackFactory: IProtocolFactory) -> Deferred:
         """
-        Start connecting; the Deferred fires with the protocol built by
-        C{factory} on a L{BareSocketTransport}, or fails with the
-        L{error.ConnectError} Twisted's endpoints would give.
+        Start connecting; the Deferred fires with a L{BareTarget} (or, when
+        the attempt goes through the fallback endpoint, with the protocol
+        C{fallbackFactory} builds), or fails with the L{error.ConnectError}
+        Twisted's endpoints would give.
 
         A target on the same host has usually accepted the connection by
         the time C{connect} returns, even when it reports the connection
@@ -224,14 +229,14 @@ class BareSocketEndpoint:
         if code in _IN_PROGRESS:
             if self.family == socket.AF_UNIX:
                 sock.close()
-                return self.fallback.connect(factory)
+                return self.fallback.connect(fallbackFactory)
             try:
                 sock.getpeername()
             except OSError:
-                return _PendingConnect(self, sock, factory).deferred
+                return _PendingConnect(self, sock).deferred
             code = 0
         if code == 0:
-            return succeed(connected(factory, sock))
+            return succeed(BareTarget(sock))
         sock.close()
         return _failed(code)
 

@@ -29,7 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .bareconnect import ABORTED, CLEAN_END, BareSocketTransport
+from .bareconnect import ABORTED, CLEAN_END, BareTarget
 from .fdlimit import FdBudget
 from .logs import debugEnabled, observer
 from .proxyheader import HEADERS
@@ -213,7 +213,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
     def __init__(self) -> None:
         self.owner = self
         self.connecting: Deferred | None = None
-        self.client: ClientProtocol | None = None
+        self.client: ClientProtocol | BareTarget | None = None
 
     def callLater(self, period: float, func: Callable[[], object]) -> object:
         return self.factory.reactor.callLater(period, func)
@@ -228,8 +228,8 @@ class ServerProtocol(_Relay, TimeoutMixin):
         factory.tracker.connectionOpened(self)
         self.spliceable = factory.settings.dataPath != "transport" and spliceable(self.transport)
         endpoint = factory.endpoint
-        if self.spliceable and factory.bareEndpoint is not None:
-            endpoint = factory.bareEndpoint
+        if self.spliceable and factory.bareConnector is not None:
+            endpoint = factory.bareConnector
         self.connecting = endpoint.connect(factory.clientFactory)
         if not factory.target.boundsItsConnect:
             timer = factory.reactor.callLater(
@@ -248,7 +248,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
         self.ending = "connect timeout"
         self.connecting.cancel()
 
-    def _connected(self, client: ClientProtocol) -> None:
+    def _connected(self, client: ClientProtocol | BareTarget) -> None:
         self.connecting = None
         client.owner = self
         client.peer = self
@@ -259,14 +259,14 @@ class ServerProtocol(_Relay, TimeoutMixin):
         self.peer = client
         settings = self.factory.settings
         splicing = self.spliceable and (
-            isinstance(client.transport, BareSocketTransport) or spliceable(client.transport)
+            isinstance(client, BareTarget) or spliceable(client.transport)
         )
         if settings.proxyProtocol is not None:
             header = HEADERS[settings.proxyProtocol](self.peerAddress, self.hostAddress)
             if splicing:
                 header = header[_sendNow(client.transport, header) :]
                 splicing = not header
-            if header and isinstance(client.transport, BareSocketTransport):
+            if header and isinstance(client, BareTarget):
                 self.abort("reset")
                 return
             if header:
@@ -414,7 +414,7 @@ class ProxyFactory(ServerFactory):
     all forwarded to one target.
 
     @ivar endpoint: the target's client endpoint, shared by all connections.
-    @ivar bareEndpoint: the target's endpoint for connections that are
+    @ivar bareConnector: connects the target for connections that are
         spliced (see L{socketproxyd.bareconnect}), or C{None}.
     @ivar clientFactory: builds the L{ClientProtocol} of each connection.
     """
@@ -434,9 +434,9 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self.target = target
         self.endpoint = endpoint
-        self.bareEndpoint = None
+        self.bareConnector = None
         if settings.dataPath != "transport" and spliceAvailable():
-            self.bareEndpoint = target.bareEndpoint(reactor, settings.connectTimeout)
+            self.bareConnector = target.bareConnector(reactor, settings.connectTimeout)
         self.settings = settings
         self.tracker = tracker
         self.clientFactory = Factory.forProtocol(ClientProtocol)

@@ -57,7 +57,7 @@ def spliceable(transport: object) -> bool:
         _AVAILABLE
         and isinstance(sock, socket.socket)
         and sock.family in _FAMILIES
-        and type(transport).__name__ in ("Server", "Client", "BareSocketTransport")
+        and type(transport).__name__ in ("Server", "Client")
         and not getattr(transport, "dataBuffer", b"")
         and not getattr(transport, "_tempDataBuffer", None)
     )

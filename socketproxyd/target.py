@@ -20,7 +20,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from .bareconnect import BareSocketEndpoint
+from .bareconnect import BareConnector
 
 DEFAULT_PORT = 80
 _SUN_PATH_MAX = 107
@@ -64,9 +64,9 @@ class Target:
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
 
-    def bareEndpoint(self, reactor: object, timeout: float) -> BareSocketEndpoint | None:
+    def bareConnector(self, reactor: object, timeout: float) -> BareConnector | None:
         """
-        An endpoint whose connections are bare sockets for the splicer, or
+        A connector whose connections are bare sockets for the splicer, or
         C{None} for a name (resolving and trying several addresses is left
         to Twisted's L{HostnameEndpoint}).
         """
@@ -80,7 +80,7 @@ class Target:
             family, address = socket.AF_INET, (self.host, self.port)
         else:
             family, address = socket.AF_INET6, (self.host, self.port)
-        return BareSocketEndpoint(reactor, family, address, attemptTimeout, fallback)
+        return BareConnector(reactor, family, address, attemptTimeout, fallback)
 
     @property
     def boundsItsConnect(self) -> bool:

@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.bareconnect import BareSocketEndpoint, BareSocketTransport, _PendingConnect
+from socketproxyd.bareconnect import BareConnector, BareTarget, _PendingConnect
 
 from .fakes import FakeFDReactor
 
@@ -26,15 +26,15 @@ def openFds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-class RecordingProtocol(Protocol):
+class RecordingOwner:
     """
-    Records how its connection ended.
+    Stands in for the server protocol a L{BareTarget} reports its end to.
     """
 
     def __init__(self) -> None:
         self.reasons: list[Failure] = []
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def sideLost(self, side: object, reason: Failure) -> None:
         self.reasons.append(reason)
 
 
@@ -51,10 +51,10 @@ class RecordingEndpoint:
         return succeed("fallback")
 
 
-class BareSocketEndpointTests(SynchronousTestCase):
+class BareConnectorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = FakeFDReactor()
-        self.factory = Factory.forProtocol(RecordingProtocol)
+        self.factory = Factory.forProtocol(Protocol)
         self.fallback = RecordingEndpoint()
         self.fds = openFds()
 
@@ -65,8 +65,8 @@ class BareSocketEndpointTests(SynchronousTestCase):
         self.addCleanup(server.close)
         return server
 
-    def endpoint(self, address: object, family: int = socket.AF_INET) -> BareSocketEndpoint:
-        return BareSocketEndpoint(self.reactor, family, address, 5.0, self.fallback)
+    def endpoint(self, address: object, family: int = socket.AF_INET) -> BareConnector:
+        return BareConnector(self.reactor, family, address, 5.0, self.fallback)
 
     def pending(self) -> object:
         (writer,) = self.reactor.writers
@@ -109,42 +109,42 @@ class BareSocketEndpointTests(SynchronousTestCase):
 
     def test_connects(self) -> None:
         """
-        A connect to a listening socket gives a protocol on a bare socket;
-        on the same host that is usually at once, without a registration
-        or a timer.
+        A connect to a listening socket gives a connected L{BareTarget}; on
+        the same host that is usually at once, without a registration or a
+        timer.
         """
         server = self.listener()
         deferred = self.endpoint(server.getsockname()).connect(self.factory)
         if self.reactor.writers:
             self.deliverWritable()
-        protocol = self.result(deferred)
-        self.assertIsInstance(protocol, RecordingProtocol)
-        self.assertIsInstance(protocol.transport, BareSocketTransport)
+        target = self.result(deferred)
+        self.assertIsInstance(target, BareTarget)
+        self.assertIs(target.transport, target)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
         accepted, _ = server.accept()
         self.addCleanup(accepted.close)
-        protocol.transport.socket.sendall(b"hello")
+        target.socket.sendall(b"hello")
         self.assertEqual(accepted.recv(10), b"hello")
-        protocol.transport.loseConnection()
+        target.transport.loseConnection()
         self.assertEqual(accepted.recv(10), b"")
         self.assertEqual(openFds(), self.fds + 2)
 
     def test_completesOnWritable(self) -> None:
         """
         A connect in progress completes on the writability event: the
-        writer and the timer are gone and the protocol is connected.
+        writer and the timer are gone and the target is connected.
         """
         server = self.listener()
         sock = socket.create_connection(server.getsockname())
         endpoint = self.endpoint(server.getsockname())
-        pending = _PendingConnect(endpoint, sock, self.factory)
+        pending = _PendingConnect(endpoint, sock)
         self.assertEqual(self.reactor.writers, {pending})
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
         pending.doWrite()
-        protocol = self.result(pending.deferred)
-        self.assertIs(protocol.transport.socket, sock)
+        target = self.result(pending.deferred)
+        self.assertIs(target.socket, sock)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
-        protocol.transport.loseConnection()
+        target.loseConnection()
 
     def test_refused(self) -> None:
         """
@@ -219,13 +219,16 @@ class BareSocketEndpointTests(SynchronousTestCase):
         """
         path = self.unixListener(8)
         deferred = self.endpoint(path, socket.AF_UNIX).connect(self.factory)
-        protocol = self.result(deferred)
-        self.assertIsInstance(protocol.transport, BareSocketTransport)
+        target = self.result(deferred)
+        self.assertIsInstance(target, BareTarget)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
-        protocol.transport.abortConnection()
-        protocol.transport.abortConnection()
-        self.assertEqual(len(protocol.reasons), 1)
-        self.assertIsInstance(protocol.reasons[0].value, error.ConnectionAborted)
+        owner = RecordingOwner()
+        target.owner = owner
+        target.abortConnection()
+        target.abortConnection()
+        self.assertEqual(len(owner.reasons), 1)
+        self.assertIsInstance(owner.reasons[0].value, error.ConnectionAborted)
+        self.assertTrue(target.lost)
 
     def test_unixFullBacklogFallsBack(self) -> None:
         """
@@ -261,23 +264,24 @@ class BareSocketEndpointTests(SynchronousTestCase):
         self.assertEqual(openFds(), self.fds)
 
 
-class BareSocketTransportTests(SynchronousTestCase):
+class BareTargetTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.outside, inside = socket.socketpair()
         self.addCleanup(self.outside.close)
-        self.protocol = RecordingProtocol()
-        self.transport = BareSocketTransport(inside, self.protocol)
+        self.owner = RecordingOwner()
+        self.transport = BareTarget(inside)
+        self.transport.owner = self.owner
 
     def test_loseConnection(self) -> None:
         """
-        A normal close: the peer reads an end of stream, the protocol hears
+        A normal close: the peer reads an end of stream, the owner hears
         of it once.
         """
         self.transport.loseConnection()
         self.transport.loseConnection()
         self.assertEqual(self.outside.recv(10), b"")
-        self.assertEqual(len(self.protocol.reasons), 1)
-        self.assertIsInstance(self.protocol.reasons[0].value, error.ConnectionDone)
+        self.assertEqual(len(self.owner.reasons), 1)
+        self.assertIsInstance(self.owner.reasons[0].value, error.ConnectionDone)
 
     def test_abortResets(self) -> None:
         """
@@ -290,9 +294,10 @@ class BareSocketTransportTests(SynchronousTestCase):
         client = socket.create_connection(server.getsockname())
         accepted, _ = server.accept()
         self.addCleanup(accepted.close)
-        transport = BareSocketTransport(client, self.protocol)
+        transport = BareTarget(client)
+        transport.owner = self.owner
         transport.setTcpKeepAlive(True)
         self.assertEqual(client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
         transport.abortConnection()
         self.assertRaises(ConnectionResetError, accepted.recv, 10)
-        self.assertIsInstance(self.protocol.reasons[0].value, error.ConnectionAborted)
+        self.assertIsInstance(self.owner.reasons[0].value, error.ConnectionAborted)

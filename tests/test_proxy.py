@@ -342,17 +342,17 @@ class SpliceHandOverTests(ProxyTestCase):
     transports are ended.
     """
 
-    def test_bareEndpointOnlyForSplicing(self) -> None:
+    def test_bareConnectorOnlyForSplicing(self) -> None:
         """
-        The bare-socket endpoint exists for literal targets unless the data
-        path is pinned to transports; test transports are not spliceable,
-        so they connect through the ordinary endpoint.
+        The bare-socket connector exists for literal targets unless the
+        data path is pinned to transports; test transports are not
+        spliceable, so they connect through the ordinary endpoint.
         """
         if not splice.available():
             raise SkipTest("splice(2) is not available")
-        self.assertIsNotNone(self.factory().bareEndpoint)
-        self.assertIsNone(self.factory(dataPath="transport").bareEndpoint)
-        self.assertIsNone(self.factory("localhost:80").bareEndpoint)
+        self.assertIsNotNone(self.factory().bareConnector)
+        self.assertIsNone(self.factory(dataPath="transport").bareConnector)
+        self.assertIsNone(self.factory("localhost:80").bareConnector)
         server, _, _, _ = self.connected()
         self.assertFalse(server.spliceable)
         self.assertEqual(len(self.reactor.tcpClients), 1)

@@ -95,9 +95,9 @@ class EndpointTests(SynchronousTestCase):
         parseTarget("@spx").endpoint(reactor, 30).connect(_NullFactory())
         self.assertEqual(reactor.unixClients[0][0], "\0spx")
 
-    def test_bareEndpoints(self) -> None:
+    def test_bareConnectors(self) -> None:
         """
-        Literal targets also get a bare-socket endpoint for the splice path,
+        Literal targets also get a bare-socket connector for the splice path,
         with the address in the form C{connect} takes and the ordinary
         endpoint as its fallback; names do not.
         """
@@ -109,12 +109,12 @@ class EndpointTests(SynchronousTestCase):
             ("@spx", socket.AF_UNIX, "\0spx"),
         ]
         for text, family, address in cases:
-            endpoint = parseTarget(text).bareEndpoint(reactor, 7)
+            endpoint = parseTarget(text).bareConnector(reactor, 7)
             self.assertEqual((endpoint.family, endpoint.address), (family, address))
             self.assertEqual(endpoint.timeout, 7)
             self.assertIsInstance(endpoint.fallback, type(parseTarget(text).endpoint(reactor, 7)))
-        self.assertIsNone(parseTarget("localhost:1").bareEndpoint(reactor, 7))
-        self.assertIsNone(parseTarget("127.0.0.1:1").bareEndpoint(reactor, math.inf).timeout)
+        self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, 7))
+        self.assertIsNone(parseTarget("127.0.0.1:1").bareConnector(reactor, math.inf).timeout)
 
 
 class _NullFactory:
