@@ -225,7 +225,11 @@ class BareConnector:
             sock = socket.socket(self.family, _NONBLOCKING_STREAM)
         except OSError as e:
             return _failed(e.errno)
-        code = sock.connect_ex(self.address)
+        try:
+            code = sock.connect_ex(self.address)
+        except OSError as e:
+            sock.close()
+            return fail(error.getConnectError(e))
         if code in _IN_PROGRESS:
             if self.family == socket.AF_UNIX:
                 sock.close()

@@ -68,7 +68,10 @@ class Target:
         """
         A connector whose connections are bare sockets for the splicer, or
         C{None} for a name (resolving and trying several addresses is left
-        to Twisted's L{HostnameEndpoint}).
+        to Twisted's L{HostnameEndpoint}). The socket address is worked out
+        once, here (an IPv6 scope such as C{%eth0} becomes its interface
+        index); an address the system cannot use is left to the ordinary
+        endpoint, which reports it on each connect.
         """
         if self.kind == "name":
             return None
@@ -76,10 +79,14 @@ class Target:
         fallback = self.endpoint(reactor, timeout)
         if self.kind == "unix":
             family, address = socket.AF_UNIX, self.host
-        elif self.kind == "ipv4":
-            family, address = socket.AF_INET, (self.host, self.port)
         else:
-            family, address = socket.AF_INET6, (self.host, self.port)
+            family = socket.AF_INET if self.kind == "ipv4" else socket.AF_INET6
+            try:
+                [(*_, address)] = socket.getaddrinfo(
+                    self.host, self.port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+                )
+            except (OSError, ValueError):
+                return None
         return BareConnector(reactor, family, address, attemptTimeout, fallback)
 
     @property

@@ -263,6 +263,15 @@ class BareConnectorTests(SynchronousTestCase):
         self.assertEqual(failure.value.osError, errno.ENOENT)
         self.assertEqual(openFds(), self.fds)
 
+    def test_unusableAddress(self) -> None:
+        """
+        An address C{connect} rejects outright fails the attempt without
+        an exception escaping and without leaking the socket.
+        """
+        deferred = self.endpoint("/" + "x" * 200, socket.AF_UNIX).connect(self.factory)
+        self.assertIsInstance(self.result(deferred).value, error.ConnectError)
+        self.assertEqual(openFds(), self.fds)
+
 
 class BareTargetTests(SynchronousTestCase):
     def setUp(self) -> None:

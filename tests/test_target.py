@@ -98,13 +98,15 @@ class EndpointTests(SynchronousTestCase):
     def test_bareConnectors(self) -> None:
         """
         Literal targets also get a bare-socket connector for the splice path,
-        with the address in the form C{connect} takes and the ordinary
-        endpoint as its fallback; names do not.
+        with the address in the form C{connect} takes (a scope as its
+        interface index) and the ordinary endpoint as its fallback; names,
+        and scopes that name no interface, do not.
         """
         reactor = MemoryReactorClock()
         cases = [
             ("127.0.0.1:81", socket.AF_INET, ("127.0.0.1", 81)),
-            ("[::1]:82", socket.AF_INET6, ("::1", 82)),
+            ("[::1]:82", socket.AF_INET6, ("::1", 82, 0, 0)),
+            ("[fe80::1%lo]:83", socket.AF_INET6, ("fe80::1", 83, 0, socket.if_nametoindex("lo"))),
             ("/a.sock", socket.AF_UNIX, "/a.sock"),
             ("@spx", socket.AF_UNIX, "\0spx"),
         ]
@@ -114,6 +116,7 @@ class EndpointTests(SynchronousTestCase):
             self.assertEqual(endpoint.timeout, 7)
             self.assertIsInstance(endpoint.fallback, type(parseTarget(text).endpoint(reactor, 7)))
         self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, 7))
+        self.assertIsNone(parseTarget("[fe80::1%nosuch0]:1").bareConnector(reactor, 7))
         self.assertIsNone(parseTarget("127.0.0.1:1").bareConnector(reactor, math.inf).timeout)
 
 
