@@ -221,7 +221,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
         factory = self.factory
-        if factory.settings.proxyProtocol is not None or debugEnabled():
+        if factory.recordsAddresses:
             self.peerAddress = self.transport.getPeer()
             self.hostAddress = self.transport.getHost()
             self.started = factory.reactor.seconds()
@@ -417,6 +417,9 @@ class ProxyFactory(ServerFactory):
     @ivar bareConnector: connects the target for connections that are
         spliced (see L{socketproxyd.bareconnect}), or C{None}.
     @ivar clientFactory: builds the L{ClientProtocol} of each connection.
+    @ivar recordsAddresses: whether connections keep their addresses and
+        start time, which only a PROXY header and the debug close line use
+        (the log level is set before the factory is built).
     """
 
     protocol = ServerProtocol
@@ -438,6 +441,7 @@ class ProxyFactory(ServerFactory):
         if settings.dataPath != "transport" and spliceAvailable():
             self.bareConnector = target.bareConnector(reactor, settings.connectTimeout)
         self.settings = settings
+        self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
         self.tracker = tracker
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False

@@ -37,7 +37,6 @@ COPY_SIZE = 64 * 1024
 _copyBuffer = bytearray(COPY_SIZE)
 _copyView = memoryview(_copyBuffer)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 
 def available() -> bool:
@@ -49,21 +48,26 @@ def available() -> bool:
 
 def spliceable(transport: object) -> bool:
     """
-    Whether a transport is a plain stream socket whose bytes can be spliced
-    (not TLS, not a test double), with nothing queued in its write buffer.
+    Whether a transport is one of Twisted's TCP or UNIX socket transports,
+    whose bytes can be spliced (not TLS, not a test double), with nothing
+    queued in its write buffer.
     """
-    sock = getattr(transport, "socket", None)
     return (
-        _AVAILABLE
-        and isinstance(sock, socket.socket)
-        and sock.family in _FAMILIES
-        and type(transport).__name__ in ("Server", "Client")
-        and not getattr(transport, "dataBuffer", b"")
-        and not getattr(transport, "_tempDataBuffer", None)
+        type(transport) in _SOCKET_TRANSPORTS
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
     )
 
 
-_AVAILABLE = available()
+def _socketTransports() -> frozenset[type]:
+    if not available():
+        return frozenset()
+    from twisted.internet import tcp, unix
+
+    return frozenset((tcp.Server, tcp.Client, unix.Server, unix.Client))
+
+
+_SOCKET_TRANSPORTS = _socketTransports()
 
 
 class _Pipe:
