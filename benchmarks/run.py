@@ -98,10 +98,15 @@ def waitForListener(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def cpuSeconds(pid: int) -> float:
+def userAndSystemSeconds(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpuSeconds(pid: int) -> float:
+    return sum(userAndSystemSeconds(pid))
 
 
 def rss(pid: int) -> int:
