@@ -142,6 +142,9 @@ class PipeSweeper:
     """
     Takes the fds of pipe pairs from the fd budget, and closes the pipes of
     connections that moved nothing for one interval.
+
+    @ivar smallPipesUntil: until when no pipes are opened, because the last
+        ones the kernel gave were too small to be worth splicing through.
     """
 
     interval = 1.0
@@ -150,6 +153,7 @@ class PipeSweeper:
         self.clock = clock
         self.budget = budget if budget is not None else FdBudget()
         self.holders: set[Splicer] = set()
+        self.smallPipesUntil = 0.0
         self._loop: LoopingCall | None = None
 
     def holding(self, splicer: Splicer) -> None:
@@ -279,10 +283,17 @@ class Splicer:
         Open the pipes of both directions together, if the fd budget has
         room; otherwise (or if the system is out of fds) the connection
         keeps copying through the shared buffer, which needs no fd.
+
+        Pipes smaller than the copy buffer would make splicing slower than
+        copying: the kernel gives them when the user's pipe memory is used
+        up (C{fs.pipe-user-pages-soft}, for services without
+        C{CAP_SYS_RESOURCE}). Then no connection opens pipes for one sweep
+        interval.
         """
-        if not self.sweeper.budget.takePipes():
+        sweeper = self.sweeper
+        if sweeper.clock.seconds() < sweeper.smallPipesUntil or not sweeper.budget.takePipes():
             return
-        self.sweeper.holding(self)
+        sweeper.holding(self)
         try:
             for end in self.ends:
                 end.pipe = _Pipe()
@@ -290,6 +301,10 @@ class Splicer:
             self.releasePipes()
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 self.owner.spliceOutOfFds()
+            return
+        if min(self.upstream.pipe.size, self.downstream.pipe.size) < COPY_SIZE:
+            self.releasePipes()
+            sweeper.smallPipesUntil = sweeper.clock.seconds() + sweeper.interval
 
     def start(self) -> None:
         """

@@ -207,6 +207,37 @@ class SplicerTests(SynchronousTestCase):
         self.assertEqual(self.ended, [])
         self.assertEqual(self.clientSide.received, 3 * splice.COPY_SIZE)
 
+    def test_smallPipesNotUsed(self) -> None:
+        """
+        Pipes the kernel makes smaller than the copy buffer (as it does once
+        a user's pipe memory is used up) are closed at once and not tried
+        again for a sweep interval; bulk data goes on through the copy
+        buffer.
+        """
+        self.patch(splice, "PIPE_SIZE", 4096)
+        realPipe = splice._Pipe
+        opened: list[object] = []
+
+        def countingPipe() -> object:
+            pipe = realPipe()
+            opened.append(pipe)
+            return pipe
+
+        self.patch(splice, "_Pipe", countingPipe)
+        free = self.sweeper.budget.free
+        fds = len(os.listdir("/proc/self/fd"))
+        for advance, attempts in [(0, 2), (0, 2), (self.sweeper.interval, 4)]:
+            self.clock.advance(advance)
+            self.client.sendall(b"y" * splice.COPY_SIZE)
+            self.clientEnd.doRead()
+            self.assertEqual(recvAll(self.target), b"y" * splice.COPY_SIZE)
+            self.assertEqual(len(opened), attempts)
+            self.assertIsNone(self.splicer.upstream.pipe)
+        self.assertEqual(opened[0].size, 4096)
+        self.assertEqual(self.sweeper.budget.free, free)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), fds)
+        self.assertEqual(self.ended, [])
+
 
 def recvAll(sock: socket.socket) -> bytes:
     """
