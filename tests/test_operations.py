@@ -29,6 +29,7 @@ from .helpers import (
     echo,
     listeningSocket,
     recvAll,
+    replyAfterEof,
     unixPath,
     waitUntil,
 )
@@ -332,6 +333,29 @@ class ProxyProtocolTests(_Service):
         body += struct.pack("!HH", clientPort, int(port))
         header = headerV2Signature + struct.pack("!BBH", 0x21, 0x11, len(body)) + body
         self.assertEqual(data, header + b"hello")
+
+
+class CloseLineTests(_Service):
+    """
+    At debug level every connection ends with one line giving its byte
+    counts each way and how it ended, whatever the data path.
+    """
+
+    def test_byteCounts(self) -> None:
+        backend = Backend(self, replyAfterEof)
+        proxy, address = self.start(backend.address, "--log-level=debug")
+        with connect(address) as client:
+            client.sendall(b"x" * 100_000)
+            client.shutdown(socket.SHUT_WR)
+            self.assertEqual(recvAll(client), b"REPLY:" + b"x" * 100_000)
+        self.assertEqual(proxy.stop(), 0)
+        [line] = [line for line in proxy.stderr.splitlines() if "bytes up" in line]
+        self.assertIn(f"-> {backend.address}: 100000 bytes up, 100006 bytes down, ", line)
+        self.assertTrue(line.endswith("s, done"), line)
+
+
+class TransportCloseLineTests(CloseLineTests):
+    options = ("--data-path=transport",)
 
 
 class TransportProxyProtocolTests(ProxyProtocolTests):
