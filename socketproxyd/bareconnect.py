@@ -38,7 +38,6 @@ ABORTED = Failure(error.ConnectionAborted())
 The reason a connection was aborted, built once and shared.
 """
 
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
@@ -230,10 +229,10 @@ class BareConnector:
         except OSError as e:
             sock.close()
             return fail(error.getConnectError(e))
-        if code in _IN_PROGRESS:
-            if self.family == socket.AF_UNIX:
-                sock.close()
-                return self.fallback.connect(fallbackFactory)
+        if code == errno.EAGAIN and self.family == socket.AF_UNIX:
+            sock.close()
+            return self.fallback.connect(fallbackFactory)
+        if code == errno.EINPROGRESS:
             try:
                 sock.getpeername()
             except OSError:
