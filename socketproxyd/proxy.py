@@ -439,7 +439,7 @@ class ProxyFactory(ServerFactory):
         self.endpoint = endpoint
         self.bareConnector = None
         if settings.dataPath != "transport" and spliceAvailable():
-            self.bareConnector = target.bareConnector(reactor, settings.connectTimeout)
+            self.bareConnector = target.bareConnector(reactor, settings.connectTimeout, endpoint)
         self.settings = settings
         self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
         self.tracker = tracker

@@ -4,10 +4,11 @@ The Linux fast path: bytes move between the two sockets of a connection with
 splice(2) through a pipe, without passing through Python, as the C original
 does.
 
-The Twisted transports stay the owners of the sockets (their close, abort
-and connectionLost paths are used unchanged); while a L{Splicer} runs, they
-are taken out of the reactor and a L{_SpliceEnd} per socket is registered
-in their place. The pipe is the buffer and the flow control: a direction
+The sockets' transports stay their owners (their close, abort and
+connectionLost paths are used unchanged: Twisted's transports, or a
+L{socketproxyd.bareconnect.BareTarget}); while a L{Splicer} runs, they are
+taken out of the reactor and a L{_SpliceEnd} per socket is registered in
+their place. The pipe is the buffer and the flow control: a direction
 whose pipe cannot be emptied into its destination stops reading its source
 until the destination is writable again.
 
@@ -350,10 +351,11 @@ class Splicer:
         if pipe is None:
             self._copy(end)
             return
+        source = end.socket.fileno()
         for _ in range(ROUNDS):
             space = pipe.size - end.pending
             try:
-                moved = os.splice(end.socket.fileno(), pipe.write, space, flags=_FLAGS)
+                moved = os.splice(source, pipe.write, space, flags=_FLAGS)
             except BlockingIOError:
                 break
             except OSError:
@@ -428,10 +430,10 @@ class Splicer:
                 end.backlog = end.backlog[sent:]
                 if end.backlog:
                     raise BlockingIOError
-            while end.pending:
-                end.pending -= os.splice(
-                    end.pipe.read, destination.socket.fileno(), end.pending, flags=_FLAGS
-                )
+            if end.pending:
+                pipeOut, sink = end.pipe.read, destination.socket.fileno()
+                while end.pending:
+                    end.pending -= os.splice(pipeOut, sink, end.pending, flags=_FLAGS)
         except BlockingIOError:
             pass
         except OSError:

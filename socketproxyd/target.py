@@ -64,7 +64,9 @@ class Target:
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
 
-    def bareConnector(self, reactor: object, timeout: float) -> BareConnector | None:
+    def bareConnector(
+        self, reactor: object, timeout: float, fallback: IStreamClientEndpoint
+    ) -> BareConnector | None:
         """
         A connector whose connections are bare sockets for the splicer, or
         C{None} for a name (resolving and trying several addresses is left
@@ -72,11 +74,13 @@ class Target:
         once, here (an IPv6 scope such as C{%eth0} becomes its interface
         index); an address the system cannot use is left to the ordinary
         endpoint, which reports it on each connect.
+
+        @param fallback: this target's ordinary endpoint (L{endpoint}), for
+            what a bare socket cannot do.
         """
         if self.kind == "name":
             return None
         attemptTimeout = None if math.isinf(timeout) else timeout
-        fallback = self.endpoint(reactor, timeout)
         if self.kind == "unix":
             family, address = socket.AF_UNIX, self.host
         else:

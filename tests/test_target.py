@@ -111,13 +111,16 @@ class EndpointTests(SynchronousTestCase):
             ("@spx", socket.AF_UNIX, "\0spx"),
         ]
         for text, family, address in cases:
-            endpoint = parseTarget(text).bareConnector(reactor, 7)
+            target = parseTarget(text)
+            endpoint = target.bareConnector(reactor, 7, target.endpoint(reactor, 7))
             self.assertEqual((endpoint.family, endpoint.address), (family, address))
             self.assertEqual(endpoint.timeout, 7)
             self.assertIsInstance(endpoint.fallback, type(parseTarget(text).endpoint(reactor, 7)))
-        self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, 7))
-        self.assertIsNone(parseTarget("[fe80::1%nosuch0]:1").bareConnector(reactor, 7))
-        self.assertIsNone(parseTarget("127.0.0.1:1").bareConnector(reactor, math.inf).timeout)
+        fallback = parseTarget("127.0.0.1:1").endpoint(reactor, 7)
+        self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, 7, fallback))
+        self.assertIsNone(parseTarget("[fe80::1%nosuch0]:1").bareConnector(reactor, 7, fallback))
+        forever = parseTarget("127.0.0.1:1").bareConnector(reactor, math.inf, fallback)
+        self.assertIsNone(forever.timeout)
 
 
 class _NullFactory:
