@@ -20,6 +20,7 @@ from .activation import InheritedSocket, adopt
 from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors
 from .logs import observer
 from .notify import Notifier
+from .pausedaccept import acceptPaused
 from .proxy import ProxyFactory, ProxySettings, ServerProtocol, describeAddress
 from .target import Target
 from .timespan import formatTimespan
@@ -152,6 +153,7 @@ class ProxyService(Service):
     def _addPort(self, port: IListeningPort, label: str) -> None:
         if hasattr(port, "numberAccepts"):
             gateAccepts(port, self._freeSlots)
+        acceptPaused(port, self.factory)
         self.ports.append(port)
         self.log.info(
             "Listening on {address} ({label})",

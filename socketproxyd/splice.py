@@ -65,7 +65,9 @@ def _socketTransports() -> frozenset[type]:
         return frozenset()
     from twisted.internet import tcp, unix
 
-    return frozenset((tcp.Server, tcp.Client, unix.Server, unix.Client))
+    from .pausedaccept import TRANSPORTS
+
+    return frozenset((tcp.Server, tcp.Client, unix.Server, unix.Client)) | TRANSPORTS
 
 
 _SOCKET_TRANSPORTS = _socketTransports()
