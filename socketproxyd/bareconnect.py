@@ -27,6 +27,18 @@ from twisted.python.failure import Failure
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
+
+def resetOnClose(sock: socket.socket) -> None:
+    """
+    Make closing C{sock} send a TCP RST instead of a FIN, so its peer sees
+    a failure rather than a normal end of stream.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
 CLEAN_END = Failure(error.ConnectionDone())
 """
 The reason a connection ended normally, built once and shared, as the
@@ -110,10 +122,7 @@ class BareTarget:
             return
         self.lost = True
         if not isinstance(reason.value, error.ConnectionDone):
-            try:
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass
+            resetOnClose(self.socket)
         self.socket.close()
         if self.owner is not None:
             self.owner.sideLost(self, reason)

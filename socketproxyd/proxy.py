@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import math
-import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
@@ -29,7 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .bareconnect import ABORTED, CLEAN_END, BareTarget
+from .bareconnect import ABORTED, CLEAN_END, BareTarget, resetOnClose
 from .fdlimit import FdBudget
 from .logs import debugEnabled, observer
 from .proxyheader import HEADERS
@@ -37,7 +35,6 @@ from .splice import PipeSweeper, Splicer, spliceable
 from .splice import available as spliceAvailable
 from .timespan import formatTimespan
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
@@ -71,10 +68,9 @@ def resetConnection(transport: object) -> None:
     Close a transport at once with a TCP RST, so its peer sees a failure
     rather than a normal end of stream.
     """
-    try:
-        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except (OSError, AttributeError):
-        pass
+    handle = getattr(transport, "getHandle", None)
+    if handle is not None:
+        resetOnClose(handle())
     transport.abortConnection()
 
 
@@ -226,7 +222,7 @@ class ServerProtocol(_Relay, TimeoutMixin):
             self.hostAddress = self.transport.getHost()
             self.started = factory.reactor.seconds()
         factory.tracker.connectionOpened(self)
-        self.spliceable = factory.settings.dataPath != "transport" and spliceable(self.transport)
+        self.spliceable = factory.splices and spliceable(self.transport)
         endpoint = factory.endpoint
         if self.spliceable and factory.bareConnector is not None:
             endpoint = factory.bareConnector
@@ -414,6 +410,8 @@ class ProxyFactory(ServerFactory):
     all forwarded to one target.
 
     @ivar endpoint: the target's client endpoint, shared by all connections.
+    @ivar splices: whether connections between plain sockets are spliced
+        (the data path allows it and the platform has splice(2)).
     @ivar bareConnector: connects the target for connections that are
         spliced (see L{socketproxyd.bareconnect}), or C{None}.
     @ivar clientFactory: builds the L{ClientProtocol} of each connection.
@@ -437,8 +435,9 @@ class ProxyFactory(ServerFactory):
         self.reactor = reactor
         self.target = target
         self.endpoint = endpoint
+        self.splices = settings.dataPath != "transport" and spliceAvailable()
         self.bareConnector = None
-        if settings.dataPath != "transport" and spliceAvailable():
+        if self.splices:
             self.bareConnector = target.bareConnector(reactor, settings.connectTimeout, endpoint)
         self.settings = settings
         self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()

@@ -143,11 +143,9 @@ class _SpliceEnd:
 
 class PipeSweeper:
     """
-    Takes the fds of pipe pairs from the fd budget, and closes the pipes of
-    connections that moved nothing for one interval.
-
-    @ivar smallPipesUntil: until when no pipes are opened, because the last
-        ones the kernel gave were too small to be worth splicing through.
+    Decides when a connection may open a pipe pair (taking its fds from the
+    fd budget), and closes the pipes of connections that moved nothing for
+    one interval.
     """
 
     interval = 1.0
@@ -156,18 +154,33 @@ class PipeSweeper:
         self.clock = clock
         self.budget = budget if budget is not None else FdBudget()
         self.holders: set[Splicer] = set()
-        self.smallPipesUntil = 0.0
+        self._smallPipesUntil = 0.0
         self._loop: LoopingCall | None = None
 
-    def holding(self, splicer: Splicer) -> None:
+    def acquire(self, splicer: Splicer) -> bool:
         """
-        C{splicer} has just opened its pipes (after L{FdBudget.takePipes}).
+        Whether C{splicer} may open its pipes now; if so, their fds are
+        taken from the budget and given back by L{released}. Not while the
+        fd budget has no room, nor for an interval after the kernel gave
+        pipes too small to be worth splicing through (see L{tooSmall}).
         """
+        if self.clock.seconds() < self._smallPipesUntil or not self.budget.takePipes():
+            return False
         self.holders.add(splicer)
         if self._loop is None:
             self._loop = LoopingCall(self.sweep)
             self._loop.clock = self.clock
             self._loop.start(self.interval, now=False)
+        return True
+
+    def tooSmall(self) -> None:
+        """
+        The pipes just opened were smaller than the copy buffer, as the
+        kernel makes them once the user's pipe memory is used up
+        (C{fs.pipe-user-pages-soft}, for services without
+        C{CAP_SYS_RESOURCE}): open none for one interval.
+        """
+        self._smallPipesUntil = self.clock.seconds() + self.interval
 
     def released(self, splicer: Splicer) -> None:
         """
@@ -283,20 +296,14 @@ class Splicer:
 
     def _allocatePipes(self) -> None:
         """
-        Open the pipes of both directions together, if the fd budget has
-        room; otherwise (or if the system is out of fds) the connection
-        keeps copying through the shared buffer, which needs no fd.
-
-        Pipes smaller than the copy buffer would make splicing slower than
-        copying: the kernel gives them when the user's pipe memory is used
-        up (C{fs.pipe-user-pages-soft}, for services without
-        C{CAP_SYS_RESOURCE}). Then no connection opens pipes for one sweep
-        interval.
+        Open the pipes of both directions together, if the sweeper allows
+        it; otherwise (or if the system is out of fds, or the pipes are
+        smaller than the copy buffer, which would make splicing slower than
+        copying) the connection keeps copying through the shared buffer,
+        which needs no fd.
         """
-        sweeper = self.sweeper
-        if sweeper.clock.seconds() < sweeper.smallPipesUntil or not sweeper.budget.takePipes():
+        if not self.sweeper.acquire(self):
             return
-        sweeper.holding(self)
         try:
             for end in self.ends:
                 end.pipe = _Pipe()
@@ -307,7 +314,7 @@ class Splicer:
             return
         if min(self.upstream.pipe.size, self.downstream.pipe.size) < COPY_SIZE:
             self.releasePipes()
-            sweeper.smallPipesUntil = sweeper.clock.seconds() + sweeper.interval
+            self.sweeper.tooSmall()
 
     def start(self) -> None:
         """
@@ -487,8 +494,7 @@ class Splicer:
         if not self.running:
             return
         if isinstance(reason.value, error.ConnectionDone) and end.pending == 0:
-            end.eof = True
-            self._finish(end)
+            self._sourceEnded(end)
             if self.running and not end.peer.done:
                 self.reactor.addReader(end.peer)
             return
