@@ -223,11 +223,21 @@ class BareConnector:
         the attempt goes through the fallback endpoint, with the protocol
         C{fallbackFactory} builds), or fails with the L{error.ConnectError}
         Twisted's endpoints would give.
+        """
+        result = self.attempt(fallbackFactory)
+        return succeed(result) if isinstance(result, BareTarget) else result
 
-        A target on the same host has usually accepted the connection by
-        the time C{connect} returns, even when it reports the connection
-        as in progress: one C{getpeername} finds that out, and saves a
-        reactor registration, a wake-up and a timer.
+    def attempt(self, fallbackFactory: IProtocolFactory) -> BareTarget | Deferred:
+        """
+        Start connecting, as L{connect} does, but give the L{BareTarget}
+        itself when the connection is made at once, which it is for most
+        targets on the same host: the connection goes on without a
+        Deferred.
+
+        Such a target has usually accepted the connection by the time
+        C{connect} returns, even when it reports the connection as in
+        progress: one C{getpeername} finds that out, and saves a reactor
+        registration, a wake-up and a timer.
         """
         try:
             sock = socket.socket(self.family, _NONBLOCKING_STREAM)
@@ -248,7 +258,7 @@ class BareConnector:
                 return _PendingConnect(self, sock).deferred
             code = 0
         if code == 0:
-            return succeed(BareTarget(sock))
+            return BareTarget(sock)
         sock.close()
         return _failed(code)
 

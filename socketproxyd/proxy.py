@@ -223,10 +223,14 @@ class ServerProtocol(_Relay, TimeoutMixin):
             self.started = factory.reactor.seconds()
         factory.tracker.connectionOpened(self)
         self.spliceable = factory.splices and spliceable(self.transport)
-        endpoint = factory.endpoint
         if self.spliceable and factory.bareConnector is not None:
-            endpoint = factory.bareConnector
-        self.connecting = endpoint.connect(factory.clientFactory)
+            attempt = factory.bareConnector.attempt(factory.clientFactory)
+            if isinstance(attempt, BareTarget):
+                self._connected(attempt)
+                return
+            self.connecting = attempt
+        else:
+            self.connecting = factory.endpoint.connect(factory.clientFactory)
         if not factory.target.boundsItsConnect:
             timer = factory.reactor.callLater(
                 factory.settings.connectTimeout, self._connectTimedOut

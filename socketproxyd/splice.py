@@ -318,13 +318,21 @@ class Splicer:
 
     def start(self) -> None:
         """
-        Take both sockets out of their transports' hands and start moving.
+        Take both sockets out of their transports' hands and start moving,
+        beginning with what the client has already sent.
+
+        Most clients speak first (an HTTP request, a TLS hello), and their
+        first bytes have usually arrived by the time the target is
+        connected: reading them at once saves a wake-up per connection.
+        Where the server speaks first, the read finds nothing, one
+        C{EAGAIN}.
         """
         self.running = True
         for end in self.ends:
             end.side.transport.stopReading()
             end.side.transport.stopWriting()
             self.reactor.addReader(end)
+        self.fill(self.upstream)
 
     def stop(self) -> None:
         """

@@ -129,6 +129,27 @@ class BareConnectorTests(SynchronousTestCase):
         self.assertEqual(accepted.recv(10), b"")
         self.assertEqual(openFds(), self.fds + 2)
 
+    def test_attemptGivesTargetItself(self) -> None:
+        """
+        L{BareConnector.attempt} gives a connection made at once as the
+        L{BareTarget} itself, with nothing in the reactor; one still in
+        progress as a Deferred, with a writer waiting for it.
+        """
+        server = self.listener()
+        attempt = self.endpoint(server.getsockname()).attempt(self.factory)
+        if isinstance(attempt, Deferred):
+            raise SkipTest("the connect did not complete at once")
+        self.assertIsInstance(attempt, BareTarget)
+        self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        attempt.loseConnection()
+        pending = self.endpoint(self.fullListener().getsockname()).attempt(self.factory)
+        if not self.reactor.writers:
+            raise SkipTest("the connect completed although the backlog was full")
+        self.assertIsInstance(pending, Deferred)
+        pending.cancel()
+        self.failureResultOf(pending, CancelledError)
+        self.assertEqual(self.reactor.writers, set())
+
     def test_completesOnWritable(self) -> None:
         """
         A connect in progress completes on the writability event: the

@@ -91,6 +91,24 @@ class SplicerTests(SynchronousTestCase):
         self.assertFalse(self.clientSide.transport.reading)
         self.assertEqual(self.reactor.readers, {self.clientEnd, self.targetEnd})
 
+    def test_startForwardsWaitingBytes(self) -> None:
+        """
+        What the client sent before the splicer started goes to the target
+        from L{Splicer.start} itself, without waiting for a read event;
+        with nothing waiting, start sends nothing.
+        """
+        self.assertEqual(self.activity, 0)
+        self.assertRaises(BlockingIOError, self.target.recv, 100)
+        client, clientInside = self.pair()
+        target, targetInside = self.pair()
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        splicer = Splicer(self.reactor, self.sweeper, self, Side(clientInside), Side(targetInside))
+        splicer.start()
+        self.assertEqual(target.recv(100), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(splicer.upstream.side.received, 18)
+        self.assertIn(splicer.upstream, self.reactor.readers)
+        splicer.stop()
+
     def test_bytesBothWays(self) -> None:
         self.client.sendall(b"request")
         self.clientEnd.doRead()
