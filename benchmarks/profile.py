@@ -8,10 +8,11 @@ C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
 wrk against a throwaway nginx, the proxy pinned to its own core.
 
-C{split} runs the new-connection scenario without a profiler against the
-original (when installed) and socketproxyd, and prints each one's user and
-system CPU time per connection: where a profile cannot tell system calls
-from the Python around them, this can.
+C{split} runs the new-connection and bulk scenarios without a profiler
+against the original (when installed), the floor (benchmarks/floor.py: the
+same system calls from a bare Python loop) and socketproxyd, and prints
+each one's user and system CPU time per connection and per GiB: where a
+profile cannot tell system calls from the Python around them, this can.
 """
 
 from __future__ import annotations
@@ -19,44 +20,92 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ORIGINAL, Nginx, Route, _wrk, ensureTools, userAndSystemSeconds  # noqa: E402
+from run import (  # noqa: E402
+    FLOOR,
+    LOAD_CORE,
+    ORIGINAL,
+    GiB,
+    Nginx,
+    Route,
+    _iperf,
+    _wrk,
+    ensureTools,
+    freePort,
+    userAndSystemSeconds,
+    waitForListener,
+)
+
+
+def _connections(port: int, seconds: int) -> float:
+    return _wrk(port, seconds, 32, True)[0] * seconds
+
+
+def _gibibytes(port: int, seconds: int, extra: list[str]) -> float:
+    return _iperf(port, seconds, extra)[1] / GiB
 
 
 def split(seconds: int, dataPath: str) -> None:
     """
-    User and system CPU per connection of each proxy at its full
-    new-connection rate.
+    User and system CPU of each proxy per connection at its full
+    new-connection rate, and per GiB of one bulk stream each way.
     """
     routes = [
-        Route("socketproxyd", [sys.executable, "-m", "socketproxyd", f"--data-path={dataPath}"])
+        Route("floor", [sys.executable, str(FLOOR)]),
+        Route("socketproxyd", [sys.executable, "-m", "socketproxyd", f"--data-path={dataPath}"]),
     ]
     if os.access(ORIGINAL, os.X_OK):
         routes.insert(0, Route("original", [ORIGINAL, "-c", "20000"]))
+
+    def measure(
+        route: Route, unit: str, scale: float, action: Callable[..., float], *args: object
+    ) -> None:
+        userBefore, systemBefore = userAndSystemSeconds(route.pid)
+        count = action(*args)
+        user, system = userAndSystemSeconds(route.pid)
+        print(
+            f"  {route.name:13s} user {(user - userBefore) / count * scale:7.3f}  "
+            f"system {(system - systemBefore) / count * scale:7.3f}  {unit}"
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
         nginx = Nginx(Path(tmp))
+        print("new connections (wrk, Connection: close, 32 at a time):")
         try:
             for route in routes:
                 port = route.start(nginx.port)
                 try:
-                    userBefore, systemBefore = userAndSystemSeconds(route.pid)
-                    rate, _ = _wrk(port, seconds, 32, True)
-                    user, system = userAndSystemSeconds(route.pid)
+                    measure(route, "us/conn", 1e6, _connections, port, seconds)
                 finally:
                     route.stop()
-                count = rate * seconds
-                print(
-                    f"{route.name:13s} {rate:8,.0f} conn/s  "
-                    f"user {(user - userBefore) / count * 1e6:6.1f} us/conn  "
-                    f"system {(system - systemBefore) / count * 1e6:6.1f} us/conn"
-                )
         finally:
             nginx.stop()
+    serverPort = freePort()
+    server = subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, "iperf3", "-s", "-p", str(serverPort)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        waitForListener(serverPort)
+        for label, extra in (("upload", []), ("download", ["-R"])):
+            print(f"bulk {label} (iperf3, one stream):")
+            for route in routes:
+                port = route.start(serverPort)
+                try:
+                    measure(route, "s/GiB", 1.0, _gibibytes, port, seconds, extra)
+                finally:
+                    route.stop()
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

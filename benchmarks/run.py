@@ -3,11 +3,15 @@ Side-by-side benchmarks: a direct connection, the C original
 (systemd-socket-proxyd, when installed) and socketproxyd, in the same run,
 on loopback, each proxy pinned to one core.
 
-    python benchmarks/run.py [--quick] [--runs N] [--only NAME,...] [--data-path auto]
+    python benchmarks/run.py [--quick] [--runs N] [--only NAME,...] [--data-path auto] [--floor]
 
 Installs iperf3, wrk and nginx from Debian when missing (as root), starts
 every process itself, bounds every step in time, and prints a table of
 medians with ratios to the direct connection and to the original.
+
+C{--floor} adds benchmarks/floor.py to the throughput scenarios: the same
+system calls as socketproxyd from a bare Python loop, which shows how much
+of a gap to the original is Python's and how much Twisted's and ours.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL = "/lib/systemd/systemd-socket-proxyd"
+FLOOR = REPO / "benchmarks" / "floor.py"
 PROXY_CORE = "1"
 LOAD_CORE = "0"
 GiB = 1 << 30
@@ -214,15 +219,19 @@ class Results:
             header.append("spx/direct")
         if "original" in paths:
             header.append("spx/original")
+        if "floor" in paths and "original" in paths:
+            header.append("floor/original")
         rows = [header]
         for (metric, unit), byPath in self.samples.items():
             medians = {p: statistics.median(v) for p, v in byPath.items() if v}
             row = [metric, unit] + [_fmt(medians.get(p)) for p in paths]
-            ours = medians.get("socketproxyd")
-            for reference in ("direct", "original"):
+            ratios = [("socketproxyd", "direct"), ("socketproxyd", "original")]
+            if "floor" in paths:
+                ratios.append(("floor", "original"))
+            for path, reference in ratios:
                 if reference in paths:
-                    base = medians.get(reference)
-                    row.append(f"{ours / base:.2f}x" if ours is not None and base else "-")
+                    value, base = medians.get(path), medians.get(reference)
+                    row.append(f"{value / base:.2f}x" if value is not None and base else "-")
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -458,6 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run")
     parser.add_argument("--data-path", default="auto", help="socketproxyd --data-path")
     parser.add_argument("--json", help="also write the medians to this file")
+    parser.add_argument(
+        "--floor", action="store_true", help="also run benchmarks/floor.py (bulk and http)"
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     seconds = 2.0 if args.quick else 5.0
@@ -474,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
             [sys.executable, "-m", "socketproxyd", "-c", "20000", f"--data-path={args.data_path}"],
         )
     )
+    throughputPaths = list(paths)
+    if args.floor:
+        throughputPaths.insert(-1, Route("floor", [sys.executable, str(FLOOR)]))
     results = Results()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -482,9 +497,9 @@ def main(argv: list[str] | None = None) -> None:
             for run in range(runs):
                 print(f"run {run + 1}/{runs} ...", file=sys.stderr)
                 if "bulk" in only:
-                    bulk(paths, results, seconds)
+                    bulk(throughputPaths, results, seconds)
                 if "http" in only:
-                    http(paths, results, nginx, seconds)
+                    http(throughputPaths, results, nginx, seconds)
                 if "idle" in only and run == 0:
                     idle(paths, results, nginx, idleCount)
                 if "slow" in only and run == 0:
@@ -492,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if nginx is not None:
                 nginx.stop()
-    names = [p.name for p in paths]
+    names = [p.name for p in throughputPaths]
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, medians of {runs} run(s), proxies pinned to "
