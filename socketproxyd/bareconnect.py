@@ -21,7 +21,7 @@ import socket
 import struct
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IProtocolFactory, IReactorFDSet, IReactorTime
 from twisted.python.failure import Failure
 
@@ -217,22 +217,15 @@ class BareConnector:
         self.timeout = timeout
         self.fallback = fallback
 
-    def connect(self, fallbackFactory: IProtocolFactory) -> Deferred:
-        """
-        Start connecting; the Deferred fires with a L{BareTarget} (or, when
-        the attempt goes through the fallback endpoint, with the protocol
-        C{fallbackFactory} builds), or fails with the L{error.ConnectError}
-        Twisted's endpoints would give.
-        """
-        result = self.attempt(fallbackFactory)
-        return succeed(result) if isinstance(result, BareTarget) else result
-
     def attempt(self, fallbackFactory: IProtocolFactory) -> BareTarget | Deferred:
         """
-        Start connecting, as L{connect} does, but give the L{BareTarget}
-        itself when the connection is made at once, which it is for most
-        targets on the same host: the connection goes on without a
-        Deferred.
+        Start connecting. A connection made at once, as it is for most
+        targets on the same host, is given as the L{BareTarget} itself, so
+        the connection goes on without a Deferred. Otherwise a Deferred
+        fires with the L{BareTarget} (or, when the attempt goes through
+        the fallback endpoint, with the protocol C{fallbackFactory}
+        builds), or fails with the L{error.ConnectError} Twisted's
+        endpoints would give.
 
         Such a target has usually accepted the connection by the time
         C{connect} returns, even when it reports the connection as in

@@ -68,6 +68,13 @@ class BareConnectorTests(SynchronousTestCase):
     def endpoint(self, address: object, family: int = socket.AF_INET) -> BareConnector:
         return BareConnector(self.reactor, family, address, 5.0, self.fallback)
 
+    def connect(self, connector: BareConnector) -> Deferred:
+        """
+        Start C{connector}'s attempt; its result as a Deferred either way.
+        """
+        result = connector.attempt(self.factory)
+        return succeed(result) if isinstance(result, BareTarget) else result
+
     def pending(self) -> object:
         (writer,) = self.reactor.writers
         return writer
@@ -101,7 +108,7 @@ class BareConnectorTests(SynchronousTestCase):
         return server
 
     def pendingConnect(self) -> Deferred:
-        deferred = self.endpoint(self.fullListener().getsockname()).connect(self.factory)
+        deferred = self.connect(self.endpoint(self.fullListener().getsockname()))
         if not self.reactor.writers:
             raise SkipTest("the connect completed although the backlog was full")
         self.fds = openFds() - 1
@@ -114,7 +121,7 @@ class BareConnectorTests(SynchronousTestCase):
         timer.
         """
         server = self.listener()
-        deferred = self.endpoint(server.getsockname()).connect(self.factory)
+        deferred = self.connect(self.endpoint(server.getsockname()))
         if self.reactor.writers:
             self.deliverWritable()
         target = self.result(deferred)
@@ -175,7 +182,7 @@ class BareConnectorTests(SynchronousTestCase):
         server = self.listener()
         address = server.getsockname()
         server.close()
-        deferred = self.endpoint(address).connect(self.factory)
+        deferred = self.connect(self.endpoint(address))
         if self.reactor.writers:
             self.deliverWritable()
         failure = self.result(deferred)
@@ -191,7 +198,7 @@ class BareConnectorTests(SynchronousTestCase):
         server = self.listener()
         address = server.getsockname()
         server.close()
-        deferred = self.endpoint(address).connect(self.factory)
+        deferred = self.connect(self.endpoint(address))
         if not self.reactor.writers:
             raise SkipTest("the refusal was reported at once")
         writer = self.pending()
@@ -239,7 +246,7 @@ class BareConnectorTests(SynchronousTestCase):
         call itself: no reactor event, no timer.
         """
         path = self.unixListener(8)
-        deferred = self.endpoint(path, socket.AF_UNIX).connect(self.factory)
+        deferred = self.connect(self.endpoint(path, socket.AF_UNIX))
         target = self.result(deferred)
         self.assertIsInstance(target, BareTarget)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
@@ -268,7 +275,7 @@ class BareConnectorTests(SynchronousTestCase):
         else:
             raise SkipTest("this kernel never reports a full UNIX backlog")
         fds = openFds()
-        deferred = self.endpoint(path, socket.AF_UNIX).connect(self.factory)
+        deferred = self.connect(self.endpoint(path, socket.AF_UNIX))
         self.assertEqual(self.result(deferred), "fallback")
         self.assertEqual(self.fallback.factories, [self.factory])
         self.assertEqual(openFds(), fds)
@@ -278,7 +285,7 @@ class BareConnectorTests(SynchronousTestCase):
         An immediate failure fails the Deferred with the OS error and leaks
         no socket.
         """
-        deferred = self.endpoint(self.mktemp(), socket.AF_UNIX).connect(self.factory)
+        deferred = self.connect(self.endpoint(self.mktemp(), socket.AF_UNIX))
         failure = self.result(deferred)
         self.assertIsInstance(failure.value, error.ConnectError)
         self.assertEqual(failure.value.osError, errno.ENOENT)
@@ -289,7 +296,7 @@ class BareConnectorTests(SynchronousTestCase):
         An address C{connect} rejects outright fails the attempt without
         an exception escaping and without leaking the socket.
         """
-        deferred = self.endpoint("/" + "x" * 200, socket.AF_UNIX).connect(self.factory)
+        deferred = self.connect(self.endpoint("/" + "x" * 200, socket.AF_UNIX))
         self.assertIsInstance(self.result(deferred).value, error.ConnectError)
         self.assertEqual(openFds(), self.fds)
 
