@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402
+    DIRECTIONS,
     FLOOR,
-    LOAD_CORE,
     ORIGINAL,
     GiB,
     Nginx,
@@ -38,9 +37,8 @@ from run import (  # noqa: E402
     _iperf,
     _wrk,
     ensureTools,
-    freePort,
+    iperfServer,
     userAndSystemSeconds,
-    waitForListener,
 )
 
 
@@ -87,15 +85,8 @@ def split(seconds: int, dataPath: str) -> None:
                     route.stop()
         finally:
             nginx.stop()
-    serverPort = freePort()
-    server = subprocess.Popen(
-        ["taskset", "-c", LOAD_CORE, "iperf3", "-s", "-p", str(serverPort)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        waitForListener(serverPort)
-        for label, extra in (("upload", []), ("download", ["-R"])):
+    with iperfServer() as serverPort:
+        for label, extra in DIRECTIONS:
             print(f"bulk {label} (iperf3, one stream):")
             for route in routes:
                 port = route.start(serverPort)
@@ -103,9 +94,6 @@ def split(seconds: int, dataPath: str) -> None:
                     measure(route, "s/GiB", 1.0, _gibibytes, port, seconds, extra)
                 finally:
                     route.stop()
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

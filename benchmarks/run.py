@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -323,31 +324,46 @@ def _iperf(port: int, seconds: float, extra: list[str]) -> tuple[float, int]:
     return report["bits_per_second"] / 1e9, report["bytes"]
 
 
-def bulk(paths: list[Route], results: Results, seconds: float) -> None:
+DIRECTIONS = (("upload", []), ("download", ["-R"]))
+"""
+The two bulk directions, as iperf3 client options.
+"""
+
+
+@contextmanager
+def iperfServer() -> Iterator[int]:
     """
-    One TCP stream each way with iperf3; throughput and proxy CPU per GiB.
+    An iperf3 server on the load core for the duration; its port.
     """
-    serverPort = freePort()
+    port = freePort()
     server = subprocess.Popen(
-        ["taskset", "-c", LOAD_CORE, "iperf3", "-s", "-p", str(serverPort)],
+        ["taskset", "-c", LOAD_CORE, "iperf3", "-s", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        waitForListener(serverPort)
+        waitForListener(port)
+        yield port
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def bulk(paths: list[Route], results: Results, seconds: float) -> None:
+    """
+    One TCP stream each way with iperf3; throughput and proxy CPU per GiB.
+    """
+    with iperfServer() as serverPort:
         for path in paths:
             port = path.start(serverPort)
             try:
-                for label, extra in (("upload", []), ("download", ["-R"])):
+                for label, extra in DIRECTIONS:
                     (gbps, moved), cpu = measureCpu(path, _iperf, port, seconds, extra)
                     results.add(f"bulk {label}", "Gbit/s", path.name, gbps)
                     if path.pid:
                         results.add(f"bulk {label} CPU", "s/GiB", path.name, cpu / (moved / GiB))
             finally:
                 path.stop()
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def _wrk(port: int, seconds: float, connections: int, close: bool) -> tuple[float, float]:
