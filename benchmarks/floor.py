@@ -10,8 +10,8 @@ path: a non-blocking connect per client, small messages copied through one
 buffer with C{recv_into}/C{send}, bulk spliced through a pipe pair once a
 read fills the buffer, half-close forwarded. Whatever socketproxyd costs
 beyond this is Twisted's and socketproxyd's own; what this costs beyond
-the C original is Python's. It is not a proxy to use: errors just close
-the connection.
+the C original is Python's. It is not a proxy to use: the target must be
+an IPv4 C{HOST:PORT}, and errors just close the connection.
 """
 
 from __future__ import annotations
