@@ -18,7 +18,6 @@ profile cannot tell system calls from the Python around them, this can.
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import sys
 import tempfile
@@ -29,8 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402
     DIRECTIONS,
-    FLOOR,
-    ORIGINAL,
     GiB,
     Nginx,
     Route,
@@ -38,7 +35,8 @@ from run import (  # noqa: E402
     _wrk,
     ensureTools,
     iperfServer,
-    userAndSystemSeconds,
+    measureCpu,
+    proxyRoutes,
 )
 
 
@@ -55,22 +53,15 @@ def split(seconds: int, dataPath: str) -> None:
     User and system CPU of each proxy per connection at its full
     new-connection rate, and per GiB of one bulk stream each way.
     """
-    routes = [
-        Route("floor", [sys.executable, str(FLOOR)]),
-        Route("socketproxyd", [sys.executable, "-m", "socketproxyd", f"--data-path={dataPath}"]),
-    ]
-    if os.access(ORIGINAL, os.X_OK):
-        routes.insert(0, Route("original", [ORIGINAL, "-c", "20000"]))
+    routes = proxyRoutes(dataPath, floor=True)
 
     def measure(
         route: Route, unit: str, scale: float, action: Callable[..., float], *args: object
     ) -> None:
-        userBefore, systemBefore = userAndSystemSeconds(route.pid)
-        count = action(*args)
-        user, system = userAndSystemSeconds(route.pid)
+        count, user, system = measureCpu(route, action, *args)
         print(
-            f"  {route.name:13s} user {(user - userBefore) / count * scale:7.3f}  "
-            f"system {(system - systemBefore) / count * scale:7.3f}  {unit}"
+            f"  {route.name:13s} user {user / count * scale:7.3f}  "
+            f"system {system / count * scale:7.3f}  {unit}"
         )
 
     with tempfile.TemporaryDirectory() as tmp:

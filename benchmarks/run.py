@@ -111,10 +111,6 @@ def userAndSystemSeconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def cpuSeconds(pid: int) -> float:
-    return sum(userAndSystemSeconds(pid))
-
-
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -301,14 +297,17 @@ http {{
         self.process.wait(10)
 
 
-def measureCpu(path: Route, action: Callable[..., object], *args: object) -> tuple[object, float]:
+def measureCpu(
+    path: Route, action: Callable[..., object], *args: object
+) -> tuple[object, float, float]:
     """
-    Run C{action(*args)}; its result and the proxy's CPU seconds meanwhile.
+    Run C{action(*args)}; its result and the proxy's user and system CPU
+    seconds meanwhile.
     """
-    before = cpuSeconds(path.pid) if path.pid else 0.0
+    before = userAndSystemSeconds(path.pid) if path.pid else (0.0, 0.0)
     value = action(*args)
-    after = cpuSeconds(path.pid) if path.pid else 0.0
-    return value, after - before
+    after = userAndSystemSeconds(path.pid) if path.pid else (0.0, 0.0)
+    return value, after[0] - before[0], after[1] - before[1]
 
 
 def _iperf(port: int, seconds: float, extra: list[str]) -> tuple[float, int]:
@@ -349,6 +348,25 @@ def iperfServer() -> Iterator[int]:
         server.wait()
 
 
+def proxyRoutes(dataPath: str, floor: bool) -> list[Route]:
+    """
+    The proxies compared: the original (when installed), the floor (when
+    asked for) and socketproxyd with C{--data-path=dataPath}.
+    """
+    routes = []
+    if os.access(ORIGINAL, os.X_OK):
+        routes.append(Route("original", [ORIGINAL, "-c", "20000"]))
+    if floor:
+        routes.append(Route("floor", [sys.executable, str(FLOOR)]))
+    routes.append(
+        Route(
+            "socketproxyd",
+            [sys.executable, "-m", "socketproxyd", "-c", "20000", f"--data-path={dataPath}"],
+        )
+    )
+    return routes
+
+
 def bulk(paths: list[Route], results: Results, seconds: float) -> None:
     """
     One TCP stream each way with iperf3; throughput and proxy CPU per GiB.
@@ -358,7 +376,8 @@ def bulk(paths: list[Route], results: Results, seconds: float) -> None:
             port = path.start(serverPort)
             try:
                 for label, extra in DIRECTIONS:
-                    (gbps, moved), cpu = measureCpu(path, _iperf, port, seconds, extra)
+                    (gbps, moved), user, system = measureCpu(path, _iperf, port, seconds, extra)
+                    cpu = user + system
                     results.add(f"bulk {label}", "Gbit/s", path.name, gbps)
                     if path.pid:
                         results.add(f"bulk {label} CPU", "s/GiB", path.name, cpu / (moved / GiB))
@@ -493,18 +512,8 @@ def main(argv: list[str] | None = None) -> None:
     only = set(args.only.split(","))
     ensureTools()
 
-    paths = [Route("direct", None)]
-    if os.access(ORIGINAL, os.X_OK):
-        paths.append(Route("original", [ORIGINAL, "-c", "20000"]))
-    paths.append(
-        Route(
-            "socketproxyd",
-            [sys.executable, "-m", "socketproxyd", "-c", "20000", f"--data-path={args.data_path}"],
-        )
-    )
-    throughputPaths = list(paths)
-    if args.floor:
-        throughputPaths.insert(-1, Route("floor", [sys.executable, str(FLOOR)]))
+    throughputPaths = [Route("direct", None), *proxyRoutes(args.data_path, args.floor)]
+    paths = [path for path in throughputPaths if path.name != "floor"]
     results = Results()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
