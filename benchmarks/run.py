@@ -132,17 +132,25 @@ class Route:
 
     name: str
     command: list[str] | None
+    unixTarget: bool = True
+    """
+    Whether it can reach a UNIX socket backend (wrk cannot connect to one
+    directly, and the floor takes only IPv4 targets).
+    """
     process: subprocess.Popen | None = None
     port: int = 0
 
-    def start(self, backendPort: int) -> int:
+    def start(self, backend: int | str) -> int:
         """
-        Start the proxy in front of the backend as systemd would (a listening
-        socket on fd 3, LISTEN_* set, systemd's default fd limits), pinned
-        to its core; wait until it has started; the port clients use.
+        Start the proxy in front of the backend (a port on 127.0.0.1, or the
+        path of a UNIX socket) as systemd would (a listening socket on fd 3,
+        LISTEN_* set, systemd's default fd limits), pinned to its core; wait
+        until it has started; the port clients use.
         """
+        if isinstance(backend, str) and not self.unixTarget:
+            raise ValueError(f"{self.name} cannot reach the UNIX socket {backend}")
         if self.command is None:
-            return backendPort
+            return backend
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(4096)
@@ -157,10 +165,11 @@ class Route:
             NOTIFY_SOCKET="@" + notifyName,
         )
         fd = listener.fileno()
+        target = backend if isinstance(backend, str) else f"127.0.0.1:{backend}"
         self.process = subprocess.Popen(
             ["prlimit", f"--nofile=1024:{SERVICE_HARD_LIMIT}", "taskset", "-c", PROXY_CORE,
              "sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "launcher",
-             *self.command, f"127.0.0.1:{backendPort}"],
+             *self.command, target],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -252,12 +261,13 @@ def _fmt(value: float | None) -> str:
 
 class Nginx:
     """
-    A throwaway nginx on loopback, pinned to the load core, serving a small
-    page and a large file.
+    A throwaway nginx on loopback and on a UNIX socket in C{workdir}, pinned
+    to the load core, serving a small page and a large file.
     """
 
     def __init__(self, workdir: Path) -> None:
         self.port = freePort()
+        self.unixPath = str(workdir / "nginx.sock")
         workdir.chmod(0o755)
         root = workdir / "www"
         root.mkdir()
@@ -279,6 +289,7 @@ http {{
     sendfile on;
     server {{
         listen 127.0.0.1:{self.port} backlog=4096;
+        listen unix:{self.unixPath} backlog=4096;
         root {root};
     }}
 }}
@@ -357,7 +368,7 @@ def proxyRoutes(dataPath: str, floor: bool) -> list[Route]:
     if os.access(ORIGINAL, os.X_OK):
         routes.append(Route("original", [ORIGINAL, "-c", "20000"]))
     if floor:
-        routes.append(Route("floor", [sys.executable, str(FLOOR)]))
+        routes.append(Route("floor", [sys.executable, str(FLOOR)], unixTarget=False))
     routes.append(
         Route(
             "socketproxyd",
@@ -405,7 +416,8 @@ def _wrk(port: int, seconds: float, connections: int, close: bool) -> tuple[floa
 def http(paths: list[Route], results: Results, nginx: Nginx, seconds: float) -> None:
     """
     HTTP keep-alive through 64 connections, and new connections per second
-    (Connection: close), with wrk against nginx.
+    (Connection: close), with wrk against nginx on TCP; then new connections
+    again through each proxy that can reach it against nginx's UNIX socket.
     """
     for path in paths:
         port = path.start(nginx.port)
@@ -415,6 +427,15 @@ def http(paths: list[Route], results: Results, nginx: Nginx, seconds: float) -> 
             results.add("keep-alive p99 latency", "ms", path.name, p99)
             rate, p99 = _wrk(port, seconds, 32, True)
             results.add("new connections", "conn/s", path.name, rate)
+        finally:
+            path.stop()
+    for path in paths:
+        if not path.unixTarget:
+            continue
+        port = path.start(nginx.unixPath)
+        try:
+            rate, p99 = _wrk(port, seconds, 32, True)
+            results.add("new connections, UNIX target", "conn/s", path.name, rate)
         finally:
             path.stop()
 
@@ -512,7 +533,10 @@ def main(argv: list[str] | None = None) -> None:
     only = set(args.only.split(","))
     ensureTools()
 
-    throughputPaths = [Route("direct", None), *proxyRoutes(args.data_path, args.floor)]
+    throughputPaths = [
+        Route("direct", None, unixTarget=False),
+        *proxyRoutes(args.data_path, args.floor),
+    ]
     paths = [path for path in throughputPaths if path.name != "floor"]
     results = Results()
     started = time.monotonic()
