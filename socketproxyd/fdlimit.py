@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 FDS_PER_CONNECTION = 2
 FDS_PER_PIPE_PAIR = 4
-RESERVE = 16
+RESERVE = 8
 """
 Descriptors kept free for what else the process opens: resolver threads,
 the notify socket, log files.
@@ -58,8 +58,9 @@ class FdBudget:
     @ivar onReleased: called after fds are given back.
     """
 
-    def __init__(self, free: float = math.inf) -> None:
+    def __init__(self, free: float = math.inf, limit: float = math.inf) -> None:
         self.free = free
+        self.limit = limit
         self.onReleased: Callable[[], None] = lambda: None
 
     @classmethod
@@ -70,13 +71,27 @@ class FdBudget:
         """
         if softLimit == resource.RLIM_INFINITY:
             return cls()
-        return cls(max(0, softLimit - inUse - RESERVE))
+        return cls(softLimit - inUse - RESERVE, softLimit)
+
+    def refresh(self, softLimit: int | None = None) -> None:
+        """
+        Follow the soft RLIMIT_NOFILE in force now (C{prlimit} can change
+        it from outside the process).
+        """
+        if math.isinf(self.limit):
+            return
+        if softLimit is None:
+            softLimit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if softLimit == resource.RLIM_INFINITY:
+            softLimit = math.inf
+        self.free += softLimit - self.limit
+        self.limit = softLimit
 
     def connections(self) -> float:
         """
         How many more connections fit.
         """
-        return self.free // FDS_PER_CONNECTION
+        return max(0, self.free // FDS_PER_CONNECTION)
 
     def takePipes(self) -> bool:
         """

@@ -7,7 +7,8 @@ stop of the whole proxy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -16,12 +17,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .acceptor import Acceptor, adoptable
 from .activation import InheritedSocket, adopt
+from .addresses import describeAddress
+from .connection import Connection, Ending
 from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors
 from .logs import observer
 from .notify import Notifier
-from .pausedaccept import acceptPaused
-from .proxy import ProxyFactory, ProxySettings, ServerProtocol, describeAddress
+from .proxy import ProxyFactory, ProxySettings
 from .target import Target
 from .timespan import formatTimespan
 
@@ -32,37 +35,25 @@ class StartupError(Exception):
     """
 
 
-def gateAccepts(port: IListeningPort, freeSlots: Callable[[], int]) -> None:
+def stopOnSignals(reactor: object) -> None:
     """
-    Make C{port} accept no more clients in one wake-up than there are free
-    connection slots.
+    Stop the reactor on SIGTERM and SIGINT, so that a graceful stop exits
+    0 under every runner.
 
-    Twisted's ports accept up to C{numberAccepts} clients per wake-up, which
-    would overshoot the limit; clamping it before each wake-up keeps the
-    limit exact, and clients over it stay in the kernel's backlog.
+    Twisted's own handlers make twistd and twist re-raise the signal once
+    the reactor has stopped, so the process would die of it; the contract
+    is exit status 0 after a graceful stop, as the C{socketproxyd} command
+    has. Installed once the reactor runs, after Twisted's.
     """
-    doRead = port.doRead
 
-    def gatedDoRead() -> object:
-        slots = freeSlots()
-        if slots <= 0:
-            return None
-        port.numberAccepts = max(1, min(port.numberAccepts, slots))
-        return doRead()
+    def stop(signum: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)
 
-    port.doRead = gatedDoRead
+    def install() -> None:
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
 
-
-def forgetExitSignal(reactor: object) -> None:
-    """
-    Make a stop by SIGTERM or SIGINT exit 0 under every runner.
-
-    twistd and twist re-raise the signal that stopped the reactor once it
-    has stopped, so the process dies of it; the contract is exit status 0
-    after a graceful stop, as the C{socketproxyd} command does.
-    """
-    if getattr(reactor, "_exitSignal", None) is not None:
-        reactor._exitSignal = None
+    reactor.callWhenRunning(install)
 
 
 class ProxyService(Service):
@@ -100,16 +91,10 @@ class ProxyService(Service):
         self.notifier = notifier if notifier is not None else Notifier(reactor, {})
         self.exitIdleTime = exitIdleTime
         self.drainTimeout = drainTimeout
-        self.factory = ProxyFactory(
-            reactor,
-            target,
-            target.endpoint(reactor, settings.connectTimeout),
-            settings,
-            self,
-            self.budget,
-        )
+        self.factory = ProxyFactory(reactor, target, settings, self, self.budget)
         self.ports: list[IListeningPort] = []
-        self.connections: set[ServerProtocol] = set()
+        self.acceptors: list[Acceptor | IListeningPort] = []
+        self.connections: set[Connection] = set()
         self._accepting = True
         self._exhausted = False
         self._limitHits = 0
@@ -151,18 +136,27 @@ class ProxyService(Service):
             self._addPort(outcome[0], description)
 
     def _addPort(self, port: IListeningPort, label: str) -> None:
-        if hasattr(port, "numberAccepts"):
-            gateAccepts(port, self._freeSlots)
-        acceptPaused(port, self.factory)
         self.ports.append(port)
+        if adoptable(port, self.factory):
+            acceptor = Acceptor(self.reactor, port, self, self.factory.accepted)
+            acceptor.startReading()
+            self.acceptors.append(acceptor)
+        else:
+            self.acceptors.append(port)
         self.log.info(
             "Listening on {address} ({label})",
             address=describeAddress(port.getHost()),
             label=label,
         )
 
-    def _freeSlots(self) -> int:
-        return min(self.capacity - len(self.connections), self.budget.connections())
+    def room(self) -> int:
+        """
+        How many more clients may be accepted now: free connection slots,
+        as far as the descriptors under the soft RLIMIT_NOFILE in force
+        now hold them.
+        """
+        self.budget.refresh()
+        return int(min(self.capacity - len(self.connections), self.budget.connections()))
 
     def startService(self) -> None:
         if not self.ports:
@@ -180,6 +174,7 @@ class ProxyService(Service):
                     fits=fits,
                     wanted=self.connectionsMax,
                 )
+        stopOnSignals(self.reactor)
         self.notifier.ready(self._status())
         self.notifier.startWatchdog()
         self._armIdleTimer()
@@ -196,15 +191,15 @@ class ProxyService(Service):
         self.notifier.status(self._status())
 
     def _updateAccepting(self) -> None:
-        accepting = self.running and not self._exhausted and self._freeSlots() > 0
+        accepting = self.running and not self._exhausted and self.room() > 0
         if accepting == self._accepting:
             return
         self._accepting = accepting
-        for port in self.ports:
+        for acceptor in self.acceptors:
             if accepting:
-                port.startReading()
+                acceptor.startReading()
             else:
-                port.stopReading()
+                acceptor.stopReading()
         if not accepting and not self._exhausted and self.running:
             self._limitHits += 1
             now = self.reactor.seconds()
@@ -218,7 +213,7 @@ class ProxyService(Service):
                 self._limitLogged = now
                 self._limitHits = 0
 
-    def connectionOpened(self, connection: ServerProtocol) -> None:
+    def connectionOpened(self, connection: Connection) -> None:
         """
         Count a new connection; at the limit, stop accepting.
         """
@@ -228,7 +223,7 @@ class ProxyService(Service):
         self._updateAccepting()
         self._statusChanged()
 
-    def connectionClosed(self, connection: ServerProtocol) -> None:
+    def connectionClosed(self, connection: Connection) -> None:
         """
         Free a connection's slot; giving its fds back to the budget
         re-evaluates accepting.
@@ -294,7 +289,6 @@ class ProxyService(Service):
         drain timeout, then close the rest.
         """
         super().stopService()
-        forgetExitSignal(self.reactor)
         self.notifier.stopping()
         self.notifier.stopWatchdog()
         self._cancelIdleTimer()
@@ -302,8 +296,11 @@ class ProxyService(Service):
             if call is not None and call.active():
                 call.cancel()
         self._statusCall = self._backoffCall = None
+        for acceptor in self.acceptors:
+            acceptor.stopReading()
         stopped = DeferredList([d for d in (p.stopListening() for p in self.ports) if d])
         self.ports = []
+        self.acceptors = []
         if not self.connections:
             return stopped
         self._drained = Deferred()
@@ -322,7 +319,7 @@ class ProxyService(Service):
 
     def _closeAll(self) -> None:
         for connection in list(self.connections):
-            connection.abort("shutdown")
+            connection.end(Ending.SHUTDOWN, reset=True)
         if not self.connections:
             self._fireDrained()
 

@@ -4,13 +4,15 @@ The Linux fast path: bytes move between the two sockets of a connection with
 splice(2) through a pipe, without passing through Python, as the C original
 does.
 
-The sockets' transports stay their owners (their close, abort and
-connectionLost paths are used unchanged: Twisted's transports, or a
-L{socketproxyd.bareconnect.BareTarget}); while a L{Splicer} runs, they are
-taken out of the reactor and a L{_SpliceEnd} per socket is registered in
-their place. The pipe is the buffer and the flow control: a direction
-whose pipe cannot be emptied into its destination stops reading its source
-until the destination is writable again.
+A L{SplicePump} is a connection's data path on two bare sockets: the
+client's, accepted by L{socketproxyd.acceptor.Acceptor}, and the target's,
+connected by L{socketproxyd.bareconnect.BareConnector} (or, for a target
+reached through a Twisted endpoint, the socket of a paused transport the
+pump borrows and hands back to close). A L{_SpliceEnd} per socket stands
+in the reactor for it. The pipe is the buffer and the flow control: a
+direction whose pipe cannot be emptied into its destination stops reading
+its source until the destination is writable again. The pump only moves
+bytes and reports to its L{socketproxyd.connection.Connection}.
 
 Pipes exist only while data flows: a L{PipeSweeper} closes the pipes of
 directions that moved nothing for a sweep interval, so an idle connection
@@ -23,13 +25,16 @@ import errno
 import fcntl
 import os
 import socket
-from typing import Protocol as TypingProtocol
+from collections.abc import Callable
 
 from twisted.internet import error
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from .addresses import socketAddress
+from .bareconnect import resetOnClose
+from .connection import DOWNSTREAM, UPSTREAM, Connection
 from .fdlimit import FDS_PER_PIPE_PAIR, FdBudget
 
 PIPE_SIZE = 256 * 1024
@@ -45,32 +50,6 @@ def available() -> bool:
     Whether this platform has splice(2) (Linux, Python 3.10+).
     """
     return hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
-
-
-def spliceable(transport: object) -> bool:
-    """
-    Whether a transport is one of Twisted's TCP or UNIX socket transports,
-    whose bytes can be spliced (not TLS, not a test double), with nothing
-    queued in its write buffer.
-    """
-    return (
-        type(transport) in _SOCKET_TRANSPORTS
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-    )
-
-
-def _socketTransports() -> frozenset[type]:
-    if not available():
-        return frozenset()
-    from twisted.internet import tcp, unix
-
-    from .pausedaccept import TRANSPORTS
-
-    return frozenset((tcp.Server, tcp.Client, unix.Server, unix.Client)) | TRANSPORTS
-
-
-_SOCKET_TRANSPORTS = _socketTransports()
 
 
 class _Pipe:
@@ -95,30 +74,34 @@ class _Pipe:
 
 class _SpliceEnd:
     """
-    One socket of a spliced connection, standing in the reactor for its
-    transport, with the state of the direction its bytes leave by: from
-    this socket to its C{peer}, in flight in C{pipe} (C{pending} bytes) or,
-    before the direction has a pipe, in C{backlog}.
+    One socket of a spliced connection, standing in the reactor for it,
+    with the state of the direction its bytes leave by: read from this
+    socket, in flight in C{pipe} (C{pending} bytes) or, before the
+    direction has a pipe, in C{backlog}, then written to C{peer}'s socket.
 
-    @ivar side: the relay protocol whose socket this is; its C{received}
-        counts the bytes read here.
+    @ivar direction: the direction this socket is the source of.
+    @ivar ended: whether its source sent its end of stream.
+    @ivar shutting: whether its destination is to be shut down once what
+        is in flight is out.
+    @ivar shut: whether it has been.
     """
 
     __slots__ = (
-        "splicer", "side", "socket", "peer",
-        "pipe", "pending", "backlog", "eof", "done",
+        "pump", "socket", "direction", "peer",
+        "pipe", "pending", "backlog", "ended", "shutting", "shut",
     )  # fmt: skip
 
-    def __init__(self, splicer: Splicer, side: object) -> None:
-        self.splicer = splicer
-        self.side = side
-        self.socket: socket.socket = side.transport.socket
+    def __init__(self, pump: SplicePump, sock: socket.socket, direction: int) -> None:
+        self.pump = pump
+        self.socket = sock
+        self.direction = direction
         self.peer: _SpliceEnd
         self.pipe: _Pipe | None = None
         self.pending = 0
         self.backlog = b""
-        self.eof = False
-        self.done = False
+        self.ended = False
+        self.shutting = False
+        self.shut = False
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -127,13 +110,16 @@ class _SpliceEnd:
         return "splice"
 
     def doRead(self) -> None:
-        self.splicer.fill(self)
+        self.pump.fill(self)
 
     def doWrite(self) -> None:
-        self.splicer.drain(self.peer)
+        self.pump.drain(self.peer)
 
     def connectionLost(self, reason: Failure) -> None:
-        self.splicer.lost(self, reason)
+        self.pump.lost(self, reason)
+
+    def inFlight(self) -> bool:
+        return bool(self.pending or self.backlog)
 
     def releasePipe(self) -> None:
         if self.pipe is not None:
@@ -146,27 +132,35 @@ class PipeSweeper:
     Decides when a connection may open a pipe pair (taking its fds from the
     fd budget), and closes the pipes of connections that moved nothing for
     one interval.
+
+    @ivar outOfFds: called when a pipe could not be opened for want of fds.
     """
 
     interval = 1.0
 
-    def __init__(self, clock: IReactorTime, budget: FdBudget | None = None) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        budget: FdBudget | None = None,
+        outOfFds: Callable[[], None] = lambda: None,
+    ) -> None:
         self.clock = clock
         self.budget = budget if budget is not None else FdBudget()
-        self.holders: set[Splicer] = set()
+        self.outOfFds = outOfFds
+        self.holders: set[SplicePump] = set()
         self._smallPipesUntil = 0.0
         self._loop: LoopingCall | None = None
 
-    def acquire(self, splicer: Splicer) -> bool:
+    def acquire(self, pump: SplicePump) -> bool:
         """
-        Whether C{splicer} may open its pipes now; if so, their fds are
-        taken from the budget and given back by L{released}. Not while the
-        fd budget has no room, nor for an interval after the kernel gave
-        pipes too small to be worth splicing through (see L{tooSmall}).
+        Whether C{pump} may open its pipes now; if so, their fds are taken
+        from the budget and given back by L{released}. Not while the fd
+        budget has no room, nor for an interval after the kernel gave pipes
+        too small to be worth splicing through (see L{tooSmall}).
         """
         if self.clock.seconds() < self._smallPipesUntil or not self.budget.takePipes():
             return False
-        self.holders.add(splicer)
+        self.holders.add(pump)
         if self._loop is None:
             self._loop = LoopingCall(self.sweep)
             self._loop.clock = self.clock
@@ -182,12 +176,12 @@ class PipeSweeper:
         """
         self._smallPipesUntil = self.clock.seconds() + self.interval
 
-    def released(self, splicer: Splicer) -> None:
+    def released(self, pump: SplicePump) -> None:
         """
-        C{splicer} closed its pipes.
+        C{pump} closed its pipes.
         """
-        if splicer in self.holders:
-            self.holders.discard(splicer)
+        if pump in self.holders:
+            self.holders.discard(pump)
             self.budget.give(FDS_PER_PIPE_PAIR)
 
     def sweep(self) -> None:
@@ -195,103 +189,116 @@ class PipeSweeper:
         Close the pipes of every connection that was not active since the
         last sweep and has nothing in flight; stop when no pipe is left.
         """
-        for splicer in list(self.holders):
-            if splicer.active:
-                splicer.active = False
-            elif not splicer.inFlight():
-                splicer.releasePipes()
+        for pump in list(self.holders):
+            if pump.active:
+                pump.active = False
+            elif not pump.inFlight():
+                pump.releasePipes()
         if not self.holders and self._loop is not None:
             self._loop.stop()
             self._loop = None
 
 
-class SpliceOwner(TypingProtocol):
+class SplicePump:
     """
-    What a L{Splicer} reports to: the connection it moves the bytes of.
-    """
+    Moves a connection's bytes between two bare sockets: small reads are
+    copied through one shared buffer, bulk goes through a pipe pair with
+    splice(2); pipes exist only while bulk flows.
 
-    def resetTimeout(self) -> None:
-        """
-        Bytes moved (called only for a splicer told the owner is timed).
-        """
-
-    def spliceEnded(self, how: str) -> None:
-        """
-        The splicer stopped: C{"done"} once both directions are finished
-        (the second one's destination is not shut down: closing the
-        sockets, the owner's next step, ends it), or C{"reset"} after an
-        error on either socket. The sockets are out of the reactor.
-        """
-
-    def spliceOutOfFds(self) -> None:
-        """
-        A pipe could not be opened for want of fds; the connection goes on
-        copying.
-        """
-
-
-class Splicer:
-    """
-    Moves a connection's bytes with splice(2) in both directions, with the
-    same half-close, reset, byte-count and idle semantics as the transport
-    path.
-
-    The splicer and its two ends are the whole per-connection state of the
-    fast path, kept small (slots, no callbacks of its own) because an idle
-    connection keeps them.
+    The pump and its two ends are the whole per-connection state of the
+    fast path besides the L{Connection}, kept small (slots, no callbacks)
+    because an idle connection keeps them.
 
     @ivar upstream: the client's end (its bytes go to the target).
-    @ivar downstream: the target's end.
-    @ivar timed: whether to call the owner's C{resetTimeout} after each move.
+    @ivar downstream: the target's end, once attached.
+    @ivar borrowed: the Twisted transport whose socket the target's end
+        is, if it is one; it closes that socket.
+    @ivar active: whether bytes moved since the sweeper last looked.
     """
 
     __slots__ = (
-        "reactor",
-        "sweeper",
-        "owner",
-        "upstream",
-        "downstream",
-        "timed",
-        "running",
-        "active",
-    )
+        "reactor", "sweeper", "keepalive", "connection", "upstream",
+        "downstream", "borrowed", "running", "active",
+    )  # fmt: skip
+
+    takesSockets = True
 
     def __init__(
         self,
         reactor: IReactorFDSet,
         sweeper: PipeSweeper,
-        owner: SpliceOwner,
-        clientSide: object,
-        targetSide: object,
-        timed: bool = False,
+        client: socket.socket,
+        keepalive: bool = False,
     ) -> None:
         self.reactor = reactor
         self.sweeper = sweeper
-        self.owner = owner
-        self.timed = timed
-        self.upstream = _SpliceEnd(self, clientSide)
-        self.downstream = _SpliceEnd(self, targetSide)
-        self.upstream.peer = self.downstream
-        self.downstream.peer = self.upstream
+        self.keepalive = keepalive
+        self.connection: Connection
+        self.upstream = _SpliceEnd(self, client, UPSTREAM)
+        self.downstream: _SpliceEnd | None = None
+        self.borrowed = None
         self.running = False
         self.active = False
 
+    def clientAddress(self) -> object:
+        try:
+            return socketAddress(self.upstream.socket.family, self.upstream.socket.getpeername())
+        except OSError:
+            return None
+
+    def attach(self, target: object, preamble: bytes) -> None:
+        """
+        Start moving bytes, beginning with C{preamble} and what the client
+        has already sent.
+
+        Most clients speak first (an HTTP request, a TLS hello), and their
+        first bytes have usually arrived by the time the target is
+        connected: reading them at once saves a wake-up per connection.
+        Where the server speaks first, the read finds nothing, one
+        C{EAGAIN}.
+        """
+        if isinstance(target, socket.socket):
+            sock = target
+        else:
+            transport = self.borrowed = target.transport
+            transport.stopReading()
+            transport.stopWriting()
+            sock = transport.getHandle()
+        upstream = self.upstream
+        downstream = self.downstream = _SpliceEnd(self, sock, DOWNSTREAM)
+        upstream.peer = downstream
+        downstream.peer = upstream
+        if self.keepalive:
+            for end in (upstream, downstream):
+                if end.socket.family != socket.AF_UNIX:
+                    end.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.running = True
+        self.reactor.addReader(downstream)
+        if preamble:
+            upstream.backlog = preamble
+            if not self.flush(upstream):
+                return
+        self.reactor.addReader(upstream)
+        self.fill(upstream)
+
     @property
-    def ends(self) -> tuple[_SpliceEnd, _SpliceEnd]:
+    def ends(self) -> tuple[_SpliceEnd, ...]:
+        if self.downstream is None:
+            return (self.upstream,)
         return (self.upstream, self.downstream)
 
     def inFlight(self) -> bool:
         """
-        Whether either pipe holds bytes not yet written on.
+        Whether either direction holds bytes not yet written on.
         """
-        return any(end.pending or end.backlog for end in self.ends)
+        return any(end.inFlight() for end in self.ends)
 
     def releasePipes(self) -> None:
         """
         Close both pipes (they hold nothing worth keeping).
         """
-        self.upstream.releasePipe()
-        self.downstream.releasePipe()
+        for end in self.ends:
+            end.releasePipe()
         self.sweeper.released(self)
 
     def _allocatePipes(self) -> None:
@@ -310,47 +317,46 @@ class Splicer:
         except OSError as e:
             self.releasePipes()
             if e.errno in (errno.EMFILE, errno.ENFILE):
-                self.owner.spliceOutOfFds()
+                self.sweeper.outOfFds()
             return
         if min(self.upstream.pipe.size, self.downstream.pipe.size) < COPY_SIZE:
             self.releasePipes()
             self.sweeper.tooSmall()
 
-    def start(self) -> None:
-        """
-        Take both sockets out of their transports' hands and start moving,
-        beginning with what the client has already sent.
+    def _stop(self) -> None:
+        if self.running:
+            self.running = False
+            for end in self.ends:
+                self.reactor.removeReader(end)
+                self.reactor.removeWriter(end)
+            self.releasePipes()
 
-        Most clients speak first (an HTTP request, a TLS hello), and their
-        first bytes have usually arrived by the time the target is
-        connected: reading them at once saves a wake-up per connection.
-        Where the server speaks first, the read finds nothing, one
-        C{EAGAIN}.
+    def close(self) -> None:
         """
-        self.running = True
-        for end in self.ends:
-            end.side.transport.stopReading()
-            end.side.transport.stopWriting()
-            self.reactor.addReader(end)
-        self.fill(self.upstream)
+        Close both sockets: each peer sees a normal end of stream (bytes
+        still in a pipe are dropped).
+        """
+        self._stop()
+        self.upstream.socket.close()
+        if self.borrowed is not None:
+            self.borrowed.loseConnection()
+        elif self.downstream is not None:
+            self.downstream.socket.close()
+        self.connection.closed()
 
-    def stop(self) -> None:
+    def abort(self) -> None:
         """
-        Give the sockets back to their transports; bytes still in a pipe
-        are dropped.
+        Close both sockets with a reset.
         """
-        if not self.running:
-            return
-        self.running = False
-        for end in self.ends:
-            self.reactor.removeReader(end)
-            self.reactor.removeWriter(end)
-        self.releasePipes()
-
-    def _moved(self) -> None:
-        self.active = True
-        if self.timed:
-            self.owner.resetTimeout()
+        self._stop()
+        resetOnClose(self.upstream.socket)
+        self.upstream.socket.close()
+        if self.borrowed is not None:
+            self.borrowed.abortConnection()
+        elif self.downstream is not None:
+            resetOnClose(self.downstream.socket)
+            self.downstream.socket.close()
+        self.connection.closed()
 
     def fill(self, end: _SpliceEnd) -> None:
         """
@@ -369,6 +375,7 @@ class Splicer:
             self._copy(end)
             return
         source = end.socket.fileno()
+        total = 0
         for _ in range(ROUNDS):
             space = pipe.size - end.pending
             try:
@@ -376,16 +383,22 @@ class Splicer:
             except BlockingIOError:
                 break
             except OSError:
-                self._failed()
+                self.connection.failed()
                 return
             if moved == 0:
+                self._moved(end, total)
                 self._sourceEnded(end)
                 return
             end.pending += moved
-            end.side.received += moved
+            total += moved
             if not self.flush(end):
                 break
-        self._moved()
+        self._moved(end, total)
+
+    def _moved(self, end: _SpliceEnd, count: int) -> None:
+        if count:
+            self.active = True
+            self.connection.moved(end.direction, count)
 
     def _copy(self, end: _SpliceEnd) -> None:
         """
@@ -400,31 +413,49 @@ class Splicer:
         except BlockingIOError:
             return
         except OSError:
-            self._failed()
+            self.connection.failed()
             return
         if moved == 0:
             self._sourceEnded(end)
             return
-        end.side.received += moved
-        self._moved()
         try:
             sent = end.peer.socket.send(_copyView[:moved])
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._failed()
+            self.connection.failed()
             return
         if sent < moved:
             end.backlog = bytes(_copyView[sent:moved])
             self._waitForDestination(end)
         elif moved == COPY_SIZE:
             self._allocatePipes()
+        self._moved(end, moved)
 
     def _sourceEnded(self, end: _SpliceEnd) -> None:
-        end.eof = True
+        end.ended = True
         self.reactor.removeReader(end)
-        if not (end.pending or end.backlog):
-            self._finish(end)
+        self.connection.readEnded(end.direction)
+
+    def shutdownWrite(self, direction: int) -> None:
+        end = self.upstream if direction == UPSTREAM else self.downstream
+        end.shutting = True
+        if not end.inFlight():
+            self._shut(end)
+
+    def _shut(self, end: _SpliceEnd) -> None:
+        """
+        The direction leaving by C{end} is finished: shut down writing on
+        its peer (not for the second direction to finish: closing the
+        sockets, the connection's next step, sends the same FIN).
+        """
+        end.shut = True
+        if not end.peer.shut:
+            try:
+                end.peer.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.connection.writeShut(end.direction)
 
     def _waitForDestination(self, end: _SpliceEnd) -> None:
         """
@@ -454,56 +485,38 @@ class Splicer:
         except BlockingIOError:
             pass
         except OSError:
-            self._failed()
+            self.connection.failed()
             return False
         if end.pending or end.backlog:
             self._waitForDestination(end)
             return False
-        if end.eof:
+        if end.shutting:
             self.reactor.removeWriter(destination)
-            self._finish(end)
+            self._shut(end)
             return False
         return True
 
     def drain(self, end: _SpliceEnd) -> None:
         """
-        C{end}'s peer became writable again: empty the pipe into it, then
-        read C{end} again.
+        C{end}'s peer became writable again: empty what is in flight into
+        it, then read C{end} again.
         """
         if self.flush(end):
             self.reactor.removeWriter(end.peer)
-            self.reactor.addReader(end)
-
-    def _finish(self, end: _SpliceEnd) -> None:
-        """
-        The direction leaving by C{end} is finished (EOF read, nothing in
-        flight): shut down writing on its peer; once both directions are
-        done, the connection is (and closing its sockets ends the second
-        direction the same way).
-        """
-        end.done = True
-        if end.peer.done:
-            self.stop()
-            self.owner.spliceEnded("done")
-            return
-        try:
-            end.peer.socket.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def _failed(self) -> None:
-        self.stop()
-        self.owner.spliceEnded("reset")
+            if not end.ended:
+                self.reactor.addReader(end)
 
     def lost(self, end: _SpliceEnd, reason: Failure) -> None:
         """
-        The reactor saw a hang-up or error on a socket while it was ours.
+        The reactor saw a hang-up or error on C{end}'s socket (and took it
+        out of the reactor). A hang-up with nothing on its way into the
+        socket ends its source like an end of stream; anything else resets
+        the connection.
         """
         if not self.running:
             return
-        if isinstance(reason.value, error.ConnectionDone) and end.pending == 0:
-            self._sourceEnded(end)
-            if self.running and not end.peer.done:
-                self.reactor.addReader(end.peer)
+        if isinstance(reason.value, error.ConnectionDone) and not end.peer.inFlight():
+            if not end.ended:
+                self._sourceEnded(end)
             return
-        self._failed()
+        self.connection.failed()

@@ -52,7 +52,7 @@ class Target:
         Literal addresses skip the resolver, and their single attempt is
         bounded by C{timeout}; names go through the reactor's resolver and
         every address they resolve to is tried, each bounded by C{timeout}
-        (see L{Target.boundsItsConnect}).
+        (the connection's own connect timer bounds them all).
         """
         attemptTimeout = None if math.isinf(timeout) else timeout
         if self.kind == "unix":
@@ -65,13 +65,13 @@ class Target:
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
 
     def bareConnector(
-        self, reactor: object, timeout: float, fallback: IStreamClientEndpoint
+        self, reactor: object, fallback: IStreamClientEndpoint
     ) -> BareConnector | None:
         """
-        A connector whose connections are bare sockets for the splicer, or
-        C{None} for a name (resolving and trying several addresses is left
-        to Twisted's L{HostnameEndpoint}). The socket address is worked out
-        once, here (an IPv6 scope such as C{%eth0} becomes its interface
+        A connector whose connections are bare sockets for the splice pump,
+        or C{None} for a name (resolving and trying several addresses is
+        left to Twisted's L{HostnameEndpoint}). The socket address is worked
+        out once, here (an IPv6 scope such as C{%eth0} becomes its interface
         index); an address the system cannot use is left to the ordinary
         endpoint, which reports it on each connect.
 
@@ -80,7 +80,6 @@ class Target:
         """
         if self.kind == "name":
             return None
-        attemptTimeout = None if math.isinf(timeout) else timeout
         if self.kind == "unix":
             family, address = socket.AF_UNIX, self.host
         else:
@@ -91,16 +90,7 @@ class Target:
                 )
             except (OSError, ValueError):
                 return None
-        return BareConnector(reactor, family, address, attemptTimeout, fallback)
-
-    @property
-    def boundsItsConnect(self) -> bool:
-        """
-        Whether the endpoint's own timeout bounds the whole connect (one
-        attempt); a name's resolution and several attempts need a timer
-        around them.
-        """
-        return self.kind != "name"
+        return BareConnector(reactor, family, address, fallback)
 
     def __str__(self) -> str:
         if self.kind == "unix":

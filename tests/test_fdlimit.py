@@ -15,7 +15,23 @@ class FdBudgetTests(SynchronousTestCase):
         budget = FdBudget.forLimit(1024, 10)
         self.assertEqual(budget.free, 1024 - 10 - RESERVE)
         self.assertEqual(budget.connections(), (1024 - 10 - RESERVE) // 2)
-        self.assertEqual(FdBudget.forLimit(20, 10).connections(), 0)
+        self.assertEqual(FdBudget.forLimit(10 + RESERVE + 1, 10).connections(), 0)
+        self.assertEqual(FdBudget.forLimit(10, 10).connections(), 0)
+
+    def test_followsTheLimit(self) -> None:
+        """
+        A soft limit lowered (or raised) from outside moves what is free by
+        as much.
+        """
+        budget = FdBudget.forLimit(1024, 10)
+        budget.take(100)
+        budget.refresh(200)
+        self.assertEqual(budget.free, 200 - 10 - 100 - RESERVE)
+        self.assertEqual(budget.connections(), (200 - 10 - 100 - RESERVE) // 2)
+        budget.refresh(100)
+        self.assertEqual(budget.connections(), 0)
+        budget.refresh(1024)
+        self.assertEqual(budget.free, 1024 - 10 - 100 - RESERVE)
 
     def test_pipesLeaveRoomForConnections(self) -> None:
         """

@@ -2,7 +2,6 @@
 Tests for L{socketproxyd.target}.
 """
 
-import math
 import socket
 
 from twisted.internet.endpoints import (
@@ -112,15 +111,12 @@ class EndpointTests(SynchronousTestCase):
         ]
         for text, family, address in cases:
             target = parseTarget(text)
-            endpoint = target.bareConnector(reactor, 7, target.endpoint(reactor, 7))
+            endpoint = target.bareConnector(reactor, target.endpoint(reactor, 7))
             self.assertEqual((endpoint.family, endpoint.address), (family, address))
-            self.assertEqual(endpoint.timeout, 7)
             self.assertIsInstance(endpoint.fallback, type(parseTarget(text).endpoint(reactor, 7)))
         fallback = parseTarget("127.0.0.1:1").endpoint(reactor, 7)
-        self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, 7, fallback))
-        self.assertIsNone(parseTarget("[fe80::1%nosuch0]:1").bareConnector(reactor, 7, fallback))
-        forever = parseTarget("127.0.0.1:1").bareConnector(reactor, math.inf, fallback)
-        self.assertIsNone(forever.timeout)
+        self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, fallback))
+        self.assertIsNone(parseTarget("[fe80::1%nosuch0]:1").bareConnector(reactor, fallback))
 
 
 class _NullFactory:

@@ -1,0 +1,39 @@
+# -*- test-case-name: tests.test_connection -*-
+"""
+Addresses as the proxy shows them in log lines and builds them for the
+PROXY header.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IAddress
+
+
+def describeAddress(address: object) -> str:
+    """
+    An address as the log lines show it: C{host:port}, C{[v6]:port} or a path.
+    """
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if not name:
+        return "unix:(unnamed)"
+    return "@" + name[1:] if name.startswith("\0") else name
+
+
+def socketAddress(family: int, address: object) -> IAddress:
+    """
+    A socket address as Twisted's address objects give it, for the PROXY
+    header and log lines.
+    """
+    if family == socket.AF_INET:
+        return IPv4Address("TCP", address[0], address[1])
+    if family == socket.AF_INET6:
+        return IPv6Address("TCP", address[0], address[1], address[2], address[3])
+    return UNIXAddress(address or None)

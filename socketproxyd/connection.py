@@ -1,0 +1,306 @@
+# -*- test-case-name: tests.test_connection -*-
+"""
+One proxied connection, from accept to its close line: the one place that
+owns a connection's behaviour, whichever data path moves its bytes.
+
+A L{Connection} connects to the target (bounded by the connect timeout),
+hands both sides to its pump, and from then on only hears what the pump
+reports and tells it what to do:
+
+    pump reports                      connection decides
+    ------------------------------    --------------------------------------
+    moved(direction, count)           byte counts, idle timer
+    readEnded(direction)              -> pump.shutdownWrite(direction)
+    writeShut(direction)              both shut -> pump.close()
+    failed()                          -> pump.abort() (resets both sides)
+    closed()                          the slot is free, the close line
+
+A direction (L{UPSTREAM}: client to target, L{DOWNSTREAM}: target to
+client) is L{Flow.OPEN}, then L{Flow.ENDED} once its source sent its end of
+stream, then L{Flow.SHUT} once what was in flight is out and the
+destination's write side is shut down. Half-close is nothing more than
+that; a reset anywhere aborts both sides; the connection ends once both
+directions are shut, or at once on a reset, a timeout or a shutdown, and
+says how in a fixed L{Ending}.
+
+Pumps are L{socketproxyd.transportpump.TransportPump} (Twisted transports)
+and L{socketproxyd.splice.SplicePump} (splice(2) on bare sockets).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+from enum import Enum, IntEnum
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .addresses import describeAddress
+from .logs import observer
+from .proxyheader import HEADERS
+from .timespan import formatTimespan
+
+if TYPE_CHECKING:
+    from .proxy import ProxyFactory
+
+UPSTREAM = 0
+DOWNSTREAM = 1
+_OPEN, _CLOSING, _ABORTING = range(3)
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+
+
+class Flow(IntEnum):
+    """
+    The state of one direction of a connection.
+    """
+
+    OPEN = 0
+    ENDED = 1
+    SHUT = 2
+
+
+class Ending(Enum):
+    """
+    How a connection ended, as its close line says it.
+    """
+
+    DONE = "done"
+    RESET = "reset"
+    CONNECT_FAILED = "connect failed"
+    CONNECT_TIMEOUT = "connect timeout"
+    IDLE_TIMEOUT = "idle timeout"
+    SHUTDOWN = "shutdown"
+
+
+class Pump(Protocol):
+    """
+    A data path: moves a connection's bytes and carries out what the
+    L{Connection} decides. Every report goes to C{pump.connection}.
+
+    @ivar takesSockets: whether L{attach} takes a bare connected socket as
+        well as a protocol on a Twisted transport.
+    """
+
+    connection: Connection
+    takesSockets: bool
+
+    def clientAddress(self) -> object:
+        """
+        The client's address, for a warning about it.
+        """
+
+    def attach(self, target: object, preamble: bytes) -> None:
+        """
+        The target is connected (a socket, or a protocol on a Twisted
+        transport): send C{preamble} to it, then move bytes both ways.
+        """
+
+    def shutdownWrite(self, direction: int) -> None:
+        """
+        C{direction}'s source has ended: once what is in flight is out,
+        shut down writing on its destination and report C{writeShut}.
+        """
+
+    def close(self) -> None:
+        """
+        Close both sides normally; report C{closed} once they are.
+        """
+
+    def abort(self) -> None:
+        """
+        Close both sides at once with a reset; report C{closed} once they
+        are.
+        """
+
+
+class Connection:
+    """
+    The state machine of one proxied connection (see the module docstring).
+
+    @ivar factory: the L{ProxyFactory}: reactor, settings, target and the
+        tracker that counts connections.
+    @ivar pump: the data path.
+    @ivar peer: the client's address, or C{None} when nothing needs it.
+    @ivar host: the address the client connected to, likewise.
+    @ivar counts: bytes moved, indexed by direction.
+    @ivar flows: each direction's L{Flow}.
+    @ivar ending: how the connection ends, once that is decided.
+    @ivar lastMoved: when a byte last moved, if an idle timeout is set.
+    """
+
+    __slots__ = (
+        "factory", "pump", "peer", "host", "started", "counts", "flows",
+        "ending", "closing", "connecting", "timer", "lastMoved",
+    )  # fmt: skip
+
+    log = Logger(observer=observer)
+
+    def __init__(
+        self, factory: ProxyFactory, pump: Pump, peer: object = None, host: object = None
+    ) -> None:
+        self.factory = factory
+        self.pump = pump
+        pump.connection = self
+        self.peer = peer
+        self.host = host
+        self.started = factory.reactor.seconds() if host is not None else 0.0
+        self.counts = [0, 0]
+        self.flows = [Flow.OPEN, Flow.OPEN]
+        self.ending: Ending | None = None
+        self.closing = _OPEN
+        self.connecting: Deferred | None = None
+        self.timer = None
+        self.lastMoved: float | None = None
+
+    def start(self) -> None:
+        """
+        Count the connection and connect to the target.
+        """
+        factory = self.factory
+        factory.tracker.connectionOpened(self)
+        attempt = factory.connectTarget(self.pump.takesSockets)
+        if not isinstance(attempt, Deferred):
+            self._connected(attempt)
+            return
+        self.connecting = attempt
+        timeout = factory.settings.connectTimeout
+        if not math.isinf(timeout):
+            self.timer = factory.reactor.callLater(timeout, self._connectTimedOut)
+        attempt.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, target: object) -> None:
+        self.connecting = None
+        self._cancelTimer()
+        settings = self.factory.settings
+        preamble = b""
+        if settings.proxyProtocol is not None:
+            preamble = HEADERS[settings.proxyProtocol](self.peer, self.host)
+        if not math.isinf(settings.idleTimeout):
+            self.lastMoved = self.factory.reactor.seconds()
+            self.timer = self.factory.reactor.callLater(settings.idleTimeout, self._idleCheck)
+        self.pump.attach(target, preamble)
+
+    def _connectTimedOut(self) -> None:
+        self.timer = None
+        self.ending = Ending.CONNECT_TIMEOUT
+        self.connecting.cancel()
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self.connecting = None
+        self._cancelTimer()
+        if isinstance(reason.value, error.TimeoutError):
+            self.ending = Ending.CONNECT_TIMEOUT
+        if self.ending is Ending.CONNECT_TIMEOUT:
+            why = f"no answer within {formatTimespan(self.factory.settings.connectTimeout)}"
+        elif self.ending is None:
+            self.ending = Ending.CONNECT_FAILED
+            why = reason.getErrorMessage()
+            if isinstance(reason.value, error.ConnectError) and (
+                reason.value.osError in _OUT_OF_FDS
+            ):
+                self.factory.tracker.fdsExhausted()
+        else:
+            return
+        self.log.warn(
+            "Failed to connect to {target} for {peer}: {why}",
+            target=str(self.factory.target),
+            peer=describeAddress(self.peer if self.peer is not None else self.pump.clientAddress()),
+            why=why,
+        )
+        self.end(self.ending)
+
+    def moved(self, direction: int, count: int) -> None:
+        """
+        C{count} bytes went C{direction}.
+        """
+        self.counts[direction] += count
+        if self.lastMoved is not None:
+            self.lastMoved = self.factory.reactor.seconds()
+
+    def readEnded(self, direction: int) -> None:
+        """
+        C{direction}'s source sent its end of stream: forward it.
+        """
+        if self.flows[direction] is not Flow.OPEN or self.closing:
+            return
+        self.flows[direction] = Flow.ENDED
+        self.pump.shutdownWrite(direction)
+
+    def writeShut(self, direction: int) -> None:
+        """
+        C{direction} is finished: its destination's write side is shut
+        down. Once both are, the connection is done.
+        """
+        self.flows[direction] = Flow.SHUT
+        if self.flows[UPSTREAM] is Flow.SHUT and self.flows[DOWNSTREAM] is Flow.SHUT:
+            self.end(Ending.DONE)
+
+    def failed(self) -> None:
+        """
+        A socket failed (a reset, a refused write): reset both sides.
+        """
+        self.end(Ending.RESET, reset=True)
+
+    def end(self, how: Ending, reset: bool = False) -> None:
+        """
+        End the connection now, normally (bytes already handed to the
+        kernel still go out) or with a reset; the first reason given is
+        the one the close line names.
+        """
+        if self.ending is None:
+            self.ending = how
+        closing = _ABORTING if reset else _CLOSING
+        if self.closing >= closing:
+            return
+        self.closing = closing
+        self._cancelTimer()
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            connecting.cancel()
+        if reset:
+            self.pump.abort()
+        else:
+            self.pump.close()
+
+    def _idleCheck(self) -> None:
+        reactor = self.factory.reactor
+        due = self.lastMoved + self.factory.settings.idleTimeout
+        now = reactor.seconds()
+        if now < due:
+            self.timer = reactor.callLater(due - now, self._idleCheck)
+            return
+        self.timer = None
+        self.end(Ending.IDLE_TIMEOUT)
+
+    def _cancelTimer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def closed(self) -> None:
+        """
+        The pump closed both sides: free the slot and log the close line.
+        """
+        self._cancelTimer()
+        if self.ending is None:
+            self.ending = Ending.DONE
+        factory = self.factory
+        factory.tracker.connectionClosed(self)
+        if self.host is None:
+            return
+        self.log.debug(
+            "{listener} {peer} -> {target}: {up} bytes up, {down} bytes down, "
+            "{duration:.3f}s, {how}",
+            listener=describeAddress(self.host),
+            peer=describeAddress(self.peer),
+            target=str(factory.target),
+            up=self.counts[UPSTREAM],
+            down=self.counts[DOWNSTREAM],
+            duration=factory.reactor.seconds() - self.started,
+            how=self.ending.value,
+        )

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_connection -*-
+"""
+The transport pump: the design card's data path. A L{ServerProtocol} for
+the client and a L{ClientProtocol} for the target, each transport the
+other's streaming producer (a slow reader pauses the far side), both
+half-closeable. The protocols only relay bytes and report to their
+L{socketproxyd.connection.Connection}; it decides everything else.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import error
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .connection import DOWNSTREAM, UPSTREAM, Connection, Ending
+
+
+@implementer(IHalfCloseableProtocol)
+class _Side(Protocol):
+    """
+    One side of a connection: what it reads is written to the other side.
+
+    @ivar direction: the direction this side's bytes start (its source).
+    @ivar pump: the pump it is part of, once it is.
+    @ivar destination: the other side's transport, once both are connected.
+    """
+
+    direction: int
+    pump: TransportPump | None = None
+    destination: object = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.destination.write(data)
+        self.pump.connection.moved(self.direction, len(data))
+
+    def readConnectionLost(self) -> None:
+        self.pump.connection.readEnded(self.direction)
+
+    def writeConnectionLost(self) -> None:
+        self.pump.connection.writeShut(1 - self.direction)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+        if self.pump is not None:
+            self.pump.sideLost(self, reason)
+
+
+class ServerProtocol(_Side):
+    """
+    An accepted client on a Twisted transport: paused until the target is
+    connected, then one side of a L{TransportPump}.
+    """
+
+    direction = UPSTREAM
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        factory = self.factory
+        peer = host = None
+        if factory.recordsAddresses:
+            peer, host = self.transport.getPeer(), self.transport.getHost()
+        Connection(factory, TransportPump(self), peer, host).start()
+
+
+class ClientProtocol(_Side):
+    """
+    The connection to the target on a Twisted transport, paused until a
+    pump takes it.
+    """
+
+    direction = DOWNSTREAM
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+
+
+class TransportPump:
+    """
+    Moves a connection's bytes through two Twisted transports.
+
+    @ivar server: the client's side.
+    @ivar client: the target's side, once connected.
+    @ivar open: the sides whose transports are not yet lost.
+    """
+
+    takesSockets = False
+    connection: Connection
+
+    def __init__(self, server: ServerProtocol) -> None:
+        self.server = server
+        server.pump = self
+        self.client: ClientProtocol | None = None
+        self.open = {server}
+        self.reported = False
+
+    def clientAddress(self) -> object:
+        return self.server.transport.getPeer()
+
+    def attach(self, target: ClientProtocol, preamble: bytes) -> None:
+        server = self.server
+        target.pump = self
+        self.client = target
+        self.open.add(target)
+        serverTransport, clientTransport = server.transport, target.transport
+        server.destination = clientTransport
+        target.destination = serverTransport
+        if preamble:
+            clientTransport.write(preamble)
+        if self.connection.factory.settings.keepalive:
+            for transport in (serverTransport, clientTransport):
+                setKeepAlive = getattr(transport, "setTcpKeepAlive", None)
+                if setKeepAlive is not None:
+                    try:
+                        setKeepAlive(True)
+                    except OSError:
+                        pass
+        clientTransport.registerProducer(serverTransport, True)
+        serverTransport.registerProducer(clientTransport, True)
+        serverTransport.resumeProducing()
+        clientTransport.resumeProducing()
+
+    def shutdownWrite(self, direction: int) -> None:
+        destination = (self.client if direction == UPSTREAM else self.server).transport
+        destination.unregisterProducer()
+        destination.loseWriteConnection()
+
+    def close(self) -> None:
+        for side in list(self.open):
+            side.transport.loseConnection()
+
+    def abort(self) -> None:
+        for side in list(self.open):
+            side.transport.abortConnection()
+
+    def sideLost(self, side: _Side, reason: Failure) -> None:
+        """
+        A side's transport is gone: unless the connection asked for it, an
+        error resets the other side and a clean close ends the connection;
+        once both are gone the pump is closed.
+        """
+        if side not in self.open:
+            return
+        self.open.discard(side)
+        connection = self.connection
+        if not connection.closing:
+            if isinstance(reason.value, error.ConnectionDone):
+                connection.end(Ending.DONE)
+            else:
+                connection.failed()
+        if not self.open and not self.reported:
+            self.reported = True
+            connection.closed()
