@@ -37,6 +37,14 @@ def raiseSoftLimit() -> int:
     return soft
 
 
+def softLimit() -> float:
+    """
+    The soft RLIMIT_NOFILE in force now; C{math.inf} for none.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return math.inf if soft == resource.RLIM_INFINITY else soft
+
+
 def openDescriptors() -> int:
     """
     How many fds this process has open now.
@@ -62,6 +70,7 @@ class FdBudget:
         self.free = free
         self.limit = limit
         self.onReleased: Callable[[], None] = lambda: None
+        self.readLimit: Callable[[], float] = softLimit
 
     @classmethod
     def forLimit(cls, softLimit: int, inUse: int) -> FdBudget:
@@ -73,24 +82,24 @@ class FdBudget:
             return cls()
         return cls(softLimit - inUse - RESERVE, softLimit)
 
-    def refresh(self, softLimit: int | None = None) -> None:
+    def refresh(self, limit: float | None = None) -> None:
         """
         Follow the soft RLIMIT_NOFILE in force now (C{prlimit} can change
-        it from outside the process).
+        it from outside the process), or C{limit} when given.
         """
         if math.isinf(self.limit):
             return
-        if softLimit is None:
-            softLimit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if softLimit == resource.RLIM_INFINITY:
-            softLimit = math.inf
-        self.free += softLimit - self.limit
-        self.limit = softLimit
+        if limit is None:
+            limit = self.readLimit()
+        self.free += limit - self.limit
+        self.limit = limit
 
     def connections(self) -> float:
         """
         How many more connections fit.
         """
+        if math.isinf(self.free):
+            return math.inf
         return max(0, self.free // FDS_PER_CONNECTION)
 
     def takePipes(self) -> bool:

@@ -11,25 +11,20 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from socketproxyd.connection import Ending
 from socketproxyd.proxy import ProxySettings
-from socketproxyd.service import ProxyService, StartupError, gateAccepts
+from socketproxyd.service import ProxyService, StartupError
 from socketproxyd.target import parseTarget
 
 
 class FakePort:
     """
-    A listening port that records reading state and accept wake-ups.
+    A listening port that records its reading state.
     """
-
-    numberAccepts = 100
 
     def __init__(self) -> None:
         self.reading = True
-        self.wakeups: list[int] = []
         self.stopped = False
-
-    def doRead(self) -> None:
-        self.wakeups.append(self.numberAccepts)
 
     def stopReading(self) -> None:
         self.reading = False
@@ -47,33 +42,19 @@ class FakePort:
 
 class FakeConnection:
     """
-    Stands in for a L{ServerProtocol}: records how it was ended.
+    Stands in for a L{socketproxyd.connection.Connection}: records how it
+    was ended.
     """
 
     def __init__(self, service: ProxyService) -> None:
         self.service = service
-        self.ended: str | None = None
+        self.ended: Ending | None = None
+        self.reset: bool | None = None
 
-    def abort(self, how: str) -> None:
+    def end(self, how: Ending, reset: bool = False) -> None:
         self.ended = how
+        self.reset = reset
         self.service.connectionClosed(self)
-
-
-class GateTests(SynchronousTestCase):
-    """
-    L{gateAccepts} keeps one wake-up from accepting past the limit.
-    """
-
-    def test_clamped(self) -> None:
-        port = FakePort()
-        free = [3]
-        gateAccepts(port, lambda: free[0])
-        port.doRead()
-        free[0] = 0
-        port.doRead()
-        free[0] = 500
-        port.doRead()
-        self.assertEqual(port.wakeups, [3, 3])
 
 
 class ServiceTestCase(SynchronousTestCase):
@@ -101,6 +82,57 @@ class LimitTests(ServiceTestCase):
         service.connectionOpened(second)
         self.assertEqual([p.reading for p in ports], [False, False])
         service.connectionClosed(first)
+        self.assertEqual([p.reading for p in ports], [True, True])
+
+    def test_roomFollowsTheSoftLimit(self) -> None:
+        """
+        The room for new clients is the free slots, as far as the
+        descriptors under the soft limit in force now hold them.
+        """
+        service, ports = self.service(connectionsMax=100)
+        limit = [100]
+        service.budget.free, service.budget.limit = 40, 100
+        service.budget.readLimit = lambda: limit[0]
+        service.startService()
+        self.assertEqual(service.room(), 20)
+        service.connectionOpened(FakeConnection(service))
+        self.assertEqual(service.room(), 19)
+        limit[0] = 80
+        self.assertEqual(service.room(), 9)
+        limit[0] = 60
+        self.assertEqual(service.room(), 0)
+
+    def test_exhaustionPausesUntilAClose(self) -> None:
+        """
+        Running out of descriptors stops every listener until a connection
+        closes, and is logged once for the episode.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service, ports = self.service()
+        service.startService()
+        connection = FakeConnection(service)
+        service.connectionOpened(connection)
+        for _ in range(3):
+            service.fdsExhausted()
+        self.assertEqual([p.reading for p in ports], [False, False])
+        service.connectionClosed(connection)
+        self.assertEqual([p.reading for p in ports], [True, True])
+        formats = [e.get("log_format", "") for e in events]
+        self.assertEqual(len([f for f in formats if f.startswith("Out of file")]), 1)
+        self.assertEqual(len([f for f in formats if f.startswith("File descriptors")]), 1)
+
+    def test_exhaustionWithoutConnectionsBacksOff(self) -> None:
+        """
+        With no connection open to free descriptors, accepting is tried
+        again after a back-off.
+        """
+        service, ports = self.service()
+        service.startService()
+        service.fdsExhausted()
+        self.assertEqual([p.reading for p in ports], [False, False])
+        self.reactor.advance(service.exhaustionBackoff)
         self.assertEqual([p.reading for p in ports], [True, True])
 
     def test_noListener(self) -> None:
@@ -154,7 +186,7 @@ class StopTests(ServiceTestCase):
         service.connectionOpened(connection)
         stopped = service.stopService()
         self.assertEqual([p.stopped for p in ports], [True, True])
-        self.assertEqual(connection.ended, "shutdown")
+        self.assertEqual((connection.ended, connection.reset), (Ending.SHUTDOWN, True))
         self.successResultOf(stopped)
 
     def test_drain(self) -> None:
@@ -170,7 +202,7 @@ class StopTests(ServiceTestCase):
         self.assertNoResult(stopped)
         self.assertIsNone(lingering.ended)
         self.reactor.advance(3)
-        self.assertEqual(lingering.ended, "shutdown")
+        self.assertEqual((lingering.ended, lingering.reset), (Ending.SHUTDOWN, True))
         self.assertIsNone(finishing.ended)
         self.successResultOf(stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
