@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 FDS_PER_CONNECTION = 2
 FDS_PER_PIPE_PAIR = 4
-RESERVE = 8
+RESERVE = 4
 """
 Descriptors kept free for what else the process opens: resolver threads,
 the notify socket, log files.
@@ -93,6 +93,14 @@ class FdBudget:
             limit = self.readLimit()
         self.free += limit - self.limit
         self.limit = limit
+
+    def recount(self, inUse: int) -> None:
+        """
+        Set what is free from the descriptors counted open now, which may
+        be more than the budget knew of.
+        """
+        if not math.isinf(self.limit):
+            self.free = self.limit - inUse - RESERVE
 
     def connections(self) -> float:
         """

@@ -99,6 +99,9 @@ class ProxyService(Service):
         self._exhausted = False
         self._limitHits = 0
         self._limitLogged = -math.inf
+        self._exhaustionLogged = -math.inf
+        self._exhaustionSaid = False
+        self._waiting: list[Connection] = []
         self._idleTimer = None
         self._statusCall = None
         self._backoffCall = None
@@ -191,7 +194,11 @@ class ProxyService(Service):
         self.notifier.status(self._status())
 
     def _updateAccepting(self) -> None:
-        accepting = self.running and not self._exhausted and self.room() > 0
+        full = len(self.connections) >= self.capacity
+        if self.running and not full and not self._exhausted and self.room() == 0:
+            self.fdsExhausted()
+            return
+        accepting = self.running and not self._exhausted and not full
         if accepting == self._accepting:
             return
         self._accepting = accepting
@@ -200,7 +207,7 @@ class ProxyService(Service):
                 acceptor.startReading()
             else:
                 acceptor.stopReading()
-        if not accepting and not self._exhausted and self.running:
+        if full and self.running:
             self._limitHits += 1
             now = self.reactor.seconds()
             if now - self._limitLogged >= self.limitLogInterval:
@@ -232,7 +239,7 @@ class ProxyService(Service):
             self.connections.discard(connection)
             self.budget.give(FDS_PER_CONNECTION)
         if self._exhausted:
-            self._endExhaustion()
+            self._lookAgain()
         self._statusChanged()
         if not self.connections:
             self._fireDrained()
@@ -240,30 +247,62 @@ class ProxyService(Service):
 
     def fdsExhausted(self) -> None:
         """
-        A connection failed for want of file descriptors: stop accepting
-        until a connection closes (or, with none open, for a moment), and
-        say so once for the whole episode.
+        The process or the system is out of file descriptors (an accept or
+        a connect failed for want of one, or the soft limit in force leaves
+        no room): stop accepting, so new clients wait in the backlog, and
+        look again when a connection closes or after a back-off. The fd
+        budget is counted afresh, since something it did not know of took
+        descriptors. Said once per episode, and at most once a minute.
         """
-        if self._exhausted:
-            return
-        self._exhausted = True
-        self.log.warn(
-            "Out of file descriptors with {count} connections open: new clients wait "
-            "in the backlog until connections close",
-            count=len(self.connections),
-        )
-        self._updateAccepting()
-        if not self.connections:
-            self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._endExhaustion)
+        if self.fdLimit is not None:
+            self.budget.recount(openDescriptors())
+        if not self._exhausted:
+            self._exhausted = True
+            now = self.reactor.seconds()
+            if now - self._exhaustionLogged >= self.limitLogInterval:
+                self._exhaustionLogged = now
+                self._exhaustionSaid = True
+                self.log.warn(
+                    "Out of file descriptors with {count} connections open (soft "
+                    "RLIMIT_NOFILE={limit}): new clients wait in the backlog",
+                    count=len(self.connections),
+                    limit=self.budget.readLimit(),
+                )
+            self._updateAccepting()
+        if self._backoffCall is None and self.running:
+            self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
 
-    def _endExhaustion(self) -> None:
+    def waitForDescriptors(self, connection: Connection) -> None:
+        """
+        C{connection} could not connect for want of descriptors: its client
+        waits, and it tries again when descriptors are free.
+        """
+        self._waiting.append(connection)
+
+    def _lookAgain(self) -> None:
+        """
+        Connect the connections that wait for descriptors, and accept again,
+        if descriptors seem to be free; else wait once more.
+        """
         if self._backoffCall is not None and self._backoffCall.active():
             self._backoffCall.cancel()
         self._backoffCall = None
+        if not self._exhausted:
+            return
+        if self.room() == 0 and self.budget.free < 1:
+            self.fdsExhausted()
+            return
+        self._exhausted = False
+        waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            if not connection.closing:
+                connection.connect()
         if self._exhausted:
-            self._exhausted = False
+            return
+        self._updateAccepting()
+        if self._exhaustionSaid and not self._exhausted:
+            self._exhaustionSaid = False
             self.log.info("File descriptors available again; accepting")
-            self._updateAccepting()
 
     def _armIdleTimer(self) -> None:
         if self.running and not self.connections and not math.isinf(self.exitIdleTime):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -412,6 +413,60 @@ class FileDescriptorTests(_Service):
         lines = proxy.stderr.strip().splitlines()
         self.assertLess(len(lines), 12, lines)
         self.assertIn("RLIMIT_NOFILE=64", proxy.stderr)
+
+
+class RunTimeExhaustionTests(_Service):
+    """
+    The soft RLIMIT_NOFILE lowered from outside while the proxy runs (as
+    C{prlimit --pid} does) to what it has open plus 8: the clients that
+    fit are served, the others wait in the backlog (none is accepted only
+    to be closed), the proxy neither spins nor floods the log, and serves
+    everyone once the limit is back.
+    """
+
+    def test_limitLoweredFromOutside(self) -> None:
+        backend = Backend(self, echo)
+        notify = NotifyListener(self)
+        proxy, address = self.start(
+            backend.address, "-c", "1000", env={"NOTIFY_SOCKET": notify.address}
+        )
+        notify.waitFor("READY=1")
+        soft, hard = resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE)
+        self.addCleanup(self._restore, proxy.pid, (soft, hard))
+        opened = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+        resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE, (opened + 8, hard))
+        clients = []
+        for i in range(30):
+            sock = connect(address, timeout=30)
+            sock.sendall(b"%03d" % i)
+            clients.append(sock)
+        self.assertTrue(backend.waitFor(lambda: backend.accepted >= 1))
+        cpuBefore = cpuSeconds(proxy.pid)
+        time.sleep(3.0)
+        cpuSpent = cpuSeconds(proxy.pid) - cpuBefore
+        served = backend.accepted
+        self.assertTrue(1 <= served < 30, served)
+        self.assertLess(cpuSpent, 0.5)
+        for i, sock in enumerate(clients[:served]):
+            self.assertEqual(recvAll(sock, 3), b"%03d" % i)
+        resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for i, sock in enumerate(clients[served:], served):
+            self.assertEqual(recvAll(sock, 3), b"%03d" % i)
+        self.assertEqual(backend.accepted, 30)
+        for sock in clients:
+            sock.close()
+        self.assertEqual(proxy.stop(), 0)
+        lines = proxy.stderr.strip().splitlines()
+        self.assertLess(len(lines), 50, lines)
+        self.assertNotIn("EMFILE recovery", proxy.stderr)
+        self.assertIn("Out of file descriptors", proxy.stderr)
+
+    @staticmethod
+    def _restore(pid: int, limits: tuple[int, int]) -> None:
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        except OSError:
+            pass
 
 
 class SoakTests(_Service):
