@@ -17,7 +17,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
-    install_requires=["twisted>=24.7"],
+    install_requires=["twisted>=26.10,<27"],
     extras_require={"test": ["pytest", "pytest-twisted", "ruff"]},
     entry_points={"console_scripts": ["socketproxyd = socketproxyd.cli:main"]},
     classifiers=[

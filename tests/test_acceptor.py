@@ -196,3 +196,33 @@ class AdoptableTests(TestCase):
         self.assertTrue(adoptable(unixPort, factory))
         self.assertFalse(adoptable(otherPort, factory))
         self.assertFalse(adoptable(object(), factory))
+
+
+class TwistedPortTests(TestCase):
+    """
+    What the acceptor relies on in Twisted's ports, checked on real ones so
+    that a Twisted release that changes it fails here, loudly.
+    """
+
+    def test_portsSocketIsItsListener(self) -> None:
+        """
+        A TCP and a UNIX port expose their listening socket as C{socket},
+        the same descriptor as C{fileno()}; taking it over removes the port
+        from the reactor, and C{stopListening} still closes it.
+        """
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(Protocol)
+        ports = [
+            reactor.listenTCP(0, factory, interface="127.0.0.1"),
+            reactor.listenUNIX(self.mktemp(), factory),
+        ]
+        fake = FakeFDReactor()
+        for port in ports:
+            self.addCleanup(port.stopListening)
+            self.assertIsInstance(port.socket, socket.socket)
+            self.assertEqual(port.socket.fileno(), port.fileno())
+            self.assertIn(port, reactor.getReaders())
+            acceptor = Acceptor(fake, port, RecordingAdmission(1), lambda sock, address: None)
+            self.assertNotIn(port, reactor.getReaders())
+            self.assertEqual(acceptor.fileno(), port.fileno())
