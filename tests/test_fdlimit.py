@@ -2,6 +2,8 @@
 Tests for L{socketproxyd.fdlimit}.
 """
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.fdlimit import PIPE_HEADROOM, RESERVE, FdBudget, openDescriptors
@@ -52,4 +54,14 @@ class FdBudgetTests(SynchronousTestCase):
         self.assertEqual(released, [10])
 
     def test_openDescriptors(self) -> None:
-        self.assertGreaterEqual(openDescriptors(), 3)
+        """
+        The count follows descriptors as they are opened and closed.
+        """
+        before = openDescriptors()
+        opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(5)]
+        try:
+            self.assertEqual(openDescriptors(), before + 5)
+        finally:
+            for fd in opened:
+                os.close(fd)
+        self.assertEqual(openDescriptors(), before)
