@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         [textObserver(sys.stderr)], discardBuffer=True, redirectStandardIO=False
     )
     service = makeService(config, reactor)
-    reactor.callWhenRunning(service.startService)
+    service.privilegedStartService()
+    service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     sys.exit(0)

@@ -160,15 +160,22 @@ class Connection:
         """
         Count the connection and connect to the target.
         """
+        self.factory.tracker.connectionOpened(self)
+        self.connect()
+
+    def connect(self) -> None:
+        """
+        Try to connect to the target, within the connect timeout (which
+        runs from the first try).
+        """
         factory = self.factory
-        factory.tracker.connectionOpened(self)
         attempt = factory.connectTarget(self.pump.takesSockets)
         if not isinstance(attempt, Deferred):
             self._connected(attempt)
             return
         self.connecting = attempt
         timeout = factory.settings.connectTimeout
-        if not math.isinf(timeout):
+        if self.timer is None and not math.isinf(timeout):
             self.timer = factory.reactor.callLater(timeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
 
@@ -187,10 +194,21 @@ class Connection:
     def _connectTimedOut(self) -> None:
         self.timer = None
         self.ending = Ending.CONNECT_TIMEOUT
-        self.connecting.cancel()
+        if self.connecting is None:
+            self._connectFailed(Failure(error.TimeoutError()))
+        else:
+            self.connecting.cancel()
 
     def _connectFailed(self, reason: Failure) -> None:
         self.connecting = None
+        if (
+            self.ending is None
+            and isinstance(reason.value, error.ConnectError)
+            and reason.value.osError in _OUT_OF_FDS
+        ):
+            self.factory.tracker.fdsExhausted()
+            self.factory.tracker.waitForDescriptors(self)
+            return
         self._cancelTimer()
         if isinstance(reason.value, error.TimeoutError):
             self.ending = Ending.CONNECT_TIMEOUT
@@ -199,10 +217,6 @@ class Connection:
         elif self.ending is None:
             self.ending = Ending.CONNECT_FAILED
             why = reason.getErrorMessage()
-            if isinstance(reason.value, error.ConnectError) and (
-                reason.value.osError in _OUT_OF_FDS
-            ):
-                self.factory.tracker.fdsExhausted()
         else:
             return
         self.log.warn(

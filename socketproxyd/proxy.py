@@ -36,6 +36,12 @@ class ConnectionTracker(TypingProtocol):
 
     def fdsExhausted(self) -> None: ...
 
+    def waitForDescriptors(self, connection: Connection) -> None:
+        """
+        C{connection} could not connect for want of descriptors: call its
+        C{connect} again once some are free.
+        """
+
 
 @dataclass(frozen=True)
 class ProxySettings:

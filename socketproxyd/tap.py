@@ -7,22 +7,19 @@ C{socketproxyd} command and the twistd/twist C{socketproxy} plugin.
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from collections.abc import Callable
 from typing import IO
 
 import twisted
-from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
-from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, inheritedSockets
-from .fdlimit import raiseSoftLimit
+from .activation import InheritedSocket, inheritedSockets
 from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
 from .proxy import ProxySettings
-from .service import ProxyService, StartupError
+from .service import ProxyService
 from .splice import available as spliceAvailable
 from .target import parseTarget
 from .timespan import parseTimespan
@@ -171,35 +168,23 @@ class Options(usage.Options):
         )
 
 
-def ignoreHangups(reactor: object, log: Logger) -> None:
-    """
-    Log and otherwise ignore SIGHUP: there is nothing to reload, and dying
-    of it (as the original does) drops every connection.
-    """
-
-    def onHangup(signum: int, frame: object) -> None:
-        reactor.callFromThread(log.info, "SIGHUP ignored: there is no configuration to reload")
-
-    signal.signal(signal.SIGHUP, onHangup)
-
-
 def makeService(
     config: Options,
     reactor: object | None = None,
     findInherited: Callable[[], list[InheritedSocket]] = inheritedSockets,
 ) -> ProxyService:
     """
-    Build the proxy and open its listeners: the inherited sockets and every
-    C{--listen} endpoint.
-
-    A start-up failure exits 1 with one line on stderr rather than a
-    traceback, under every runner.
+    Build the proxy from the command line. Nothing is opened here: the
+    listeners open when the service starts (Twisted's
+    C{privilegedStartService}, or C{startService} under runners without
+    it), and a start-up failure there exits 1 with one line on stderr
+    rather than a traceback, under every runner.
     """
     if reactor is None:
         from twisted.internet import reactor
     setLevel(config["log-level"])
     useJournalIfThere()
-    service = ProxyService(
+    return ProxyService(
         reactor,
         config["target"],
         config.settings(),
@@ -207,17 +192,7 @@ def makeService(
         exitIdleTime=config["exit-idle-time"],
         drainTimeout=config["drain-timeout"],
         notifier=Notifier(reactor),
-        fdLimit=raiseSoftLimit(),
+        findInherited=findInherited,
+        listen=config["listen"],
+        limitsDescriptors=True,
     )
-    ignoreHangups(reactor, service.log)
-    try:
-        inherited = findInherited()
-        if not inherited and not config["listen"]:
-            raise StartupError(f"no listening socket: {HOW_TO_PASS}")
-        service.adoptInherited(inherited)
-        service.listen(config["listen"])
-    except (ActivationError, StartupError) as e:
-        for port in service.ports:
-            port.stopListening()
-        raise SystemExit(f"{PROGRAM}: {e}") from None
-    return service

@@ -6,6 +6,7 @@ descriptors, and a bounded soak.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import resource
@@ -478,9 +479,11 @@ class SoakTests(_Service):
     def test_waves(self) -> None:
         rng = random.Random(42)
 
+        aborts = []
+
         def backendHandler(conn: socket.socket) -> None:
             if rng.random() < 0.2:
-                conn.recv(10)
+                aborts.append(conn.recv(10))
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             echo(conn)
@@ -490,23 +493,38 @@ class SoakTests(_Service):
         proxy, address = self.start(backend.address, env={"NOTIFY_SOCKET": notify.address})
         notify.waitFor("READY=1")
         idleFds = proxy.fdCount()
+        outcomes: list[str] = []
 
         def client(seed: int) -> None:
+            """
+            A client that aborts, or one that sends, half-closes and must
+            get every byte back, or a reset with nothing before it (when
+            the backend aborted its side).
+            """
             local = random.Random(seed)
             try:
-                with connect(address, timeout=10) as sock:
-                    payload = local.randbytes(local.randrange(1, 200_000))
-                    if local.random() < 0.2:
-                        sock.sendall(payload[:100])
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                        return
+                outcomes.append(exchange(local))
+            except OSError as e:
+                outcomes.append(f"error {e!r}")
+
+        def exchange(local: random.Random) -> str:
+            with connect(address, timeout=10) as sock:
+                payload = local.randbytes(local.randrange(1, 200_000))
+                if local.random() < 0.2:
+                    sock.sendall(payload[:100])
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return "client abort"
+                received = bytearray()
+                try:
                     sock.sendall(payload)
                     sock.shutdown(socket.SHUT_WR)
-                    recvAll(sock)
-            except OSError:
-                pass
+                    while data := sock.recv(65536):
+                        received += data
+                except OSError as e:
+                    if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                        raise
+                    return "reset" if not received else f"reset after {len(received)}"
+                return "echoed" if received == payload else f"wrong {len(received)}"
 
         def wave(first: int) -> None:
             threads = [threading.Thread(target=client, args=(first + i,)) for i in range(100)]
@@ -522,6 +540,11 @@ class SoakTests(_Service):
             wave(n * 100)
         self.assertTrue(waitUntil(lambda: backend.accepted == len(backend.results)))
         self.assertGreaterEqual(backend.accepted, 1900)
+        self.assertEqual(len(outcomes), 2000)
+        odd = [o for o in outcomes if o not in ("echoed", "reset", "client abort")]
+        self.assertEqual(odd, [])
+        self.assertLessEqual(outcomes.count("reset"), len(aborts))
+        self.assertGreater(outcomes.count("echoed"), 1000)
         self.assertTrue(waitUntil(lambda: proxy.fdCount() == idleFds), (proxy.fdCount(), idleFds))
         self.assertLess(proxy.rss() - warmRss, 8 * MiB)
         self.assertTrue(proxy.running())

@@ -5,6 +5,9 @@ connection limit, the idle exit, and stopping with or without a drain.
 
 from __future__ import annotations
 
+import io
+import sys
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
@@ -13,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.connection import Ending
 from socketproxyd.proxy import ProxySettings
-from socketproxyd.service import ProxyService, StartupError
+from socketproxyd.service import ProxyService
 from socketproxyd.target import parseTarget
 
 
@@ -47,7 +50,7 @@ class FakeConnection:
     """
 
     def __init__(self, service: ProxyService) -> None:
-        self.service = service
+        self.service = service.listeners
         self.ended: Ending | None = None
         self.reset: bool | None = None
 
@@ -64,7 +67,7 @@ class ServiceTestCase(SynchronousTestCase):
         service = ProxyService(self.reactor, parseTarget("127.0.0.1:1"), ProxySettings(), **kwargs)
         ports = [FakePort(), FakePort()]
         for i, port in enumerate(ports):
-            service._addPort(port, f"test {i}")
+            service.listeners._addPort(port, f"test {i}")
         return service, ports
 
 
@@ -77,11 +80,11 @@ class LimitTests(ServiceTestCase):
         service, ports = self.service(connectionsMax=2)
         service.startService()
         first, second = FakeConnection(service), FakeConnection(service)
-        service.connectionOpened(first)
+        service.listeners.connectionOpened(first)
         self.assertEqual([p.reading for p in ports], [True, True])
-        service.connectionOpened(second)
+        service.listeners.connectionOpened(second)
         self.assertEqual([p.reading for p in ports], [False, False])
-        service.connectionClosed(first)
+        service.listeners.connectionClosed(first)
         self.assertEqual([p.reading for p in ports], [True, True])
 
     def test_roomFollowsTheSoftLimit(self) -> None:
@@ -91,16 +94,16 @@ class LimitTests(ServiceTestCase):
         """
         service, ports = self.service(connectionsMax=100)
         limit = [100]
-        service.budget.free, service.budget.limit = 40, 100
-        service.budget.readLimit = lambda: limit[0]
+        service.listeners.budget.free, service.listeners.budget.limit = 40, 100
+        service.listeners.budget.readLimit = lambda: limit[0]
         service.startService()
-        self.assertEqual(service.room(), 20)
-        service.connectionOpened(FakeConnection(service))
-        self.assertEqual(service.room(), 19)
+        self.assertEqual(service.listeners.room(), 20)
+        service.listeners.connectionOpened(FakeConnection(service))
+        self.assertEqual(service.listeners.room(), 19)
         limit[0] = 80
-        self.assertEqual(service.room(), 9)
+        self.assertEqual(service.listeners.room(), 9)
         limit[0] = 60
-        self.assertEqual(service.room(), 0)
+        self.assertEqual(service.listeners.room(), 0)
 
     def test_exhaustionPausesUntilAClose(self) -> None:
         """
@@ -113,11 +116,11 @@ class LimitTests(ServiceTestCase):
         service, ports = self.service()
         service.startService()
         connection = FakeConnection(service)
-        service.connectionOpened(connection)
+        service.listeners.connectionOpened(connection)
         for _ in range(3):
-            service.fdsExhausted()
+            service.listeners.fdsExhausted()
         self.assertEqual([p.reading for p in ports], [False, False])
-        service.connectionClosed(connection)
+        service.listeners.connectionClosed(connection)
         self.assertEqual([p.reading for p in ports], [True, True])
         formats = [e.get("log_format", "") for e in events]
         self.assertEqual(len([f for f in formats if f.startswith("Out of file")]), 1)
@@ -130,14 +133,24 @@ class LimitTests(ServiceTestCase):
         """
         service, ports = self.service()
         service.startService()
-        service.fdsExhausted()
+        service.listeners.fdsExhausted()
         self.assertEqual([p.reading for p in ports], [False, False])
-        self.reactor.advance(service.exhaustionBackoff)
+        self.reactor.advance(service.listeners.exhaustionBackoff)
         self.assertEqual([p.reading for p in ports], [True, True])
 
     def test_noListener(self) -> None:
+        """
+        Without a listener the proxy does not start: it exits 1 after one
+        line on its stderr.
+        """
         service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), ProxySettings())
-        self.assertRaises(StartupError, service.startService)
+        stderr = io.StringIO()
+        self.patch(sys, "__stderr__", stderr)
+        with self.assertRaises(SystemExit) as raised:
+            service.privilegedStartService()
+        self.assertEqual(raised.exception.code, 1)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("no listening socket", stderr.getvalue())
 
 
 class IdleExitTests(ServiceTestCase):
@@ -158,10 +171,10 @@ class IdleExitTests(ServiceTestCase):
         service.startService()
         connection = FakeConnection(service)
         self.reactor.advance(0.5)
-        service.connectionOpened(connection)
+        service.listeners.connectionOpened(connection)
         self.reactor.advance(10)
         self.assertFalse(self.reactor.hasStopped)
-        service.connectionClosed(connection)
+        service.listeners.connectionClosed(connection)
         self.reactor.advance(0.999)
         self.assertFalse(self.reactor.hasStopped)
         self.reactor.advance(0.001)
@@ -183,7 +196,7 @@ class StopTests(ServiceTestCase):
         service, ports = self.service()
         service.startService()
         connection = FakeConnection(service)
-        service.connectionOpened(connection)
+        service.listeners.connectionOpened(connection)
         stopped = service.stopService()
         self.assertEqual([p.stopped for p in ports], [True, True])
         self.assertEqual((connection.ended, connection.reset), (Ending.SHUTDOWN, True))
@@ -193,12 +206,12 @@ class StopTests(ServiceTestCase):
         service, ports = self.service(drainTimeout=5.0)
         service.startService()
         finishing, lingering = FakeConnection(service), FakeConnection(service)
-        service.connectionOpened(finishing)
-        service.connectionOpened(lingering)
+        service.listeners.connectionOpened(finishing)
+        service.listeners.connectionOpened(lingering)
         stopped = service.stopService()
         self.assertNoResult(stopped)
         self.reactor.advance(2)
-        service.connectionClosed(finishing)
+        service.listeners.connectionClosed(finishing)
         self.assertNoResult(stopped)
         self.assertIsNone(lingering.ended)
         self.reactor.advance(3)
@@ -211,9 +224,9 @@ class StopTests(ServiceTestCase):
         service, ports = self.service(drainTimeout=5.0)
         service.startService()
         connection = FakeConnection(service)
-        service.connectionOpened(connection)
+        service.listeners.connectionOpened(connection)
         stopped = service.stopService()
-        service.connectionClosed(connection)
+        service.listeners.connectionClosed(connection)
         self.successResultOf(stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
@@ -231,9 +244,9 @@ class LimitLogTests(ServiceTestCase):
         service.startService()
         for _ in range(5):
             connection = FakeConnection(service)
-            service.connectionOpened(connection)
-            service.connectionClosed(connection)
+            service.listeners.connectionOpened(connection)
+            service.listeners.connectionClosed(connection)
         self.reactor.advance(60)
-        service.connectionOpened(FakeConnection(service))
+        service.listeners.connectionOpened(FakeConnection(service))
         hits = [e["hits"] for e in events if "Reached" in e.get("log_format", "")]
         self.assertEqual(hits, [1, 5])

@@ -95,3 +95,39 @@ class OptionsTests(SynchronousTestCase):
     def test_proxyProtocol(self) -> None:
         self.assertEqual(self.parse("--proxy-protocol=v2", "x:1").settings().proxyProtocol, "v2")
         self.assertIn("--proxy-protocol", self.rejected("--proxy-protocol=v3", "x:1"))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{makeService} builds; the listeners open when the service starts.
+    """
+
+    def test_opensNothingUntilStarted(self) -> None:
+        """
+        Building reads no inherited socket and binds nothing; starting
+        (C{privilegedStartService}, as twistd does) opens every listener,
+        once, however the service is then started.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from socketproxyd import logs
+        from socketproxyd.tap import makeService
+
+        self.addCleanup(logs.setLevel, "info")
+        reactor = MemoryReactorClock()
+        calls = []
+
+        def findInherited() -> list:
+            calls.append("inherited")
+            return []
+
+        options = Options()
+        options.stderr = io.StringIO()
+        options.parseOptions(["--listen=tcp:0:interface=127.0.0.1", "127.0.0.1:80"])
+        service = makeService(options, reactor, findInherited)
+        self.assertEqual((calls, reactor.tcpServers), ([], []))
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(calls, ["inherited"])
+        self.assertEqual(len(reactor.tcpServers), 1)

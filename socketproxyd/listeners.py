@@ -1,0 +1,329 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+L{ListenerService}: the listening sockets and the connection limit.
+
+It opens the listeners when it starts (the inherited sockets, then every
+C{--listen} endpoint), accepts through an L{Acceptor} on each, counts the
+proxy's connections, and stops accepting whenever one more would be over
+C{--connections-max} or over what the descriptors under RLIMIT_NOFILE
+hold: clients then wait in the kernel's backlog. Whatever else wants to
+follow the connections (the idle exit, STATUS, the drain) watches it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .acceptor import Acceptor, adoptable
+from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt
+from .addresses import describeAddress
+from .connection import Connection, Ending
+from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors, raiseSoftLimit
+from .logs import observer
+from .proxy import ProxyFactory, ProxySettings
+from .target import Target
+
+
+class StartupError(Exception):
+    """
+    The proxy cannot start; the message says why and what to do.
+    """
+
+
+def exitAtStartup(reason: str) -> NoReturn:
+    """
+    Exit 1 with one line on the process's own stderr: under twistd the
+    runner has put its log in C{sys.stderr}'s place by the time services
+    start, and a start-up error is for the operator starting it.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"socketproxyd: {reason}\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
+class ConnectionWatcher(Protocol):
+    """
+    Follows how many connections are open.
+    """
+
+    def connectionsChanged(self, count: int) -> None: ...
+
+
+class ListenerService(Service):
+    """
+    The listeners and the limit (see the module docstring); the tracker of
+    every connection its L{ProxyFactory} makes.
+
+    @ivar capacity: how many connections are served at once.
+    @ivar watchers: told each time the number of connections changes.
+    """
+
+    log = Logger(observer=observer)
+    limitLogInterval = 60.0
+    exhaustionBackoff = 1.0
+
+    def __init__(
+        self,
+        reactor: object,
+        target: Target,
+        settings: ProxySettings,
+        connectionsMax: int = 256,
+        findInherited: Callable[[], Sequence[InheritedSocket]] = list,
+        listen: Sequence[str] = (),
+        limitsDescriptors: bool = False,
+    ) -> None:
+        self.reactor = reactor
+        self.connectionsMax = connectionsMax
+        self.capacity = connectionsMax
+        self.findInherited = findInherited
+        self.descriptions = listen
+        self.limitsDescriptors = limitsDescriptors
+        self.budget = FdBudget()
+        self.budget.onReleased = self._updateAccepting
+        self.factory = ProxyFactory(reactor, target, settings, self, self.budget)
+        self.watchers: list[ConnectionWatcher] = []
+        self.ports: list[IListeningPort] = []
+        self.acceptors: list[Acceptor | IListeningPort] = []
+        self.connections: set[Connection] = set()
+        self._opened = False
+        self._accepting = True
+        self._exhausted = False
+        self._limitHits = 0
+        self._limitLogged = -math.inf
+        self._exhaustionLogged = -math.inf
+        self._exhaustionSaid = False
+        self._waiting: list[Connection] = []
+        self._backoffCall = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Open the listeners (binding a low port may need privileges).
+
+        @raise SystemExit: after one line saying what is wrong, when a
+            listener cannot be opened (L{exitAtStartup}).
+        """
+        super().privilegedStartService()
+        self.open()
+
+    def startService(self) -> None:
+        self.open()
+        super().startService()
+        self._updateAccepting()
+
+    def open(self) -> None:
+        """
+        Open every listener, once; size the limit to the descriptors.
+        """
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            for inherited in self.findInherited():
+                self._addPort(adopt(self.reactor, inherited, self.factory), inherited.describe())
+            self._listen(self.descriptions)
+            if not self.ports:
+                raise StartupError(f"no listening socket: {HOW_TO_PASS}")
+        except (ActivationError, StartupError) as e:
+            for port in self.ports:
+                port.stopListening()
+            exitAtStartup(str(e))
+        if self.limitsDescriptors:
+            self._sizeToDescriptors(raiseSoftLimit())
+
+    def _listen(self, descriptions: Sequence[str]) -> None:
+        for description in descriptions:
+            try:
+                endpoint = serverFromString(self.reactor, description)
+            except (ValueError, KeyError, TypeError) as e:
+                raise StartupError(
+                    f"--listen={description}: not a server endpoint ({e}); "
+                    f"use e.g. tcp:8080:interface=127.0.0.1 or unix:/run/app.sock"
+                ) from None
+            outcome: list[object] = []
+            endpoint.listen(self.factory).addBoth(outcome.append)
+            if not outcome:
+                raise StartupError(f"--listen={description}: did not bind at once")
+            if isinstance(outcome[0], Failure):
+                reason = outcome[0].getErrorMessage()
+                raise StartupError(f"--listen={description}: cannot listen: {reason}")
+            self._addPort(outcome[0], description)
+
+    def _addPort(self, port: IListeningPort, label: str) -> None:
+        self.ports.append(port)
+        if adoptable(port, self.factory):
+            self.acceptors.append(Acceptor(self.reactor, port, self, self.factory.accepted))
+        elif hasattr(port, "stopReading"):
+            port.stopReading()
+            self.acceptors.append(port)
+        self._accepting = False
+        self.log.info(
+            "Listening on {address} ({label})",
+            address=describeAddress(port.getHost()),
+            label=label,
+        )
+
+    def _sizeToDescriptors(self, softLimit: int) -> None:
+        counted = FdBudget.forLimit(softLimit, openDescriptors())
+        self.budget.free, self.budget.limit = counted.free, counted.limit
+        fits = int(min(self.budget.connections(), self.connectionsMax))
+        if fits < self.connectionsMax:
+            self.capacity = fits
+            self.log.warn(
+                "RLIMIT_NOFILE={limit} holds {fits} connections, not {wanted}: "
+                "serving at most {fits} at once (raise LimitNOFILE= for more)",
+                limit=softLimit,
+                fits=fits,
+                wanted=self.connectionsMax,
+            )
+
+    def room(self) -> int:
+        """
+        How many more clients may be accepted now: free connection slots,
+        as far as the descriptors under the soft RLIMIT_NOFILE in force
+        now hold them.
+        """
+        self.budget.refresh()
+        return int(min(self.capacity - len(self.connections), self.budget.connections()))
+
+    def _updateAccepting(self) -> None:
+        full = len(self.connections) >= self.capacity
+        if self.running and not full and not self._exhausted and self.room() == 0:
+            self.fdsExhausted()
+            return
+        accepting = self.running and not self._exhausted and not full
+        if accepting == self._accepting:
+            return
+        self._accepting = accepting
+        for acceptor in self.acceptors:
+            if accepting:
+                acceptor.startReading()
+            else:
+                acceptor.stopReading()
+        if full and self.running:
+            self._limitHits += 1
+            now = self.reactor.seconds()
+            if now - self._limitLogged >= self.limitLogInterval:
+                self.log.info(
+                    "Reached {limit} connections ({hits} times since the last report); "
+                    "new clients wait in the backlog",
+                    limit=self.capacity,
+                    hits=self._limitHits,
+                )
+                self._limitLogged = now
+                self._limitHits = 0
+
+    def _changed(self) -> None:
+        count = len(self.connections)
+        for watcher in self.watchers:
+            watcher.connectionsChanged(count)
+
+    def connectionOpened(self, connection: Connection) -> None:
+        """
+        Count a new connection; at the limit, stop accepting.
+        """
+        self.connections.add(connection)
+        self.budget.take(FDS_PER_CONNECTION)
+        self._updateAccepting()
+        self._changed()
+
+    def connectionClosed(self, connection: Connection) -> None:
+        """
+        Free a connection's slot; giving its fds back to the budget
+        re-evaluates accepting.
+        """
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.budget.give(FDS_PER_CONNECTION)
+        if self._exhausted:
+            self._lookAgain()
+        self._changed()
+
+    def fdsExhausted(self) -> None:
+        """
+        The process or the system is out of file descriptors (an accept or
+        a connect failed for want of one, or the soft limit in force leaves
+        no room): stop accepting, so new clients wait in the backlog, and
+        look again when a connection closes or after a back-off. The fd
+        budget is counted afresh, since something it did not know of took
+        descriptors. Said once per episode, and at most once a minute.
+        """
+        if self.limitsDescriptors:
+            self.budget.recount(openDescriptors())
+        if not self._exhausted:
+            self._exhausted = True
+            now = self.reactor.seconds()
+            if now - self._exhaustionLogged >= self.limitLogInterval:
+                self._exhaustionLogged = now
+                self._exhaustionSaid = True
+                self.log.warn(
+                    "Out of file descriptors with {count} connections open (soft "
+                    "RLIMIT_NOFILE={limit}): new clients wait in the backlog",
+                    count=len(self.connections),
+                    limit=self.budget.readLimit(),
+                )
+            self._updateAccepting()
+        if self._backoffCall is None and self.running:
+            self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
+
+    def waitForDescriptors(self, connection: Connection) -> None:
+        """
+        C{connection} could not connect for want of descriptors: its client
+        waits, and it tries again when descriptors are free.
+        """
+        self._waiting.append(connection)
+
+    def _lookAgain(self) -> None:
+        """
+        Connect the connections that wait for descriptors, and accept again,
+        if descriptors seem to be free; else wait once more.
+        """
+        if self._backoffCall is not None and self._backoffCall.active():
+            self._backoffCall.cancel()
+        self._backoffCall = None
+        if not self._exhausted:
+            return
+        if self.room() == 0 and self.budget.free < 1:
+            self.fdsExhausted()
+            return
+        self._exhausted = False
+        waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            if not connection.closing:
+                connection.connect()
+        if self._exhausted:
+            return
+        self._updateAccepting()
+        if self._exhaustionSaid and not self._exhausted:
+            self._exhaustionSaid = False
+            self.log.info("File descriptors available again; accepting")
+
+    def closeAll(self) -> None:
+        """
+        Close every open connection at once, with a reset.
+        """
+        for connection in list(self.connections):
+            connection.end(Ending.SHUTDOWN, reset=True)
+
+    def stopService(self) -> Deferred:
+        """
+        Stop accepting and close the listeners; open connections go on.
+        """
+        super().stopService()
+        if self._backoffCall is not None and self._backoffCall.active():
+            self._backoffCall.cancel()
+        self._backoffCall = None
+        for acceptor in self.acceptors:
+            acceptor.stopReading()
+        ports, self.ports, self.acceptors = self.ports, [], []
+        return DeferredList([d for d in (p.stopListening() for p in ports) if d])
