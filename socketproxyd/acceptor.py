@@ -55,7 +55,7 @@ class Admission(Protocol):
 
     def fdsExhausted(self) -> None:
         """
-        Accepting failed for want of descriptors.
+        Accepting failed, or there is no room, for want of descriptors.
         """
 
 
@@ -112,8 +112,12 @@ class Acceptor:
         self.reactor.removeReader(self)
 
     def doRead(self) -> None:
+        room = self.admission.room()
+        if room < 1:
+            self.admission.fdsExhausted()
+            return
         listener = self.socket
-        for _ in range(self.admission.room()):
+        for _ in range(room):
             try:
                 client, address = listener.accept()
             except BlockingIOError:

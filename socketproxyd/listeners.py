@@ -198,7 +198,7 @@ class ListenerService(Service):
 
     def _updateAccepting(self) -> None:
         full = len(self.connections) >= self.capacity
-        if self.running and not full and not self._exhausted and self.room() == 0:
+        if self.running and not full and not self._exhausted and self.budget.connections() < 1:
             self.fdsExhausted()
             return
         accepting = self.running and not self._exhausted and not full
@@ -258,6 +258,9 @@ class ListenerService(Service):
         budget is counted afresh, since something it did not know of took
         descriptors. Said once per episode, and at most once a minute.
         """
+        if len(self.connections) >= self.capacity:
+            self._updateAccepting()
+            return
         if self.limitsDescriptors:
             self.budget.recount(openDescriptors())
         if not self._exhausted:
