@@ -82,19 +82,20 @@ class _ProxyTestMixin:
         listeners: tuple[str, ...] = ("ipv4",),
         fdnames: list[str] | None = None,
         env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> tuple[ProxyProcess, list[str]]:
         """
-        Start the proxy with listening sockets of the given kinds; the
-        addresses clients connect to.
+        Start the proxy (behind C{prefix}, a command that execs it) with
+        listening sockets of the given kinds; the addresses clients connect
+        to.
         """
         sockets, addresses = [], []
         for kind in listeners:
             sock, address = listeningSocket(self, kind)
             sockets.append(sock)
             addresses.append(address)
-        process = ProxyProcess(
-            self, [*self.command, *self.options, *args, target], sockets, fdnames=fdnames, env=env
-        )
+        command = [*prefix, *self.command, *self.options, *args, target]
+        process = ProxyProcess(self, command, sockets, fdnames=fdnames, env=env)
         for sock in sockets:
             sock.close()
         return process, addresses

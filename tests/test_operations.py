@@ -29,13 +29,12 @@ from .helpers import (
     connect,
     cpuSeconds,
     echo,
-    listeningSocket,
     recvAll,
     replyAfterEof,
     unixPath,
     waitUntil,
 )
-from .test_integration import ping
+from .test_integration import _ProxyTestMixin, ping
 
 headerV2Signature = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -90,18 +89,13 @@ class NotifyListener:
         return list(self._arrivals(seconds))
 
 
-class _Service(SynchronousTestCase):
+class _Service(_ProxyTestMixin, SynchronousTestCase):
     command = commands()["socketproxyd"]
-    options: tuple[str, ...] = ()
 
     def start(
         self, target: str, *args: str, env: dict[str, str] | None = None, prefix=()
     ) -> tuple[ProxyProcess, str]:
-        sock, address = listeningSocket(self, "ipv4")
-        process = ProxyProcess(
-            self, [*prefix, *self.command, *self.options, *args, target], [sock], env=env
-        )
-        sock.close()
+        process, [address] = self.startProxy(target, *args, env=env, prefix=tuple(prefix))
         return process, address
 
 
