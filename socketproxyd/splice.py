@@ -218,7 +218,7 @@ class SplicePump:
 
     __slots__ = (
         "reactor", "sweeper", "keepalive", "connection", "upstream",
-        "downstream", "borrowed", "running", "active",
+        "downstream", "borrowed", "running", "active", "finished",
     )  # fmt: skip
 
     takesSockets = True
@@ -239,6 +239,7 @@ class SplicePump:
         self.borrowed = None
         self.running = False
         self.active = False
+        self.finished = False
 
     def clientAddress(self) -> object:
         try:
@@ -336,6 +337,9 @@ class SplicePump:
         Close both sockets: each peer sees a normal end of stream (bytes
         still in a pipe are dropped).
         """
+        if self.finished:
+            return
+        self.finished = True
         self._stop()
         self.upstream.socket.close()
         if self.borrowed is not None:
@@ -348,6 +352,9 @@ class SplicePump:
         """
         Close both sockets with a reset.
         """
+        if self.finished:
+            return
+        self.finished = True
         self._stop()
         resetOnClose(self.upstream.socket)
         self.upstream.socket.close()
@@ -396,7 +403,7 @@ class SplicePump:
         self._moved(end, total)
 
     def _moved(self, end: _SpliceEnd, count: int) -> None:
-        if count:
+        if count and self.running:
             self.active = True
             self.connection.moved(end.direction, count)
 
@@ -511,11 +518,13 @@ class SplicePump:
         The reactor saw a hang-up or error on C{end}'s socket (and took it
         out of the reactor). A hang-up with nothing on its way into the
         socket ends its source like an end of stream; anything else resets
-        the connection.
+        the connection. The reactor reports a reset received as a hang-up
+        too: the socket's pending error tells them apart.
         """
         if not self.running:
             return
-        if isinstance(reason.value, error.ConnectionDone) and not end.peer.inFlight():
+        code = end.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not code and isinstance(reason.value, error.ConnectionDone) and not end.peer.inFlight():
             if not end.ended:
                 self._sourceEnded(end)
             return

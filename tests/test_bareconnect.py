@@ -1,7 +1,7 @@
 """
 Unit tests for L{socketproxyd.bareconnect}: real loopback and UNIX sockets,
-a fake reactor whose writability events are delivered by hand once
-C{select} says the socket is writable, and a clock for the timeout.
+and a fake reactor whose writability events are delivered by hand once
+C{select} says the socket is writable.
 """
 
 from __future__ import annotations
@@ -17,25 +17,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.bareconnect import BareConnector, BareTarget, _PendingConnect
+from socketproxyd.bareconnect import BareConnector, _PendingConnect, resetOnClose
 
 from .fakes import FakeFDReactor
 
 
 def openFds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-class RecordingOwner:
-    """
-    Stands in for the server protocol a L{BareTarget} reports its end to.
-    """
-
-    def __init__(self) -> None:
-        self.reasons: list[Failure] = []
-
-    def sideLost(self, side: object, reason: Failure) -> None:
-        self.reasons.append(reason)
 
 
 class RecordingEndpoint:
@@ -66,14 +54,14 @@ class BareConnectorTests(SynchronousTestCase):
         return server
 
     def endpoint(self, address: object, family: int = socket.AF_INET) -> BareConnector:
-        return BareConnector(self.reactor, family, address, 5.0, self.fallback)
+        return BareConnector(self.reactor, family, address, self.fallback)
 
     def connect(self, connector: BareConnector) -> Deferred:
         """
         Start C{connector}'s attempt; its result as a Deferred either way.
         """
         result = connector.attempt(self.factory)
-        return succeed(result) if isinstance(result, BareTarget) else result
+        return succeed(result) if isinstance(result, socket.socket) else result
 
     def pending(self) -> object:
         (writer,) = self.reactor.writers
@@ -116,39 +104,42 @@ class BareConnectorTests(SynchronousTestCase):
 
     def test_connects(self) -> None:
         """
-        A connect to a listening socket gives a connected L{BareTarget}; on
-        the same host that is usually at once, without a registration or a
-        timer.
+        A connect to a listening socket gives a connected, non-blocking
+        socket; on the same host that is usually at once, without a
+        registration or a timer.
         """
         server = self.listener()
         deferred = self.connect(self.endpoint(server.getsockname()))
         if self.reactor.writers:
             self.deliverWritable()
         target = self.result(deferred)
-        self.assertIsInstance(target, BareTarget)
-        self.assertIs(target.transport, target)
+        self.assertIsInstance(target, socket.socket)
+        self.assertEqual(target.family, socket.AF_INET)
+        self.assertFalse(target.getblocking())
+        self.assertEqual(target.getpeername(), server.getsockname())
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
         accepted, _ = server.accept()
         self.addCleanup(accepted.close)
-        target.socket.sendall(b"hello")
+        target.sendall(b"hello")
         self.assertEqual(accepted.recv(10), b"hello")
-        target.transport.loseConnection()
+        target.close()
         self.assertEqual(accepted.recv(10), b"")
         self.assertEqual(openFds(), self.fds + 2)
 
-    def test_attemptGivesTargetItself(self) -> None:
+    def test_attemptGivesSocketItself(self) -> None:
         """
         L{BareConnector.attempt} gives a connection made at once as the
-        L{BareTarget} itself, with nothing in the reactor; one still in
+        connected socket itself, with nothing in the reactor; one still in
         progress as a Deferred, with a writer waiting for it.
         """
         server = self.listener()
         attempt = self.endpoint(server.getsockname()).attempt(self.factory)
         if isinstance(attempt, Deferred):
             raise SkipTest("the connect did not complete at once")
-        self.assertIsInstance(attempt, BareTarget)
+        self.assertIsInstance(attempt, socket.socket)
+        self.assertEqual(attempt.getpeername(), server.getsockname())
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
-        attempt.loseConnection()
+        attempt.close()
         pending = self.endpoint(self.fullListener().getsockname()).attempt(self.factory)
         if not self.reactor.writers:
             raise SkipTest("the connect completed although the backlog was full")
@@ -159,20 +150,20 @@ class BareConnectorTests(SynchronousTestCase):
 
     def test_completesOnWritable(self) -> None:
         """
-        A connect in progress completes on the writability event: the
-        writer and the timer are gone and the target is connected.
+        A connect in progress waits as a writer, without a timer of its
+        own, and completes on the writability event: the writer is gone
+        and the Deferred fires with the connected socket.
         """
         server = self.listener()
         sock = socket.create_connection(server.getsockname())
-        endpoint = self.endpoint(server.getsockname())
-        pending = _PendingConnect(endpoint, sock)
+        self.addCleanup(sock.close)
+        pending = _PendingConnect(self.reactor, sock)
         self.assertEqual(self.reactor.writers, {pending})
-        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
         pending.doWrite()
-        target = self.result(pending.deferred)
-        self.assertIs(target.socket, sock)
+        self.assertIs(self.result(pending.deferred), sock)
+        self.assertNotEqual(sock.fileno(), -1)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
-        target.loseConnection()
 
     def test_refused(self) -> None:
         """
@@ -208,62 +199,71 @@ class BareConnectorTests(SynchronousTestCase):
         self.assertIsInstance(self.result(deferred).value, error.ConnectionRefusedError)
         self.assertEqual(openFds(), self.fds)
 
-    def test_timeout(self) -> None:
+    def test_waitsUntilCancelled(self) -> None:
         """
-        No writability event within the timeout: the attempt fails with
-        L{error.TimeoutError} and its socket is closed.
+        A pending attempt has no timeout of its own (its connection bounds
+        it): it waits, its writer registered and its socket open, however
+        long no writability event comes; cancelling it, as the connection
+        does at its connect timeout, removes the writer and closes the
+        socket.
         """
         deferred = self.pendingConnect()
-        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
-        self.reactor.advance(4.9)
+        writer = self.pending()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.reactor.advance(3600)
         self.assertNoResult(deferred)
-        self.reactor.advance(0.2)
-        self.assertIsInstance(self.result(deferred).value, error.TimeoutError)
+        self.assertEqual(self.reactor.writers, {writer})
+        self.assertEqual(openFds(), self.fds + 1)
+        deferred.cancel()
+        self.assertIsInstance(self.result(deferred).value, CancelledError)
         self.assertEqual(self.reactor.writers, set())
+        self.assertEqual(writer.socket.fileno(), -1)
         self.assertEqual(openFds(), self.fds)
 
     def test_cancel(self) -> None:
         """
-        Cancelling stops the attempt, its timer and its socket.
+        Cancelling fails the attempt with L{CancelledError}, takes its
+        writer out of the reactor and closes its socket.
         """
         deferred = self.pendingConnect()
+        writer = self.pending()
         deferred.cancel()
         self.assertIsInstance(self.result(deferred).value, CancelledError)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
+        self.assertEqual(writer.socket.fileno(), -1)
         self.assertEqual(openFds(), self.fds)
 
-    def unixListener(self, backlog: int) -> str:
+    def unixListener(self, backlog: int) -> tuple[str, socket.socket]:
         path = self.mktemp()
         server = socket.socket(socket.AF_UNIX)
         server.bind(path)
         server.listen(backlog)
         self.addCleanup(server.close)
-        return path
+        return path, server
 
     def test_unixConnectsAtOnce(self) -> None:
         """
         A UNIX socket with room in its backlog is connected by the connect
-        call itself: no reactor event, no timer.
+        call itself, given as the socket: no reactor event, no timer.
         """
-        path = self.unixListener(8)
-        deferred = self.connect(self.endpoint(path, socket.AF_UNIX))
-        target = self.result(deferred)
-        self.assertIsInstance(target, BareTarget)
+        path, server = self.unixListener(8)
+        attempt = self.endpoint(path, socket.AF_UNIX).attempt(self.factory)
+        self.assertIsInstance(attempt, socket.socket)
+        self.addCleanup(attempt.close)
+        self.assertEqual(attempt.family, socket.AF_UNIX)
+        self.assertEqual(attempt.getpeername(), path)
         self.assertEqual((self.reactor.writers, self.reactor.getDelayedCalls()), (set(), []))
-        owner = RecordingOwner()
-        target.owner = owner
-        target.abortConnection()
-        target.abortConnection()
-        self.assertEqual(len(owner.reasons), 1)
-        self.assertIsInstance(owner.reasons[0].value, error.ConnectionAborted)
-        self.assertTrue(target.lost)
+        accepted, _ = server.accept()
+        self.addCleanup(accepted.close)
+        attempt.sendall(b"hello")
+        self.assertEqual(accepted.recv(10), b"hello")
 
     def test_unixFullBacklogFallsBack(self) -> None:
         """
         A UNIX socket whose backlog is full goes through the fallback
         endpoint, which can wait for room; the bare socket is closed.
         """
-        path = self.unixListener(0)
+        path, _ = self.unixListener(0)
         waiting = []
         for _ in range(16):
             client = socket.socket(socket.AF_UNIX)
@@ -301,40 +301,34 @@ class BareConnectorTests(SynchronousTestCase):
         self.assertEqual(openFds(), self.fds)
 
 
-class BareTargetTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.outside, inside = socket.socketpair()
-        self.addCleanup(self.outside.close)
-        self.owner = RecordingOwner()
-        self.transport = BareTarget(inside)
-        self.transport.owner = self.owner
-
-    def test_loseConnection(self) -> None:
-        """
-        A normal close: the peer reads an end of stream, the owner hears
-        of it once.
-        """
-        self.transport.loseConnection()
-        self.transport.loseConnection()
-        self.assertEqual(self.outside.recv(10), b"")
-        self.assertEqual(len(self.owner.reasons), 1)
-        self.assertIsInstance(self.owner.reasons[0].value, error.ConnectionDone)
-
-    def test_abortResets(self) -> None:
-        """
-        An abort on a TCP socket reaches the peer as a reset.
-        """
+class ResetOnCloseTests(SynchronousTestCase):
+    def tcpPair(self) -> tuple[socket.socket, socket.socket]:
         server = socket.socket()
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         self.addCleanup(server.close)
         client = socket.create_connection(server.getsockname())
+        self.addCleanup(client.close)
         accepted, _ = server.accept()
         self.addCleanup(accepted.close)
-        transport = BareTarget(client)
-        transport.owner = self.owner
-        transport.setTcpKeepAlive(True)
-        self.assertEqual(client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
-        transport.abortConnection()
+        return client, accepted
+
+    def test_closeResets(self) -> None:
+        """
+        Closing a TCP socket after L{resetOnClose} reaches its peer as a
+        reset.
+        """
+        client, accepted = self.tcpPair()
+        resetOnClose(client)
+        client.close()
         self.assertRaises(ConnectionResetError, accepted.recv, 10)
-        self.assertIsInstance(self.owner.reasons[0].value, error.ConnectionAborted)
+
+    def test_closedSocket(self) -> None:
+        """
+        L{resetOnClose} on a socket already closed does nothing and raises
+        nothing (an abort after a close).
+        """
+        client, accepted = self.tcpPair()
+        client.close()
+        resetOnClose(client)
+        self.assertEqual(accepted.recv(10), b"")
