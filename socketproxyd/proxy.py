@@ -20,8 +20,9 @@ from .addresses import socketAddress
 from .connection import Connection
 from .fdlimit import FdBudget
 from .logs import debugEnabled
-from .splice import PipeSweeper, SplicePump
-from .splice import available as spliceAvailable
+from .pipes import PipeSweeper
+from .pipes import available as spliceAvailable
+from .splice import SplicePump
 from .transportpump import ClientProtocol, ServerProtocol
 
 

@@ -14,62 +14,30 @@ direction whose pipe cannot be emptied into its destination stops reading
 its source until the destination is writable again. The pump only moves
 bytes and reports to its L{socketproxyd.connection.Connection}.
 
-Pipes exist only while data flows: a L{PipeSweeper} closes the pipes of
-directions that moved nothing for a sweep interval, so an idle connection
-holds just its two sockets.
+Pipes exist only while data flows (see L{socketproxyd.pipes}), so an idle
+connection holds just its two sockets.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
-from collections.abc import Callable
 
 from twisted.internet import error
-from twisted.internet.interfaces import IReactorFDSet, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
 
 from .addresses import socketAddress
 from .bareconnect import resetOnClose
 from .connection import DOWNSTREAM, UPSTREAM, Connection
-from .fdlimit import FDS_PER_PIPE_PAIR, FdBudget
+from .pipes import Pipe, PipeSweeper
 
-PIPE_SIZE = 256 * 1024
 ROUNDS = 8
 COPY_SIZE = 64 * 1024
 _copyBuffer = bytearray(COPY_SIZE)
 _copyView = memoryview(_copyBuffer)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-
-
-def available() -> bool:
-    """
-    Whether this platform has splice(2) (Linux, Python 3.10+).
-    """
-    return hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
-
-
-class _Pipe:
-    """
-    A non-blocking pipe pair sized for bulk transfers.
-    """
-
-    __slots__ = ("read", "write", "size")
-
-    def __init__(self) -> None:
-        self.read, self.write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass
-        self.size = fcntl.fcntl(self.write, fcntl.F_GETPIPE_SZ)
-
-    def close(self) -> None:
-        os.close(self.read)
-        os.close(self.write)
 
 
 class _SpliceEnd:
@@ -96,7 +64,7 @@ class _SpliceEnd:
         self.socket = sock
         self.direction = direction
         self.peer: _SpliceEnd
-        self.pipe: _Pipe | None = None
+        self.pipe: Pipe | None = None
         self.pending = 0
         self.backlog = b""
         self.ended = False
@@ -125,78 +93,6 @@ class _SpliceEnd:
         if self.pipe is not None:
             self.pipe.close()
             self.pipe = None
-
-
-class PipeSweeper:
-    """
-    Decides when a connection may open a pipe pair (taking its fds from the
-    fd budget), and closes the pipes of connections that moved nothing for
-    one interval.
-
-    @ivar outOfFds: called when a pipe could not be opened for want of fds.
-    """
-
-    interval = 1.0
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        budget: FdBudget | None = None,
-        outOfFds: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.clock = clock
-        self.budget = budget if budget is not None else FdBudget()
-        self.outOfFds = outOfFds
-        self.holders: set[SplicePump] = set()
-        self._smallPipesUntil = 0.0
-        self._loop: LoopingCall | None = None
-
-    def acquire(self, pump: SplicePump) -> bool:
-        """
-        Whether C{pump} may open its pipes now; if so, their fds are taken
-        from the budget and given back by L{released}. Not while the fd
-        budget has no room, nor for an interval after the kernel gave pipes
-        too small to be worth splicing through (see L{tooSmall}).
-        """
-        if self.clock.seconds() < self._smallPipesUntil or not self.budget.takePipes():
-            return False
-        self.holders.add(pump)
-        if self._loop is None:
-            self._loop = LoopingCall(self.sweep)
-            self._loop.clock = self.clock
-            self._loop.start(self.interval, now=False)
-        return True
-
-    def tooSmall(self) -> None:
-        """
-        The pipes just opened were smaller than the copy buffer, as the
-        kernel makes them once the user's pipe memory is used up
-        (C{fs.pipe-user-pages-soft}, for services without
-        C{CAP_SYS_RESOURCE}): open none for one interval.
-        """
-        self._smallPipesUntil = self.clock.seconds() + self.interval
-
-    def released(self, pump: SplicePump) -> None:
-        """
-        C{pump} closed its pipes.
-        """
-        if pump in self.holders:
-            self.holders.discard(pump)
-            self.budget.give(FDS_PER_PIPE_PAIR)
-
-    def sweep(self) -> None:
-        """
-        Close the pipes of every connection that was not active since the
-        last sweep and has nothing in flight; stop when no pipe is left.
-        """
-        for pump in list(self.holders):
-            if pump.active:
-                pump.active = False
-            elif not pump.inFlight():
-                pump.releasePipes()
-        if not self.holders and self._loop is not None:
-            self._loop.stop()
-            self._loop = None
 
 
 class SplicePump:
@@ -314,7 +210,7 @@ class SplicePump:
             return
         try:
             for end in self.ends:
-                end.pipe = _Pipe()
+                end.pipe = Pipe()
         except OSError as e:
             self.releasePipes()
             if e.errno in (errno.EMFILE, errno.ENFILE):

@@ -18,9 +18,9 @@ from . import __version__
 from .activation import InheritedSocket, inheritedSockets
 from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
+from .pipes import available as spliceAvailable
 from .proxy import ProxySettings
 from .service import ProxyService
-from .splice import available as spliceAvailable
 from .target import parseTarget
 from .timespan import parseTimespan
 

@@ -20,7 +20,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd import logs, splice
+from socketproxyd import logs, pipes
 from socketproxyd.addresses import describeAddress, socketAddress
 from socketproxyd.connection import Connection, Ending, Flow
 from socketproxyd.proxy import ProxyFactory, ProxySettings
@@ -308,7 +308,7 @@ class SpliceHarness:
     def __init__(
         self, settings: ProxySettings, tracker: Tracker, test: SynchronousTestCase, tcp: bool
     ) -> None:
-        if not splice.available():
+        if not pipes.available():
             raise SkipTest("splice(2) is not available")
         self.reactor = FakeFDReactor()
         self.tracker = tracker
@@ -936,7 +936,7 @@ class FactoryTests(ConnectionTestCase):
         The bare-socket connector exists for literal targets unless the
         data path is pinned to transports.
         """
-        if not splice.available():
+        if not pipes.available():
             raise SkipTest("splice(2) is not available")
         self.assertTrue(self.factory().splices)
         self.assertIsNotNone(self.factory().bareConnector)

@@ -15,10 +15,11 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd import splice
+from socketproxyd import pipes, splice
 from socketproxyd.connection import DOWNSTREAM, UPSTREAM
 from socketproxyd.fdlimit import FdBudget
-from socketproxyd.splice import PipeSweeper, SplicePump
+from socketproxyd.pipes import PipeSweeper
+from socketproxyd.splice import SplicePump
 
 from .fakes import FakeFDReactor
 
@@ -129,7 +130,7 @@ class SplicePumpTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if not splice.available():
+        if not pipes.available():
             raise SkipTest("splice(2) is not available")
         self.reactor = FakeFDReactor()
         self.clock = Clock()
@@ -547,7 +548,7 @@ class SplicePumpTests(SynchronousTestCase):
         def exhausted() -> object:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-        self.patch(splice, "_Pipe", exhausted)
+        self.patch(splice, "Pipe", exhausted)
         for _ in range(2):
             self.client.sendall(b"z" * splice.COPY_SIZE)
             self.clientEnd.doRead()
@@ -565,8 +566,8 @@ class SplicePumpTests(SynchronousTestCase):
         again for a sweep interval; bulk data goes on through the copy
         buffer.
         """
-        self.patch(splice, "PIPE_SIZE", 4096)
-        realPipe = splice._Pipe
+        self.patch(pipes, "PIPE_SIZE", 4096)
+        realPipe = splice.Pipe
         opened: list[object] = []
 
         def countingPipe() -> object:
@@ -574,7 +575,7 @@ class SplicePumpTests(SynchronousTestCase):
             opened.append(pipe)
             return pipe
 
-        self.patch(splice, "_Pipe", countingPipe)
+        self.patch(splice, "Pipe", countingPipe)
         free = self.sweeper.budget.free
         fds = len(os.listdir("/proc/self/fd"))
         for advance, attempts in [(0, 2), (0, 2), (self.sweeper.interval, 4)]:
