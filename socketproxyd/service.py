@@ -119,6 +119,7 @@ class DrainService(Service):
         if not count:
             return None
         self._drained = drained = Deferred()
+        self.listeners.watchers.append(self)
         if self.drainTimeout > 0:
             self.log.info(
                 "Stopping: waiting up to {span} for {count} connections",
@@ -178,7 +179,9 @@ class StatusService(Service):
 
 class ProxyService(MultiService):
     """
-    The whole proxy (see the module docstring).
+    The whole proxy (see the module docstring). Only the services with
+    something to do follow the connection count (an idle exit, a notify
+    socket, a drain under way): it changes twice a connection.
 
     @ivar listeners: the L{ListenerService}, which tracks the connections.
     """
@@ -202,14 +205,15 @@ class ProxyService(MultiService):
             reactor, target, settings, connectionsMax, findInherited, listen, limitsDescriptors
         )
         notifier = notifier if notifier is not None else Notifier(reactor, {})
-        watchers = [
-            DrainService(reactor, self.listeners, drainTimeout),
-            IdleExitService(reactor, exitIdleTime),
-            StatusService(reactor, notifier, self.listeners),
-        ]
-        for service in [self.listeners, *watchers]:
+        drain = DrainService(reactor, self.listeners, drainTimeout)
+        idleExit = IdleExitService(reactor, exitIdleTime)
+        status = StatusService(reactor, notifier, self.listeners)
+        for service in (self.listeners, drain, idleExit, status):
             service.setServiceParent(self)
-        self.listeners.watchers.extend(watchers)
+        if not math.isinf(exitIdleTime):
+            self.listeners.watchers.append(idleExit)
+        if notifier.address is not None:
+            self.listeners.watchers.append(status)
 
     def startService(self) -> None:
         installSignalHandlers(self.reactor, self.listeners.log)
