@@ -130,8 +130,14 @@ class Acceptor:
                     continue
                 self.log.failure("Accepting on {fd} failed", fd=self.fd)
                 return
-            client.setblocking(False)
-            self.accepted(client, address)
+            try:
+                client.setblocking(False)
+                self.accepted(client, address)
+            except OSError as e:
+                client.close()
+                if e.errno in OUT_OF_DESCRIPTORS:
+                    self.admission.fdsExhausted()
+                    return
 
     def connectionLost(self, reason: Failure) -> None:
         """

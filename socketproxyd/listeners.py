@@ -245,7 +245,7 @@ class ListenerService(Service):
         if connection in self.connections:
             self.connections.discard(connection)
             self.budget.give(FDS_PER_CONNECTION)
-        if self._exhausted:
+        if self._exhausted or self._waiting:
             self._lookAgain()
         self._changed()
 
@@ -285,6 +285,8 @@ class ListenerService(Service):
         waits, and it tries again when descriptors are free.
         """
         self._waiting.append(connection)
+        if self._backoffCall is None and self.running:
+            self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
 
     def _lookAgain(self) -> None:
         """
@@ -294,10 +296,13 @@ class ListenerService(Service):
         if self._backoffCall is not None and self._backoffCall.active():
             self._backoffCall.cancel()
         self._backoffCall = None
-        if not self._exhausted:
+        if not (self._exhausted or self._waiting):
             return
-        if self.room() == 0 and self.budget.free < 1:
+        self.budget.refresh()
+        if self.budget.free < 1:
             self.fdsExhausted()
+            if self._backoffCall is None and self.running:
+                self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
             return
         self._exhausted = False
         waiting, self._waiting = self._waiting, []

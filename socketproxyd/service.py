@@ -161,7 +161,7 @@ class StatusService(Service):
         """
         Send the new count soon, with whatever else changes meanwhile.
         """
-        if self._call is None and self.notifier.address is not None:
+        if self._call is None and self.running and self.notifier.address is not None:
             self._call = self.reactor.callLater(self.statusInterval, self._send)
 
     def _send(self) -> None:

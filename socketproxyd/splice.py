@@ -78,10 +78,12 @@ class _SpliceEnd:
         return "splice"
 
     def doRead(self) -> None:
-        self.pump.fill(self)
+        if self.pump.running:
+            self.pump.fill(self)
 
     def doWrite(self) -> None:
-        self.pump.drain(self.peer)
+        if self.pump.running:
+            self.pump.drain(self.peer)
 
     def connectionLost(self, reason: Failure) -> None:
         self.pump.lost(self, reason)

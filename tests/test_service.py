@@ -250,3 +250,24 @@ class LimitLogTests(ServiceTestCase):
         service.listeners.connectionOpened(FakeConnection(service))
         hits = [e["hits"] for e in events if "Reached" in e.get("log_format", "")]
         self.assertEqual(hits, [1, 5])
+
+
+class WaitingForDescriptorsTests(ServiceTestCase):
+    """
+    A connection that could not connect for want of descriptors is tried
+    again, even when it holds the last free slot.
+    """
+
+    def test_retriedAtTheLimit(self) -> None:
+        service, ports = self.service(connectionsMax=1)
+        service.startService()
+        retried = []
+        connection = FakeConnection(service)
+        connection.closing = 0
+        connection.connect = lambda: retried.append(True)
+        listeners = service.listeners
+        listeners.connectionOpened(connection)
+        listeners.fdsExhausted()
+        listeners.waitForDescriptors(connection)
+        self.reactor.advance(listeners.exhaustionBackoff)
+        self.assertEqual(retried, [True])
