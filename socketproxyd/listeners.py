@@ -276,8 +276,7 @@ class ListenerService(Service):
                     limit=self.budget.readLimit(),
                 )
             self._updateAccepting()
-        if self._backoffCall is None and self.running:
-            self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
+        self._lookAgainLater()
 
     def waitForDescriptors(self, connection: Connection) -> None:
         """
@@ -285,6 +284,9 @@ class ListenerService(Service):
         waits, and it tries again when descriptors are free.
         """
         self._waiting.append(connection)
+        self._lookAgainLater()
+
+    def _lookAgainLater(self) -> None:
         if self._backoffCall is None and self.running:
             self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
 
@@ -301,8 +303,7 @@ class ListenerService(Service):
         self.budget.refresh()
         if self.budget.free < 1:
             self.fdsExhausted()
-            if self._backoffCall is None and self.running:
-                self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
+            self._lookAgainLater()
             return
         self._exhausted = False
         waiting, self._waiting = self._waiting, []

@@ -177,6 +177,27 @@ class AcceptorTests(SynchronousTestCase):
         self.accepted[0].setblocking(True)
         self.assertEqual(self.accepted[0].recv(32), b"still here")
 
+    def test_handOverFailureGoesOn(self) -> None:
+        """
+        A client that fails while it is handed over (a reset before Twisted
+        could adopt it) is closed, and the acceptor goes on.
+        """
+        self.clients(3)
+        admission = RecordingAdmission(5)
+        calls = []
+
+        def failFirst(sock: socket.socket, address: object) -> None:
+            calls.append(sock)
+            if len(calls) == 1:
+                raise OSError(errno.ENOTCONN, "gone")
+            self.record(sock, address)
+
+        acceptor = Acceptor(self.reactor, FakePort(self.listener), admission, failFirst)
+        acceptor.doRead()
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(calls[0].fileno(), -1)
+        self.assertEqual((len(self.accepted), admission.exhausted), (2, 0))
+
 
 class AdoptableTests(TestCase):
     def test_plainPortsOfTheFactory(self) -> None:
@@ -228,27 +249,3 @@ class TwistedPortTests(TestCase):
             acceptor = Acceptor(fake, port, RecordingAdmission(1), lambda sock, address: None)
             self.assertNotIn(port, reactor.getReaders())
             self.assertEqual(acceptor.fileno(), port.fileno())
-
-
-class AcceptedFailsTests(AcceptorTests):
-    """
-    A client that fails while it is handed over (a reset before Twisted
-    could adopt it) is closed, and the acceptor goes on.
-    """
-
-    def test_handOverFailureGoesOn(self) -> None:
-        self.clients(3)
-        admission = RecordingAdmission(5)
-        calls = []
-
-        def failFirst(sock: socket.socket, address: object) -> None:
-            calls.append(sock)
-            if len(calls) == 1:
-                raise OSError(errno.ENOTCONN, "gone")
-            self.record(sock, address)
-
-        acceptor = Acceptor(self.reactor, FakePort(self.listener), admission, failFirst)
-        acceptor.doRead()
-        self.assertEqual(len(calls), 3)
-        self.assertEqual(calls[0].fileno(), -1)
-        self.assertEqual((len(self.accepted), admission.exhausted), (2, 0))
