@@ -5,12 +5,17 @@ the client and a L{ClientProtocol} for the target, each transport the
 other's streaming producer (a slow reader pauses the far side), both
 half-closeable. The protocols only relay bytes and report to their
 L{socketproxyd.connection.Connection}; it decides everything else.
+
+Each side registers the other I{protocol} as its producer, which pauses
+and resumes its own transport: a transport that is lost stops its
+producer, and a transport's C{stopProducing} would close it cleanly,
+before the connection hears of the loss and resets it.
 """
 
 from __future__ import annotations
 
 from twisted.internet import error
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -18,10 +23,11 @@ from zope.interface import implementer
 from .connection import DOWNSTREAM, UPSTREAM, Connection, Ending
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class _Side(Protocol):
     """
-    One side of a connection: what it reads is written to the other side.
+    One side of a connection: what it reads is written to the other side,
+    which pauses and resumes it as its producer.
 
     @ivar direction: the direction this side's bytes start (its source).
     @ivar pump: the pump it is part of, once it is.
@@ -45,6 +51,18 @@ class _Side(Protocol):
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
         if self.pump is not None:
             self.pump.sideLost(self, reason)
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The other side's transport is gone; how this side ends is the
+        connection's decision.
+        """
 
 
 class ServerProtocol(_Side):
@@ -116,8 +134,8 @@ class TransportPump:
                         setKeepAlive(True)
                     except OSError:
                         pass
-        clientTransport.registerProducer(serverTransport, True)
-        serverTransport.registerProducer(clientTransport, True)
+        clientTransport.registerProducer(server, True)
+        serverTransport.registerProducer(target, True)
         serverTransport.resumeProducing()
         clientTransport.resumeProducing()
 

@@ -91,7 +91,21 @@ class RelayTransport(StringTransport):
         self.deliveries.append((self, lambda: self.protocol.writeConnectionLost()))
 
     def loseConnection(self) -> None:
+        """
+        Close as Twisted's transports do: at once if writing is already
+        shut down, otherwise once the buffer is out.
+        """
+        if self.writeCloses and not self.disconnecting:
+            self.disconnecting = True
+            self.connectionLost(error.ConnectionDone())
+            return
         self._close(error.ConnectionDone())
+
+    def stopProducing(self) -> None:
+        """
+        A transport is a producer whose C{stopProducing} closes it.
+        """
+        self.loseConnection()
 
     def abortConnection(self) -> None:
         """
@@ -113,6 +127,9 @@ class RelayTransport(StringTransport):
         """
         if not self.lost:
             self.lost = True
+            if self.producer is not None:
+                producer, self.producer = self.producer, None
+                producer.stopProducing()
             self.protocol.connectionLost(Failure(reason))
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
@@ -591,6 +608,38 @@ class PumpBehaviour:
         self.assertEqual(harness.targetSees(), "reset")
         self.assertEnded(harness, Ending.RESET)
 
+    def test_resetAfterHalfCloseResetsTarget(self) -> None:
+        """
+        A client that resets after its end of stream was forwarded resets
+        the target too, once the proxy learns of it (a half-closed socket
+        is not read, so that is the next write to it): the first side's
+        loss does not close the other cleanly.
+        """
+        harness = self.harness()
+        harness.clientSends(b"request")
+        harness.clientEof()
+        self.assertEqual(harness.targetSees(), "eof")
+        harness.targetSends(b"part of a reply")
+        harness.clientResets()
+        harness.targetSends(b"the rest")
+        self.assertEqual(harness.targetSees(), "reset")
+        self.assertEnded(harness, Ending.RESET)
+
+    def test_resetAfterHalfCloseResetsClient(self) -> None:
+        """
+        Likewise a target that resets after its end of stream was
+        forwarded resets the client, once the proxy learns of it.
+        """
+        harness = self.harness()
+        harness.targetSends(b"banner")
+        harness.targetEof()
+        self.assertEqual(harness.clientSees(), "eof")
+        harness.clientSends(b"a late request")
+        harness.targetResets()
+        harness.clientSends(b"more")
+        self.assertEqual(harness.clientSees(), "reset")
+        self.assertEnded(harness, Ending.RESET)
+
     def test_idleTimeoutSinceLastByte(self) -> None:
         """
         With an idle timeout, the connection is closed exactly that long
@@ -685,8 +734,8 @@ class TransportConnectTests(ConnectionTestCase):
         """
         Nothing is read from the client before the target is connected
         (through the endpoint, even where a bare connector exists); then
-        both sides produce and each transport is the other's streaming
-        producer.
+        both sides produce and each side is the other's streaming
+        producer, pausing and resuming its own transport.
         """
         harness = self.accept()
         self.assertEqual(harness.serverTransport.producerState, "paused")
@@ -697,10 +746,16 @@ class TransportConnectTests(ConnectionTestCase):
         self.assertIsInstance(harness.client, ClientProtocol)
         self.assertEqual(harness.serverTransport.producerState, "producing")
         self.assertEqual(harness.clientTransport.producerState, "producing")
-        self.assertIs(harness.serverTransport.producer, harness.clientTransport)
-        self.assertIs(harness.clientTransport.producer, harness.serverTransport)
+        self.assertIs(harness.serverTransport.producer, harness.client)
+        self.assertIs(harness.clientTransport.producer, harness.server)
         self.assertTrue(harness.serverTransport.streaming)
         self.assertTrue(harness.clientTransport.streaming)
+        harness.serverTransport.producer.pauseProducing()
+        self.assertEqual(harness.clientTransport.producerState, "paused")
+        harness.serverTransport.producer.resumeProducing()
+        self.assertEqual(harness.clientTransport.producerState, "producing")
+        harness.clientTransport.producer.stopProducing()
+        self.assertFalse(harness.serverTransport.disconnecting)
 
     def test_connectRefused(self) -> None:
         """
@@ -880,7 +935,7 @@ class TransportHalfCloseTests(ConnectionTestCase):
         harness.server.readConnectionLost()
         self.assertEqual(harness.clientTransport.writeCloses, 1)
         self.assertIsNone(harness.clientTransport.producer)
-        self.assertIs(harness.serverTransport.producer, harness.clientTransport)
+        self.assertIs(harness.serverTransport.producer, harness.client)
         self.assertEqual(harness.connection.flows, [Flow.ENDED, Flow.OPEN])
         harness.settle()
         self.assertEqual(harness.connection.flows, [Flow.SHUT, Flow.OPEN])
@@ -890,7 +945,8 @@ class TransportHalfCloseTests(ConnectionTestCase):
 
     def test_bothDirectionsDoneCloses(self) -> None:
         """
-        Once both directions are shut both transports are closed, and the
+        Once both directions are shut both transports are closed (at once,
+        as Twisted closes a transport whose writing is shut down), and the
         connection is reported closed when both are gone.
         """
         harness = self.connected()
@@ -899,13 +955,12 @@ class TransportHalfCloseTests(ConnectionTestCase):
         harness.client.readConnectionLost()
         self.assertEqual(harness.serverTransport.writeCloses, 1)
         self.assertFalse(harness.serverTransport.disconnecting)
-        harness.deliverOne()
-        self.assertTrue(harness.serverTransport.disconnecting)
-        self.assertTrue(harness.clientTransport.disconnecting)
-        self.assertFalse(harness.serverTransport.aborted or harness.clientTransport.aborted)
-        harness.deliverOne()
         self.assertEqual(self.tracker.closed, [])
         harness.deliverOne()
+        self.assertTrue(harness.serverTransport.lost)
+        self.assertTrue(harness.clientTransport.lost)
+        self.assertFalse(harness.serverTransport.aborted or harness.clientTransport.aborted)
+        self.assertEqual(harness.deliveries, [])
         self.assertEqual(self.tracker.closed, [harness.connection])
         self.assertIs(harness.connection.ending, Ending.DONE)
 
