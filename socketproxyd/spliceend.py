@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.test_splice -*-
+"""
+One socket of a spliced connection and the direction that leaves by it:
+how its bytes move, by copy through a shared buffer or by splice(2)
+through a pipe, and the flow control between it and its peer.
+
+A L{SpliceEnd} stands in the reactor for its socket. Its source is the
+socket, its destination the peer end's socket; what was read but not yet
+written is in flight, in its pipe (C{pending} bytes) or, before the
+direction has a pipe, in C{backlog}. A direction whose destination cannot
+take what is in flight stops reading its source until the destination is
+writable again. What the bytes do to the connection is reported through
+the owning L{socketproxyd.splice.SplicePump}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from twisted.python.failure import Failure
+
+from .pipes import Pipe
+
+if TYPE_CHECKING:
+    from .splice import SplicePump
+
+ROUNDS = 8
+COPY_SIZE = 64 * 1024
+_copyBuffer = bytearray(COPY_SIZE)
+_copyView = memoryview(_copyBuffer)
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+
+class SpliceEnd:
+    """
+    One socket of a spliced connection, with the state of the direction
+    its bytes leave by.
+
+    @ivar direction: the direction this socket is the source of.
+    @ivar ended: whether its source sent its end of stream.
+    @ivar shutting: whether its destination is to be shut down once what
+        is in flight is out.
+    @ivar shut: whether it has been.
+    """
+
+    __slots__ = (
+        "pump", "socket", "direction", "peer",
+        "pipe", "pending", "backlog", "ended", "shutting", "shut",
+    )  # fmt: skip
+
+    def __init__(self, pump: SplicePump, sock: socket.socket, direction: int) -> None:
+        self.pump = pump
+        self.socket = sock
+        self.direction = direction
+        self.peer: SpliceEnd
+        self.pipe: Pipe | None = None
+        self.pending = 0
+        self.backlog = b""
+        self.ended = False
+        self.shutting = False
+        self.shut = False
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "splice"
+
+    def doRead(self) -> None:
+        if self.pump.running:
+            self.fill()
+
+    def doWrite(self) -> None:
+        if self.pump.running:
+            self.peer.drain()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.pump.lost(self, reason)
+
+    def inFlight(self) -> bool:
+        return bool(self.pending or self.backlog)
+
+    def releasePipe(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
+    def fill(self) -> None:
+        """
+        The socket is readable: move what it has into the pipe and on to
+        the peer, and again while the destination keeps up, until the
+        source has nothing more (EAGAIN) or for at most L{ROUNDS} rounds.
+
+        Only bulk transfers have a pipe, and their source has usually
+        received more by the time a round is done: going on saves a return
+        to the reactor, which costs more than the one C{EAGAIN} that ends
+        the loop. Small messages, whose next read would be an C{EAGAIN},
+        take the copy path, which stops after one read.
+        """
+        pipe = self.pipe
+        if pipe is None:
+            self.copy()
+            return
+        source = self.socket.fileno()
+        total = 0
+        for _ in range(ROUNDS):
+            space = pipe.size - self.pending
+            try:
+                moved = os.splice(source, pipe.write, space, flags=_FLAGS)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.pump.connection.failed()
+                return
+            if moved == 0:
+                self.moved(total)
+                self.sourceEnded()
+                return
+            self.pending += moved
+            total += moved
+            if not self.flush():
+                break
+        self.moved(total)
+
+    def moved(self, count: int) -> None:
+        pump = self.pump
+        if count and pump.running:
+            pump.active = True
+            pump.connection.moved(self.direction, count)
+
+    def copy(self) -> None:
+        """
+        A direction without a pipe reads into a shared buffer and sends from
+        it: for the small messages of most connections that costs the same
+        two system calls as splicing, without opening a pipe pair. A read
+        that fills the buffer means bulk data: the connection opens its
+        pipes and splices from then on.
+        """
+        try:
+            moved = self.socket.recv_into(_copyBuffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.pump.connection.failed()
+            return
+        if moved == 0:
+            self.sourceEnded()
+            return
+        try:
+            sent = self.peer.socket.send(_copyView[:moved])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.pump.connection.failed()
+            return
+        if sent < moved:
+            self.backlog = bytes(_copyView[sent:moved])
+            self.waitForDestination()
+        elif moved == COPY_SIZE:
+            self.pump.allocatePipes()
+        self.moved(moved)
+
+    def sourceEnded(self) -> None:
+        self.ended = True
+        self.pump.reactor.removeReader(self)
+        self.pump.connection.readEnded(self.direction)
+
+    def shutWhenFlushed(self) -> None:
+        """
+        The source has ended: shut the destination down once what is in
+        flight is out.
+        """
+        self.shutting = True
+        if not self.inFlight():
+            self.shutDestination()
+
+    def shutDestination(self) -> None:
+        """
+        The direction is finished: shut down writing on the peer (not for
+        the second direction to finish: closing the sockets, the
+        connection's next step, sends the same FIN).
+        """
+        self.shut = True
+        if not self.peer.shut:
+            try:
+                self.peer.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.pump.connection.writeShut(self.direction)
+
+    def waitForDestination(self) -> None:
+        """
+        Stop reading until the peer takes what is in flight: this is the
+        flow control.
+        """
+        reactor = self.pump.reactor
+        reactor.removeReader(self)
+        reactor.addWriter(self.peer)
+
+    def flush(self) -> bool:
+        """
+        Move what is in flight (backlog, then pipe) to the peer; stop
+        reading while the peer cannot take it all. Whether all is out and
+        the socket may be read again.
+        """
+        destination = self.peer
+        try:
+            if self.backlog:
+                sent = destination.socket.send(self.backlog)
+                self.backlog = self.backlog[sent:]
+                if self.backlog:
+                    raise BlockingIOError
+            if self.pending:
+                pipeOut, sink = self.pipe.read, destination.socket.fileno()
+                while self.pending:
+                    self.pending -= os.splice(pipeOut, sink, self.pending, flags=_FLAGS)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.pump.connection.failed()
+            return False
+        if self.pending or self.backlog:
+            self.waitForDestination()
+            return False
+        if self.shutting:
+            self.pump.reactor.removeWriter(destination)
+            self.shutDestination()
+            return False
+        return True
+
+    def drain(self) -> None:
+        """
+        The peer became writable again: empty what is in flight into it,
+        then read the socket again.
+        """
+        if self.flush():
+            reactor = self.pump.reactor
+            reactor.removeWriter(self.peer)
+            if not self.ended:
+                reactor.addReader(self)
