@@ -23,8 +23,9 @@ that; a reset anywhere aborts both sides; the connection ends once both
 directions are shut, or at once on a reset, a timeout or a shutdown, and
 says how in a fixed L{Ending}.
 
-Pumps are L{socketproxyd.transportpump.TransportPump} (Twisted transports)
-and L{socketproxyd.splice.SplicePump} (splice(2) on bare sockets).
+Pumps (L{socketproxyd.pump.Pump}) are
+L{socketproxyd.transportpump.TransportPump} (Twisted transports) and
+L{socketproxyd.splice.SplicePump} (splice(2) on bare sockets).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import errno
 import math
 from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -42,13 +43,12 @@ from twisted.python.failure import Failure
 from .addresses import describeAddress
 from .logs import observer
 from .proxyheader import HEADERS
+from .pump import DOWNSTREAM, UPSTREAM, Pump
 from .timespan import formatTimespan
 
 if TYPE_CHECKING:
     from .proxy import ProxyFactory
 
-UPSTREAM = 0
-DOWNSTREAM = 1
 _OPEN, _CLOSING, _ABORTING = range(3)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
@@ -74,47 +74,6 @@ class Ending(Enum):
     CONNECT_TIMEOUT = "connect timeout"
     IDLE_TIMEOUT = "idle timeout"
     SHUTDOWN = "shutdown"
-
-
-class Pump(Protocol):
-    """
-    A data path: moves a connection's bytes and carries out what the
-    L{Connection} decides. Every report goes to C{pump.connection}.
-
-    @ivar takesSockets: whether L{attach} takes a bare connected socket as
-        well as a protocol on a Twisted transport.
-    """
-
-    connection: Connection
-    takesSockets: bool
-
-    def clientAddress(self) -> object:
-        """
-        The client's address, for a warning about it.
-        """
-
-    def attach(self, target: object, preamble: bytes) -> None:
-        """
-        The target is connected (a socket, or a protocol on a Twisted
-        transport): send C{preamble} to it, then move bytes both ways.
-        """
-
-    def shutdownWrite(self, direction: int) -> None:
-        """
-        C{direction}'s source has ended: once what is in flight is out,
-        shut down writing on its destination and report C{writeShut}.
-        """
-
-    def close(self) -> None:
-        """
-        Close both sides normally; report C{closed} once they are.
-        """
-
-    def abort(self) -> None:
-        """
-        Close both sides at once with a reset; report C{closed} once they
-        are.
-        """
 
 
 class Connection:

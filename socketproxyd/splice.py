@@ -29,8 +29,9 @@ from twisted.python.failure import Failure
 
 from .addresses import socketAddress
 from .bareconnect import resetOnClose
-from .connection import DOWNSTREAM, UPSTREAM, Connection
+from .connection import Connection
 from .pipes import Pipe, PipeSweeper
+from .pump import DOWNSTREAM, UPSTREAM
 from .spliceend import COPY_SIZE, SpliceEnd
 
 __all__ = ["COPY_SIZE", "SplicePump"]

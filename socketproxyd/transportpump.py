@@ -20,7 +20,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .connection import DOWNSTREAM, UPSTREAM, Connection, Ending
+from .connection import Connection, Ending
+from .pump import DOWNSTREAM, UPSTREAM
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)

@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd import pipes, splice
-from socketproxyd.connection import DOWNSTREAM, UPSTREAM
 from socketproxyd.fdlimit import FdBudget
 from socketproxyd.pipes import PipeSweeper
+from socketproxyd.pump import DOWNSTREAM, UPSTREAM
 from socketproxyd.splice import SplicePump
 
 from .fakes import FakeFDReactor

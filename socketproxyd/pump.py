@@ -1,0 +1,57 @@
+"""
+What a data path is to a L{socketproxyd.connection.Connection}: a L{Pump}
+moves the bytes of the two directions, L{UPSTREAM} (client to target) and
+L{DOWNSTREAM} (target to client), reports what happened and carries out
+what the connection decides.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+UPSTREAM = 0
+DOWNSTREAM = 1
+
+
+class Pump(Protocol):
+    """
+    A data path: moves a connection's bytes and carries out what the
+    L{Connection} decides. Every report goes to C{pump.connection}.
+
+    @ivar takesSockets: whether L{attach} takes a bare connected socket as
+        well as a protocol on a Twisted transport.
+    """
+
+    connection: Connection
+    takesSockets: bool
+
+    def clientAddress(self) -> object:
+        """
+        The client's address, for a warning about it.
+        """
+
+    def attach(self, target: object, preamble: bytes) -> None:
+        """
+        The target is connected (a socket, or a protocol on a Twisted
+        transport): send C{preamble} to it, then move bytes both ways.
+        """
+
+    def shutdownWrite(self, direction: int) -> None:
+        """
+        C{direction}'s source has ended: once what is in flight is out,
+        shut down writing on its destination and report C{writeShut}.
+        """
+
+    def close(self) -> None:
+        """
+        Close both sides normally; report C{closed} once they are.
+        """
+
+    def abort(self) -> None:
+        """
+        Close both sides at once with a reset; report C{closed} once they
+        are.
+        """
