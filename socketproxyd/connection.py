@@ -51,6 +51,19 @@ if TYPE_CHECKING:
 
 _OPEN, _CLOSING, _ABORTING = range(3)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+_NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
+RETRY_FIRST = 0.01
+RETRY_MOST = 1.0
+
+
+def notReady(reason: BaseException) -> bool:
+    """
+    Whether a connect failed because the target is not ready yet: it
+    refuses, its UNIX socket does not exist yet, or its backlog is full.
+    """
+    return isinstance(reason, error.ConnectionRefusedError) or (
+        isinstance(reason, error.ConnectError) and reason.osError in _NOT_READY
+    )
 
 
 class Flow(IntEnum):
@@ -93,7 +106,7 @@ class Connection:
 
     __slots__ = (
         "factory", "pump", "peer", "host", "started", "counts", "flows",
-        "ending", "closing", "connecting", "timer", "lastMoved",
+        "ending", "closing", "connecting", "timer", "lastMoved", "retrying",
     )  # fmt: skip
 
     log = Logger(observer=observer)
@@ -114,6 +127,7 @@ class Connection:
         self.connecting: Deferred | None = None
         self.timer = None
         self.lastMoved: float | None = None
+        self.retrying: tuple[float, float] | None = None
 
     def start(self) -> None:
         """
@@ -125,7 +139,8 @@ class Connection:
     def connect(self) -> None:
         """
         Try to connect to the target, within the connect timeout (which
-        runs from the first try).
+        runs from the first try, or from this one after a target that was
+        not ready).
         """
         factory = self.factory
         attempt = factory.connectTarget(self.pump.takesSockets)
@@ -141,6 +156,9 @@ class Connection:
     def _connected(self, target: object) -> None:
         self.connecting = None
         self._cancelTimer()
+        if self.retrying is not None:
+            self.retrying = None
+            self.factory.targetReady()
         settings = self.factory.settings
         preamble = b""
         if settings.proxyProtocol is not None:
@@ -169,6 +187,8 @@ class Connection:
             self.factory.tracker.waitForDescriptors(self)
             return
         self._cancelTimer()
+        if self.ending is None and self._retryLater(reason):
+            return
         if isinstance(reason.value, error.TimeoutError):
             self.ending = Ending.CONNECT_TIMEOUT
         if self.ending is Ending.CONNECT_TIMEOUT:
@@ -179,12 +199,41 @@ class Connection:
         else:
             return
         self.log.warn(
-            "Failed to connect to {target} for {peer}: {why}",
+            "{route}Failed to connect to {target} for {peer}: {why}",
+            route=self.factory.routePrefix,
             target=str(self.factory.target),
             peer=describeAddress(self.peer if self.peer is not None else self.pump.clientAddress()),
             why=why,
         )
         self.end(self.ending)
+
+    def _retryLater(self, reason: Failure) -> bool:
+        """
+        Whether the target, not ready (refusing, or its UNIX socket not
+        there yet), is tried again after a back-off: while
+        C{--connect-retry} after the first failure allows, the delay
+        growing from L{RETRY_FIRST} to L{RETRY_MOST}.
+        """
+        span = self.factory.settings.connectRetry
+        if not span or not notReady(reason.value):
+            return False
+        now = self.factory.reactor.seconds()
+        if self.retrying is None:
+            deadline, delay = now + span, RETRY_FIRST
+            self.factory.targetNotReady(reason.getErrorMessage())
+        else:
+            deadline, delay = self.retrying
+        if now >= deadline:
+            self.retrying = None
+            self.factory.targetGivenUp()
+            return False
+        self.retrying = (deadline, min(delay * 2, RETRY_MOST))
+        self.timer = self.factory.reactor.callLater(min(delay, deadline - now), self._retry)
+        return True
+
+    def _retry(self) -> None:
+        self.timer = None
+        self.connect()
 
     def moved(self, direction: int, count: int) -> None:
         """
@@ -267,8 +316,9 @@ class Connection:
         if self.host is None:
             return
         self.log.debug(
-            "{listener} {peer} -> {target}: {up} bytes up, {down} bytes down, "
+            "{route}{listener} {peer} -> {target}: {up} bytes up, {down} bytes down, "
             "{duration:.3f}s, {how}",
+            route=factory.routePrefix,
             listener=describeAddress(self.host),
             peer=describeAddress(self.peer),
             target=str(factory.target),

@@ -13,43 +13,26 @@ follow the connections (the idle exit, STATUS, the drain) watches it.
 from __future__ import annotations
 
 import math
-import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from .acceptor import Acceptor, adoptable
-from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt
+from .activation import HOW_TO_PASS, ActivationError, InheritedSocket
 from .addresses import describeAddress
 from .connection import Connection, Ending
 from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors, raiseSoftLimit
+from .listening import Listener, StartupError, exitAtStartup, openListeners, planListeners
 from .logs import observer
+from .pipes import PipeSweeper
 from .proxy import ProxyFactory, ProxySettings
+from .routes import UNNAMED, RouteError, Routes
 from .target import Target
-
-
-class StartupError(Exception):
-    """
-    The proxy cannot start; the message says why and what to do.
-    """
-
-
-def exitAtStartup(reason: str) -> NoReturn:
-    """
-    Exit 1 with one line on the process's own stderr: under twistd the
-    runner has put its log in C{sys.stderr}'s place by the time services
-    start, and a start-up error is for the operator starting it.
-    """
-    stream = sys.__stderr__ or sys.stderr
-    stream.write(f"socketproxyd: {reason}\n")
-    stream.flush()
-    raise SystemExit(1)
 
 
 class ConnectionWatcher(Protocol):
@@ -76,7 +59,7 @@ class ListenerService(Service):
     def __init__(
         self,
         reactor: object,
-        target: Target,
+        routes: Routes | Target,
         settings: ProxySettings,
         connectionsMax: int = 256,
         findInherited: Callable[[], Sequence[InheritedSocket]] = list,
@@ -91,7 +74,10 @@ class ListenerService(Service):
         self.limitsDescriptors = limitsDescriptors
         self.budget = FdBudget()
         self.budget.onReleased = self._updateAccepting
-        self.factory = ProxyFactory(reactor, target, settings, self, self.budget)
+        self.routes = routes if isinstance(routes, Routes) else Routes(routes)
+        self.settings = settings
+        self.sweeper = PipeSweeper(reactor, self.budget, self.fdsExhausted, settings.pipeSize)
+        self.factories: dict[str | None, ProxyFactory] = {}
         self.watchers: list[ConnectionWatcher] = []
         self.ports: list[IListeningPort] = []
         self.acceptors: list[Acceptor | IListeningPort] = []
@@ -129,48 +115,54 @@ class ListenerService(Service):
             return
         self._opened = True
         try:
-            for inherited in self.findInherited():
-                self._addPort(adopt(self.reactor, inherited, self.factory), inherited.describe())
-            self._listen(self.descriptions)
+            plan = planListeners(
+                self.reactor, self.findInherited(), self.descriptions, self.factoryFor
+            )
+            self.routes.checkUsed(set(self.factories))
+            for listener in openListeners(plan):
+                self.add(listener)
             if not self.ports:
                 raise StartupError(f"no listening socket: {HOW_TO_PASS}")
-        except (ActivationError, StartupError) as e:
+        except (ActivationError, RouteError, StartupError) as e:
             for port in self.ports:
                 port.stopListening()
             exitAtStartup(str(e))
         if self.limitsDescriptors:
             self._sizeToDescriptors(raiseSoftLimit())
 
-    def _listen(self, descriptions: Sequence[str]) -> None:
-        for description in descriptions:
-            try:
-                endpoint = serverFromString(self.reactor, description)
-            except (ValueError, KeyError, TypeError) as e:
-                raise StartupError(
-                    f"--listen={description}: not a server endpoint ({e}); "
-                    f"use e.g. tcp:8080:interface=127.0.0.1 or unix:/run/app.sock"
-                ) from None
-            outcome: list[object] = []
-            endpoint.listen(self.factory).addBoth(outcome.append)
-            if not outcome:
-                raise StartupError(f"--listen={description}: did not bind at once")
-            if isinstance(outcome[0], Failure):
-                reason = outcome[0].getErrorMessage()
-                raise StartupError(f"--listen={description}: cannot listen: {reason}")
-            self._addPort(outcome[0], description)
+    def factoryFor(self, name: str | None, label: str) -> ProxyFactory:
+        """
+        The one factory of the listeners called C{name}, on the target
+        their route gives.
+        """
+        factory = self.factories.get(name)
+        if factory is None:
+            target = self.routes.targetFor(name, label)
+            route = name if name != UNNAMED else None
+            factory = ProxyFactory(
+                self.reactor, target, self.settings, self, self.sweeper, route=route
+            )
+            self.factories[name] = factory
+        return factory
 
-    def _addPort(self, port: IListeningPort, label: str) -> None:
+    def add(self, listener: Listener) -> None:
+        """
+        Serve an open listener: accept on it through an L{Acceptor} where
+        the port allows, as accepting allows.
+        """
+        port, factory = listener.port, listener.factory
         self.ports.append(port)
-        if adoptable(port, self.factory):
-            self.acceptors.append(Acceptor(self.reactor, port, self, self.factory.accepted))
+        if adoptable(port, factory):
+            self.acceptors.append(Acceptor(self.reactor, port, self, factory.accepted))
         elif hasattr(port, "stopReading"):
             port.stopReading()
             self.acceptors.append(port)
         self._accepting = False
         self.log.info(
-            "Listening on {address} ({label})",
+            "Listening on {address} ({label}) for {target}",
             address=describeAddress(port.getHost()),
-            label=label,
+            label=listener.label,
+            target=str(factory.target),
         )
 
     def _sizeToDescriptors(self, softLimit: int) -> None:
@@ -316,6 +308,12 @@ class ListenerService(Service):
         if self._exhaustionSaid and not self._exhausted:
             self._exhaustionSaid = False
             self.log.info("File descriptors available again; accepting")
+
+    def countsByRoute(self) -> Counter[str]:
+        """
+        How many connections are open per named listener.
+        """
+        return Counter(c.factory.route for c in self.connections if c.factory.route is not None)
 
     def closeAll(self) -> None:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from .splice import SplicePump
 
 PIPE_SIZE = 256 * 1024
+MIN_PIPE_SIZE = 4096
+_SIZE = re.compile(r"([0-9]+)([KMG]?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def available() -> bool:
@@ -31,20 +35,50 @@ def available() -> bool:
     return hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 
+def pipeMaxSize() -> int:
+    """
+    The largest pipe an unprivileged process may ask for
+    (C{fs.pipe-max-size}); 1 MiB, the kernel's default, where unknown.
+    """
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def parsePipeSize(text: str) -> int:
+    """
+    A C{--pipe-size}: bytes, or with a binary K, M or G suffix, from 4 KiB
+    to L{pipeMaxSize}.
+
+    @raise ValueError: saying what is accepted.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    limit = pipeMaxSize()
+    size = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
+    if not MIN_PIPE_SIZE <= size <= limit:
+        raise ValueError(
+            f"--pipe-size={text!r}: give a size from 4K to {limit} bytes "
+            f"(fs.pipe-max-size), e.g. 64K or 1M"
+        )
+    return size
+
+
 class Pipe:
     """
     A non-blocking pipe pair sized for bulk transfers: as large as the
-    system allows up to L{PIPE_SIZE} (C{F_SETPIPE_SZ} is capped by
+    system allows up to C{size} (C{F_SETPIPE_SZ} is capped by
     C{fs.pipe-max-size} and shrinks once the user's pipe memory is used
     up), the size it got read back.
     """
 
     __slots__ = ("read", "write", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = PIPE_SIZE) -> None:
         self.read, self.write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            fcntl.fcntl(self.write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(self.write, fcntl.F_SETPIPE_SZ, size)
         except OSError:
             pass
         self.size = fcntl.fcntl(self.write, fcntl.F_GETPIPE_SZ)
@@ -61,6 +95,7 @@ class PipeSweeper:
     one interval.
 
     @ivar outOfFds: called when a pipe could not be opened for want of fds.
+    @ivar pipeSize: the size of pipe to ask for (C{--pipe-size}).
     """
 
     interval = 1.0
@@ -70,8 +105,10 @@ class PipeSweeper:
         clock: IReactorTime,
         budget: FdBudget | None = None,
         outOfFds: Callable[[], None] = lambda: None,
+        pipeSize: int = PIPE_SIZE,
     ) -> None:
         self.clock = clock
+        self.pipeSize = pipeSize
         self.budget = budget if budget is not None else FdBudget()
         self.outOfFds = outOfFds
         self.holders: set[SplicePump] = set()

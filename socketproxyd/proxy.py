@@ -15,14 +15,15 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ServerFactory
+from twisted.logger import Logger
 
 from .addresses import socketAddress
 from .connection import Connection
-from .fdlimit import FdBudget
-from .logs import debugEnabled
-from .pipes import PipeSweeper
+from .logs import debugEnabled, observer
+from .pipes import PIPE_SIZE, PipeSweeper
 from .pipes import available as spliceAvailable
 from .splice import SplicePump
+from .timespan import formatTimespan
 from .transportpump import ClientProtocol, ServerProtocol
 
 
@@ -56,6 +57,10 @@ class ProxySettings:
     @ivar proxyProtocol: C{None}, C{"v1"} or C{"v2"}.
     @ivar dataPath: C{"auto"} or C{"splice"} (the splice pump where the
         platform has splice(2)), or C{"transport"} (Twisted transports).
+    @ivar connectRetry: seconds after a client arrives during which a
+        target that refuses or does not exist yet is tried again; 0 for
+        never.
+    @ivar pipeSize: the pipe size the splice pump asks for.
     """
 
     connectTimeout: float = 30.0
@@ -63,17 +68,22 @@ class ProxySettings:
     keepalive: bool = False
     proxyProtocol: str | None = None
     dataPath: str = "auto"
+    connectRetry: float = 0.0
+    pipeSize: int = PIPE_SIZE
 
 
 class ProxyFactory(ServerFactory):
     """
-    Builds a connection for every client accepted on any listener, all
-    forwarded to one target.
+    Builds a connection for every client accepted on the listeners of one
+    route, all forwarded to its target.
 
     Clients come two ways: as bare sockets from the proxy's own acceptors
     (L{accepted}), or as protocols Twisted builds for a port it accepts on
     itself (L{buildProtocol}, e.g. a TLS C{--listen}).
 
+    @ivar route: the name of the listeners whose clients these are, if
+        they have one; C{routePrefix} puts it first in their log lines.
+    @ivar sweeper: the pipe sweeper every route shares.
     @ivar endpoint: the target's client endpoint, shared by all connections.
     @ivar splices: whether accepted sockets go to the splice pump (the data
         path allows it and the platform has splice(2)).
@@ -88,6 +98,7 @@ class ProxyFactory(ServerFactory):
 
     protocol = ServerProtocol
     noisy = False
+    log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -95,12 +106,15 @@ class ProxyFactory(ServerFactory):
         target: object,
         settings: ProxySettings,
         tracker: ConnectionTracker,
-        budget: FdBudget | None = None,
+        sweeper: PipeSweeper | None = None,
+        route: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.target = target
         self.settings = settings
         self.tracker = tracker
+        self.route = route
+        self.routePrefix = f"{route}: " if route is not None else ""
         self.endpoint = target.endpoint(reactor, settings.connectTimeout)
         self.splices = settings.dataPath != "transport" and spliceAvailable()
         self.bareConnector = None
@@ -109,7 +123,42 @@ class ProxyFactory(ServerFactory):
         self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False
-        self.sweeper = PipeSweeper(reactor, budget, tracker.fdsExhausted)
+        if sweeper is None:
+            sweeper = PipeSweeper(reactor, outOfFds=tracker.fdsExhausted)
+        self.sweeper = sweeper
+        self.waitingForTarget = False
+
+    def targetNotReady(self, why: str) -> None:
+        """
+        A connection found the target not ready and will try again: said
+        once per episode.
+        """
+        if not self.waitingForTarget:
+            self.waitingForTarget = True
+            self.log.warn(
+                "{route}{target} is not ready ({why}); clients wait up to {span} for it",
+                route=self.routePrefix,
+                target=str(self.target),
+                why=why,
+                span=formatTimespan(self.settings.connectRetry),
+            )
+
+    def targetReady(self) -> None:
+        """
+        A connection that waited for the target reached it.
+        """
+        if self.waitingForTarget:
+            self.waitingForTarget = False
+            self.log.info(
+                "{route}{target} is ready", route=self.routePrefix, target=str(self.target)
+            )
+
+    def targetGivenUp(self) -> None:
+        """
+        A connection stopped waiting for the target: the next to wait says
+        so again.
+        """
+        self.waitingForTarget = False
 
     def accepted(self, sock: socket.socket, address: object) -> None:
         """

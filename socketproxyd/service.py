@@ -21,6 +21,7 @@ from .listeners import ListenerService
 from .logs import observer
 from .notify import Notifier
 from .proxy import ProxySettings
+from .routes import Routes
 from .target import Target
 from .timespan import formatTimespan
 
@@ -150,7 +151,12 @@ class StatusService(Service):
 
     def _status(self) -> str:
         listeners = self.listeners
-        return f"{len(listeners.connections)} connections open (at most {listeners.capacity})"
+        status = f"{len(listeners.connections)} connections open (at most {listeners.capacity})"
+        routes = sorted(f.route for f in listeners.factories.values() if f.route is not None)
+        if routes:
+            counts = listeners.countsByRoute()
+            status += ": " + ", ".join(f"{route} {counts[route]}" for route in routes)
+        return status
 
     def startService(self) -> None:
         super().startService()
@@ -189,7 +195,7 @@ class ProxyService(MultiService):
     def __init__(
         self,
         reactor: object,
-        target: Target,
+        routes: Routes | Target,
         settings: ProxySettings,
         connectionsMax: int = 256,
         exitIdleTime: float = math.inf,
@@ -202,7 +208,7 @@ class ProxyService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.listeners = ListenerService(
-            reactor, target, settings, connectionsMax, findInherited, listen, limitsDescriptors
+            reactor, routes, settings, connectionsMax, findInherited, listen, limitsDescriptors
         )
         notifier = notifier if notifier is not None else Notifier(reactor, {})
         drain = DrainService(reactor, self.listeners, drainTimeout)

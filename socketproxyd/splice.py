@@ -143,24 +143,27 @@ class SplicePump:
     def allocatePipes(self) -> None:
         """
         Open the pipes of both directions together, if the sweeper allows
-        it; otherwise (or if the system is out of fds, or the pipes are
-        smaller than the copy buffer, which would make splicing slower than
-        copying) the connection keeps copying through the shared buffer,
-        which needs no fd.
+        it; otherwise (or if the system is out of fds, or the kernel made
+        the pipes smaller than asked and than the copy buffer, which would
+        make splicing slower than copying) the connection keeps copying
+        through the shared buffer, which needs no fd.
         """
-        if not self.sweeper.acquire(self):
+        sweeper = self.sweeper
+        if not sweeper.acquire(self):
             return
         try:
             for end in self.ends:
-                end.pipe = Pipe()
+                end.pipe = Pipe(sweeper.pipeSize)
         except OSError as e:
             self.releasePipes()
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 self.sweeper.outOfFds()
             return
-        if min(self.upstream.pipe.size, self.downstream.pipe.size) < COPY_SIZE:
+        if min(self.upstream.pipe.size, self.downstream.pipe.size) < min(
+            COPY_SIZE, sweeper.pipeSize
+        ):
             self.releasePipes()
-            self.sweeper.tooSmall()
+            sweeper.tooSmall()
 
     def _stop(self) -> None:
         if self.running:

@@ -19,14 +19,16 @@ from .activation import InheritedSocket, inheritedSockets
 from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
 from .pipes import available as spliceAvailable
+from .pipes import parsePipeSize
 from .proxy import ProxySettings
+from .routes import RouteError, Routes, parseNamedTarget, splitListen
 from .service import ProxyService
 from .target import parseTarget
 from .timespan import parseTimespan
 
 PROGRAM = "socketproxyd"
 _DECIMAL = re.compile(r"\s*[0-9]+\s*")
-_SPANS = ("exit-idle-time", "connect-timeout", "idle-timeout", "drain-timeout")
+_SPANS = ("exit-idle-time", "connect-timeout", "connect-retry", "idle-timeout", "drain-timeout")
 
 
 def _connectionsMax(text: str) -> int:
@@ -66,11 +68,13 @@ class Options(usage.Options):
     (twistd itself would print the whole help and exit 0).
     """
 
-    synopsis = "[OPTIONS] TARGET"
+    synopsis = "[OPTIONS] [TARGET]"
     longdesc = (
         "Accept clients on the listening sockets passed in by socket activation "
         "(and on --listen endpoints) and forward each to TARGET: HOST:PORT, "
-        "[IPv6]:PORT, /path/to/unix.socket or @abstract."
+        "[IPv6]:PORT, /path/to/unix.socket or @abstract. --target=NAME=TARGET "
+        "sends the clients of the listeners named NAME (FileDescriptorName=, "
+        "--listen=NAME=ENDPOINT) elsewhere; TARGET serves all others."
     )
     optFlags = [
         ["keepalive", None, "Enable TCP keepalive on both sockets of every connection."],
@@ -83,6 +87,10 @@ class Options(usage.Options):
          "Exit after this time span with no open connection.", _span("exit-idle-time")],
         ["connect-timeout", None, "30s",
          "Give up connecting to TARGET after this time span.", _span("connect-timeout")],
+        ["connect-retry", None, "0",
+         "Keep trying a TARGET that refuses or does not exist yet for this time "
+         "span after a client arrives, the client waiting (0: off).",
+         _span("connect-retry")],
         ["idle-timeout", None, "infinity",
          "Close a connection that moved no byte for this time span.",
          _span("idle-timeout")],
@@ -95,6 +103,9 @@ class Options(usage.Options):
         ["data-path", None, "auto",
          "auto (splice(2) where possible), splice, or transport (Twisted transports).",
          _choice("data-path", ("auto", "splice", "transport"))],
+        ["pipe-size", None, "256K",
+         "Pipe size of the splice data path, in bytes or with K or M "
+         "(4K to fs.pipe-max-size).", parsePipeSize],
         ["log-level", None, None,
          "debug, info, warning or error [default: info, or SYSTEMD_LOG_LEVEL].",
          _choice("log-level", tuple(LEVELS))],
@@ -105,12 +116,29 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["targets"] = {}
 
     def opt_listen(self, description: str) -> None:
         """
-        Also listen on a server endpoint (tcp:8080, unix:/run/a.sock); repeatable.
+        Also listen on [NAME=]ENDPOINT (tcp:8080, web=unix:/run/a.sock); repeatable.
         """
+        try:
+            splitListen(description)
+        except RouteError as e:
+            raise usage.UsageError(str(e)) from None
         self["listen"].append(description)
+
+    def opt_target(self, route: str) -> None:
+        """
+        NAME=TARGET: clients of the listeners named NAME go to TARGET; repeatable.
+        """
+        try:
+            name, target = parseNamedTarget(route)
+        except RouteError as e:
+            raise usage.UsageError(str(e)) from None
+        if name in self["targets"]:
+            raise usage.UsageError(f"--target={route}: {name!r} has a target already")
+        self["targets"][name] = target
 
     def opt_h(self) -> None:
         """
@@ -126,22 +154,28 @@ class Options(usage.Options):
         sys.exit(0)
 
     def parseArgs(self, *targets: str) -> None:
-        if not targets:
-            raise usage.UsageError(
-                "TARGET is missing: give HOST:PORT, [IPv6]:PORT, /path/to/socket or @abstract"
-            )
         if len(targets) > 1:
             raise usage.UsageError(f"one TARGET expected, got {len(targets)}: {targets}")
-        self["target-text"] = targets[0]
+        self["target-text"] = targets[0] if targets else None
 
     def postOptions(self) -> None:
         for option in _SPANS:
             if isinstance(self[option], str):
                 self[option] = parseTimespan(self[option])
-        try:
-            self["target"] = parseTarget(self["target-text"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+        if isinstance(self["pipe-size"], str):
+            self["pipe-size"] = parsePipeSize(self["pipe-size"])
+        if self["target-text"] is None and not self["targets"]:
+            raise usage.UsageError(
+                "TARGET is missing: give HOST:PORT, [IPv6]:PORT, /path/to/socket or "
+                "@abstract, or --target=NAME=TARGET"
+            )
+        default = None
+        if self["target-text"] is not None:
+            try:
+                default = parseTarget(self["target-text"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        self["routes"] = Routes(default, self["targets"])
         if self["data-path"] == "splice" and not spliceAvailable():
             raise usage.UsageError("--data-path=splice needs Linux splice(2)")
         if self["log-level"] is None:
@@ -165,6 +199,8 @@ class Options(usage.Options):
             keepalive=bool(self["keepalive"]),
             proxyProtocol=self["proxy-protocol"],
             dataPath=self["data-path"],
+            connectRetry=self["connect-retry"],
+            pipeSize=self["pipe-size"],
         )
 
 
@@ -186,7 +222,7 @@ def makeService(
     useJournalIfThere()
     return ProxyService(
         reactor,
-        config["target"],
+        config["routes"],
         config.settings(),
         connectionsMax=config["connections-max"],
         exitIdleTime=config["exit-idle-time"],

@@ -77,7 +77,7 @@ class _ProxyTestMixin:
 
     def startProxy(
         self,
-        target: str,
+        target: str | None,
         *args: str,
         listeners: tuple[str, ...] = ("ipv4",),
         fdnames: list[str] | None = None,
@@ -86,15 +86,15 @@ class _ProxyTestMixin:
     ) -> tuple[ProxyProcess, list[str]]:
         """
         Start the proxy (behind C{prefix}, a command that execs it) with
-        listening sockets of the given kinds; the addresses clients connect
-        to.
+        listening sockets of the given kinds, and C{target} unless it is
+        C{None}; the addresses clients connect to.
         """
         sockets, addresses = [], []
         for kind in listeners:
             sock, address = listeningSocket(self, kind)
             sockets.append(sock)
             addresses.append(address)
-        command = [*prefix, *self.command, *self.options, *args, target]
+        command = [*prefix, *self.command, *self.options, *args, *([target] if target else [])]
         process = ProxyProcess(self, command, sockets, fdnames=fdnames, env=env)
         for sock in sockets:
             sock.close()

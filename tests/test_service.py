@@ -15,6 +15,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.connection import Ending
+from socketproxyd.listening import Listener
 from socketproxyd.proxy import ProxySettings
 from socketproxyd.service import ProxyService
 from socketproxyd.target import parseTarget
@@ -66,8 +67,9 @@ class ServiceTestCase(SynchronousTestCase):
         self.reactor.running = True
         service = ProxyService(self.reactor, parseTarget("127.0.0.1:1"), ProxySettings(), **kwargs)
         ports = [FakePort(), FakePort()]
+        listeners = service.listeners
         for i, port in enumerate(ports):
-            service.listeners._addPort(port, f"test {i}")
+            listeners.add(Listener(port, f"test {i}", None, listeners.factoryFor(None, "test")))
         return service, ports
 
 

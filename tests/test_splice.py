@@ -545,7 +545,7 @@ class SplicePumpTests(SynchronousTestCase):
         """
         self.sweeper.budget = FdBudget(1000)
 
-        def exhausted() -> object:
+        def exhausted(size: int) -> object:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
         self.patch(splice, "Pipe", exhausted)
@@ -561,17 +561,17 @@ class SplicePumpTests(SynchronousTestCase):
 
     def test_smallPipesNotUsed(self) -> None:
         """
-        Pipes the kernel makes smaller than the copy buffer (as it does once
-        a user's pipe memory is used up) are closed at once and not tried
+        Pipes the kernel makes smaller than asked and than the copy buffer
+        (as it does once a user's pipe memory is used up) are closed at once and not tried
         again for a sweep interval; bulk data goes on through the copy
         buffer.
         """
-        self.patch(pipes, "PIPE_SIZE", 4096)
         realPipe = splice.Pipe
         opened: list[object] = []
 
-        def countingPipe() -> object:
-            pipe = realPipe()
+        def countingPipe(size: int) -> object:
+            self.assertEqual(size, pipes.PIPE_SIZE)
+            pipe = realPipe(4096)
             opened.append(pipe)
             return pipe
 

@@ -49,7 +49,12 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["drain-timeout"], 0.0)
         self.assertEqual(options["listen"], [])
         self.assertEqual(options["log-level"], "info")
-        self.assertEqual(options["target"], Target("ipv4", "127.0.0.1", 80))
+        self.assertEqual(options["routes"].default, Target("ipv4", "127.0.0.1", 80))
+        self.assertEqual(options["routes"].named, {})
+        self.assertEqual(options["connect-retry"], 0.0)
+        self.assertEqual(options["pipe-size"], 256 * 1024)
+        settings = options.settings()
+        self.assertEqual((settings.connectRetry, settings.pipeSize), (0.0, 256 * 1024))
 
     def test_connectionsMaxDecimal(self) -> None:
         """
@@ -78,6 +83,63 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("TARGET is missing", self.rejected())
         self.assertIn("one TARGET expected", self.rejected("a:1", "b:2"))
         self.assertIn("99999", self.rejected("127.0.0.1:99999"))
+
+    def test_namedTargets(self) -> None:
+        """
+        C{--target=NAME=TARGET} is repeatable and split at the first C{=};
+        with it the positional TARGET may be left out.
+        """
+        options = self.parse("--target=web=/run/a=b.sock", "--target", "db=[::1]:5432")
+        self.assertEqual(
+            options["routes"].named,
+            {"web": Target("unix", "/run/a=b.sock"), "db": Target("ipv6", "::1", 5432)},
+        )
+        self.assertIsNone(options["routes"].default)
+        options = self.parse("--target=web=127.0.0.1:80", "127.0.0.1:81")
+        self.assertEqual(options["routes"].default, Target("ipv4", "127.0.0.1", 81))
+
+    def test_badNamedTargets(self) -> None:
+        """
+        A NAME given twice, a bad NAME, a missing C{=} and a bad TARGET are
+        each one line naming the option.
+        """
+        self.assertIn(
+            "'web' has a target already", self.rejected("--target=web=a:1", "--target=web=b:2")
+        )
+        self.assertIn("not a listener name", self.rejected("--target==a:1"))
+        self.assertIn("not a listener name", self.rejected("--target=a b=a:1"))
+        self.assertIn("give NAME=TARGET", self.rejected("--target=web"))
+        self.assertIn("--target=web=a:99999", self.rejected("--target=web=a:99999"))
+        self.assertIn("--target=NAME=TARGET", self.rejected())
+
+    def test_listenNames(self) -> None:
+        """
+        C{--listen=NAME=ENDPOINT} names the listener; an endpoint's own C{=}
+        (after a C{:}) does not.
+        """
+        from socketproxyd.routes import splitListen
+
+        self.assertEqual(splitListen("web=tcp:80:interface=::1"), ("web", "tcp:80:interface=::1"))
+        self.assertEqual(splitListen("tcp:80:interface=::1"), (None, "tcp:80:interface=::1"))
+        self.assertEqual(splitListen("unix:/run/a=b"), (None, "unix:/run/a=b"))
+        self.assertEqual(self.parse("--listen=db=tcp:0", "x:1")["listen"], ["db=tcp:0"])
+        self.assertIn("not a listener name", self.rejected("--listen==tcp:0", "x:1"))
+
+    def test_connectRetry(self) -> None:
+        self.assertEqual(self.parse("--connect-retry=5s", "x:1").settings().connectRetry, 5.0)
+        self.assertIn("--connect-retry", self.rejected("--connect-retry=later", "x:1"))
+
+    def test_pipeSize(self) -> None:
+        """
+        C{--pipe-size} takes bytes or K/M, from 4 KiB to fs.pipe-max-size.
+        """
+        from socketproxyd.pipes import pipeMaxSize
+
+        self.assertEqual(self.parse("--pipe-size=64K", "x:1").settings().pipeSize, 65536)
+        self.assertEqual(self.parse("--pipe-size=4096", "x:1")["pipe-size"], 4096)
+        self.assertEqual(self.parse("--pipe-size=16k", "x:1")["pipe-size"], 16384)
+        for bad in ["4095", "0", "big", "-1", "1.5M", str(pipeMaxSize() + 1)]:
+            self.assertIn("--pipe-size", self.rejected(f"--pipe-size={bad}", "x:1"))
 
     def test_listenRepeatable(self) -> None:
         options = self.parse("--listen=tcp:0", "--listen", "unix:/tmp/x", "x:1")
@@ -131,3 +193,20 @@ class MakeServiceTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         self.assertEqual(calls, ["inherited"])
         self.assertEqual(len(reactor.tcpServers), 1)
+
+
+class DocumentationTests(SynchronousTestCase):
+    """
+    README.rst documents every option C{--help} lists.
+    """
+
+    def test_everyOptionInReadme(self) -> None:
+        from pathlib import Path
+
+        readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+        options = Options()
+        names = [p[0] for p in options.optParameters + options.optFlags]
+        names += [n for n in ("listen", "target", "version") if hasattr(options, f"opt_{n}")]
+        self.assertGreater(len(names), 12)
+        for name in names:
+            self.assertIn(f"``--{name}", readme, name)
