@@ -523,6 +523,28 @@ class SplicePumpTests(SynchronousTestCase):
         self.assertEqual(self.sweeper.holders, set())
         self.assertEqual(self.connection.counts(), (splice.COPY_SIZE + 1, 0))
 
+    def test_pipeSize(self) -> None:
+        """
+        Pipes are the size the sweeper asks for (C{--pipe-size}), a size
+        below the copy buffer's included, and bulk goes through them whole.
+        """
+        for size in (4096, 65536, 1 << 20):
+            if size > pipes.pipeMaxSize():
+                continue
+            self.sweeper.pipeSize = size
+            data = bytes(range(256)) * (3 * splice.COPY_SIZE // 256)
+            self.client.sendall(data[: splice.COPY_SIZE])
+            self.clientEnd.doRead()
+            self.assertEqual(self.pump.upstream.pipe.size, size)
+            self.assertEqual(self.pump.downstream.pipe.size, size)
+            self.client.sendall(data[splice.COPY_SIZE :])
+            received = recvAll(self.target)
+            while len(received) < len(data):
+                self.clientEnd.doRead()
+                received += recvAll(self.target)
+            self.assertEqual(received, data)
+            self.pump.releasePipes()
+
     def test_budgetFullKeepsCopying(self) -> None:
         """
         With no room for a pipe pair in the fd budget, bulk data goes on
