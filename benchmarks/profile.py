@@ -3,6 +3,7 @@ Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
     python benchmarks/profile.py connections|requests|split [--seconds 4] [--data-path auto]
+        [--unix-target]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -48,12 +49,15 @@ def _gibibytes(port: int, seconds: int, extra: list[str]) -> float:
     return _iperf(port, seconds, extra)[1] / GiB
 
 
-def split(seconds: int, dataPath: str) -> None:
+def split(seconds: int, dataPath: str, unixTarget: bool = False) -> None:
     """
     User and system CPU of each proxy per connection at its full
-    new-connection rate, and per GiB of one bulk stream each way.
+    new-connection rate (to nginx on TCP, or on its UNIX socket), and per
+    GiB of one bulk stream each way.
     """
     routes = proxyRoutes(dataPath, floor=True)
+    if unixTarget:
+        routes = [route for route in routes if route.unixTarget]
 
     def measure(
         route: Route, unit: str, scale: float, action: Callable[..., float], *args: object
@@ -66,16 +70,19 @@ def split(seconds: int, dataPath: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         nginx = Nginx(Path(tmp))
-        print("new connections (wrk, Connection: close, 32 at a time):")
+        target = nginx.unixPath if unixTarget else nginx.port
+        print(f"new connections to {target} (wrk, Connection: close, 32 at a time):")
         try:
             for route in routes:
-                port = route.start(nginx.port)
+                port = route.start(target)
                 try:
                     measure(route, "us/conn", 1e6, _connections, port, seconds)
                 finally:
                     route.stop()
         finally:
             nginx.stop()
+    if unixTarget:
+        return
     with iperfServer() as serverPort:
         for label, extra in DIRECTIONS:
             print(f"bulk {label} (iperf3, one stream):")
@@ -92,13 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("scenario", choices=["connections", "requests", "split"])
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--data-path", default="auto")
+    parser.add_argument(
+        "--unix-target", action="store_true", help="new connections to nginx's UNIX socket"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
     args = parser.parse_args(argv)
     ensureTools()
     if args.scenario == "split":
-        split(args.seconds, args.data_path)
+        split(args.seconds, args.data_path, args.unix_target)
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
              f"--data-path={args.data_path}"],
         )  # fmt: skip
         try:
-            port = route.start(nginx.port)
+            port = route.start(nginx.unixPath if args.unix_target else nginx.port)
             close = args.scenario == "connections"
             rate, p99 = _wrk(port, args.seconds, 32 if close else 64, close)
             route.stop()

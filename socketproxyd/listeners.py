@@ -73,7 +73,7 @@ class ListenerService(Service):
         self.descriptions = listen
         self.limitsDescriptors = limitsDescriptors
         self.budget = FdBudget()
-        self.budget.onReleased = self._updateAccepting
+        self.budget.onReleased = self._released
         self.routes = routes if isinstance(routes, Routes) else Routes(routes)
         self.settings = settings
         self.sweeper = PipeSweeper(reactor, self.budget, self.fdsExhausted, settings.pipeSize)
@@ -215,6 +215,14 @@ class ListenerService(Service):
                 self._limitLogged = now
                 self._limitHits = 0
 
+    def _released(self) -> None:
+        """
+        Descriptors were given back: accept again if that was what stopped
+        it (while accepting, freeing cannot change anything).
+        """
+        if not self._accepting:
+            self._updateAccepting()
+
     def _changed(self) -> None:
         count = len(self.connections)
         for watcher in self.watchers:
@@ -224,10 +232,14 @@ class ListenerService(Service):
         """
         Count a new connection; at the limit, stop accepting.
         """
-        self.connections.add(connection)
-        self.budget.take(FDS_PER_CONNECTION)
-        self._updateAccepting()
-        self._changed()
+        connections = self.connections
+        connections.add(connection)
+        budget = self.budget
+        budget.take(FDS_PER_CONNECTION)
+        if len(connections) >= self.capacity or budget.free < FDS_PER_CONNECTION:
+            self._updateAccepting()
+        if self.watchers:
+            self._changed()
 
     def connectionClosed(self, connection: Connection) -> None:
         """
@@ -239,7 +251,8 @@ class ListenerService(Service):
             self.budget.give(FDS_PER_CONNECTION)
         if self._exhausted or self._waiting:
             self._lookAgain()
-        self._changed()
+        if self.watchers:
+            self._changed()
 
     def fdsExhausted(self) -> None:
         """

@@ -112,12 +112,12 @@ class SplicePump:
                 if end.socket.family != socket.AF_UNIX:
                     end.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.running = True
-        self.reactor.addReader(downstream)
+        downstream.startReading()
         if preamble:
             upstream.backlog = preamble
             if not upstream.flush():
                 return
-        self.reactor.addReader(upstream)
+        upstream.startReading()
         upstream.fill()
 
     @property
@@ -168,10 +168,11 @@ class SplicePump:
     def _stop(self) -> None:
         if self.running:
             self.running = False
-            for end in self.ends:
-                self.reactor.removeReader(end)
-                self.reactor.removeWriter(end)
-            self.releasePipes()
+            for end in (self.upstream, self.downstream):
+                end.stopReading()
+                end.stopWriting()
+            if self in self.sweeper.holders:
+                self.releasePipes()
 
     def close(self) -> None:
         """

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from .splice import SplicePump
 
 ROUNDS = 8
+COPY_ROUNDS = (1, 2)
+"""
+Reads per wake-up of the copy path, by direction: a server's end of stream
+often comes with its last reply, a client's seldom with its request.
+"""
 COPY_SIZE = 64 * 1024
 _copyBuffer = bytearray(COPY_SIZE)
 _copyView = memoryview(_copyBuffer)
@@ -38,21 +43,26 @@ class SpliceEnd:
     One socket of a spliced connection, with the state of the direction
     its bytes leave by.
 
+    @ivar fileno: the socket's own C{fileno} (the reactor asks for it on
+        every registration and event; -1 once the socket is closed).
     @ivar direction: the direction this socket is the source of.
     @ivar ended: whether its source sent its end of stream.
     @ivar shutting: whether its destination is to be shut down once what
         is in flight is out.
     @ivar shut: whether it has been.
+    @ivar reading: whether it is a reader in the reactor.
+    @ivar writing: whether it is a writer in the reactor.
     """
 
     __slots__ = (
-        "pump", "socket", "direction", "peer",
-        "pipe", "pending", "backlog", "ended", "shutting", "shut",
+        "pump", "socket", "fileno", "direction", "peer", "pipe", "pending",
+        "backlog", "ended", "shutting", "shut", "reading", "writing",
     )  # fmt: skip
 
     def __init__(self, pump: SplicePump, sock: socket.socket, direction: int) -> None:
         self.pump = pump
         self.socket = sock
+        self.fileno = sock.fileno
         self.direction = direction
         self.peer: SpliceEnd
         self.pipe: Pipe | None = None
@@ -61,9 +71,8 @@ class SpliceEnd:
         self.ended = False
         self.shutting = False
         self.shut = False
-
-    def fileno(self) -> int:
-        return self.socket.fileno()
+        self.reading = False
+        self.writing = False
 
     def logPrefix(self) -> str:
         return "splice"
@@ -77,7 +86,32 @@ class SpliceEnd:
             self.peer.drain()
 
     def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor saw a hang-up or an error, and took the socket out of
+        its readers and writers.
+        """
+        self.reading = self.writing = False
         self.pump.lost(self, reason)
+
+    def startReading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            self.pump.reactor.addReader(self)
+
+    def stopReading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.pump.reactor.removeReader(self)
+
+    def startWriting(self) -> None:
+        if not self.writing:
+            self.writing = True
+            self.pump.reactor.addWriter(self)
+
+    def stopWriting(self) -> None:
+        if self.writing:
+            self.writing = False
+            self.pump.reactor.removeWriter(self)
 
     def inFlight(self) -> bool:
         return bool(self.pending or self.backlog)
@@ -137,34 +171,45 @@ class SpliceEnd:
         two system calls as splicing, without opening a pipe pair. A read
         that fills the buffer means bulk data: the connection opens its
         pipes and splices from then on.
+
+        After a short reply is out, the target is read once more: a server
+        that closes after its reply (HTTP with C{Connection: close}, most
+        one-shot protocols) has usually sent its end of stream with it,
+        and finding it now saves a whole reactor wake-up per connection,
+        for one C{EAGAIN} where the connection stays open.
         """
-        try:
-            moved = self.socket.recv_into(_copyBuffer)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.pump.connection.failed()
-            return
-        if moved == 0:
-            self.sourceEnded()
-            return
-        try:
-            sent = self.peer.socket.send(_copyView[:moved])
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.pump.connection.failed()
-            return
-        if sent < moved:
-            self.backlog = bytes(_copyView[sent:moved])
-            self.waitForDestination()
-        elif moved == COPY_SIZE:
-            self.pump.allocatePipes()
-        self.moved(moved)
+        sock, peer = self.socket, self.peer.socket
+        for _ in range(COPY_ROUNDS[self.direction]):
+            try:
+                moved = sock.recv_into(_copyBuffer)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.pump.connection.failed()
+                return
+            if moved == 0:
+                self.sourceEnded()
+                return
+            try:
+                sent = peer.send(_copyView[:moved])
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.pump.connection.failed()
+                return
+            if sent < moved:
+                self.backlog = bytes(_copyView[sent:moved])
+                self.waitForDestination()
+                self.moved(moved)
+                return
+            self.moved(moved)
+            if moved == COPY_SIZE:
+                self.pump.allocatePipes()
+                return
 
     def sourceEnded(self) -> None:
         self.ended = True
-        self.pump.reactor.removeReader(self)
+        self.stopReading()
         self.pump.connection.readEnded(self.direction)
 
     def shutWhenFlushed(self) -> None:
@@ -195,9 +240,8 @@ class SpliceEnd:
         Stop reading until the peer takes what is in flight: this is the
         flow control.
         """
-        reactor = self.pump.reactor
-        reactor.removeReader(self)
-        reactor.addWriter(self.peer)
+        self.stopReading()
+        self.peer.startWriting()
 
     def flush(self) -> bool:
         """
@@ -225,7 +269,7 @@ class SpliceEnd:
             self.waitForDestination()
             return False
         if self.shutting:
-            self.pump.reactor.removeWriter(destination)
+            destination.stopWriting()
             self.shutDestination()
             return False
         return True
@@ -236,7 +280,6 @@ class SpliceEnd:
         then read the socket again.
         """
         if self.flush():
-            reactor = self.pump.reactor
-            reactor.removeWriter(self.peer)
+            self.peer.stopWriting()
             if not self.ended:
-                reactor.addReader(self)
+                self.startReading()
