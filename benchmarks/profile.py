@@ -3,7 +3,7 @@ Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
     python benchmarks/profile.py connections|requests|split [--seconds 4] [--data-path auto]
-        [--unix-target]
+        [--unix-target] [--routed]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -38,6 +38,7 @@ from run import (  # noqa: E402
     iperfServer,
     measureCpu,
     proxyRoutes,
+    socketproxyd,
 )
 
 
@@ -49,13 +50,16 @@ def _gibibytes(port: int, seconds: int, extra: list[str]) -> float:
     return _iperf(port, seconds, extra)[1] / GiB
 
 
-def split(seconds: int, dataPath: str, unixTarget: bool = False) -> None:
+def split(seconds: int, dataPath: str, unixTarget: bool = False, routed: bool = False) -> None:
     """
     User and system CPU of each proxy per connection at its full
     new-connection rate (to nginx on TCP, or on its UNIX socket), and per
-    GiB of one bulk stream each way.
+    GiB of one bulk stream each way; with C{routed}, socketproxyd also with
+    its socket named and routed by C{--target=NAME=TARGET}.
     """
     routes = proxyRoutes(dataPath, floor=True)
+    if routed:
+        routes.append(socketproxyd("spx routed", dataPath, fdname="web"))
     if unixTarget:
         routes = [route for route in routes if route.unixTarget]
 
@@ -102,13 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--unix-target", action="store_true", help="new connections to nginx's UNIX socket"
     )
+    parser.add_argument(
+        "--routed", action="store_true", help="split: also socketproxyd with a named route"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
     args = parser.parse_args(argv)
     ensureTools()
     if args.scenario == "split":
-        split(args.seconds, args.data_path, args.unix_target)
+        split(args.seconds, args.data_path, args.unix_target, args.routed)
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"

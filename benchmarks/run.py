@@ -4,6 +4,7 @@ Side-by-side benchmarks: a direct connection, the C original
 on loopback, each proxy pinned to one core.
 
     python benchmarks/run.py [--quick] [--runs N] [--only NAME,...] [--data-path auto] [--floor]
+        [--pipe-sizes 64K,256K,1M]
 
 Installs iperf3, wrk and nginx from Debian when missing (as root), starts
 every process itself, bounds every step in time, and prints a table of
@@ -137,6 +138,11 @@ class Route:
     Whether it can reach a UNIX socket backend (wrk cannot connect to one
     directly, and the floor takes only IPv4 targets).
     """
+    fdname: str | None = None
+    """
+    With a name, the listening socket is passed under it (LISTEN_FDNAMES)
+    and the target given as C{--target=NAME=TARGET}: a routed proxy.
+    """
     process: subprocess.Popen | None = None
     port: int = 0
 
@@ -166,6 +172,9 @@ class Route:
         )
         fd = listener.fileno()
         target = backend if isinstance(backend, str) else f"127.0.0.1:{backend}"
+        if self.fdname is not None:
+            env["LISTEN_FDNAMES"] = self.fdname
+            target = f"--target={self.fdname}={target}"
         self.process = subprocess.Popen(
             ["prlimit", f"--nofile=1024:{SERVICE_HARD_LIMIT}", "taskset", "-c", PROXY_CORE,
              "sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "launcher",
@@ -359,6 +368,14 @@ def iperfServer() -> Iterator[int]:
         server.wait()
 
 
+def socketproxyd(name: str, dataPath: str, *options: str, fdname: str | None = None) -> Route:
+    """
+    socketproxyd with C{--data-path=dataPath} and C{options}.
+    """
+    command = [sys.executable, "-m", "socketproxyd", "-c", "20000", f"--data-path={dataPath}"]
+    return Route(name, [*command, *options], fdname=fdname)
+
+
 def proxyRoutes(dataPath: str, floor: bool) -> list[Route]:
     """
     The proxies compared: the original (when installed), the floor (when
@@ -369,12 +386,7 @@ def proxyRoutes(dataPath: str, floor: bool) -> list[Route]:
         routes.append(Route("original", [ORIGINAL, "-c", "20000"]))
     if floor:
         routes.append(Route("floor", [sys.executable, str(FLOOR)], unixTarget=False))
-    routes.append(
-        Route(
-            "socketproxyd",
-            [sys.executable, "-m", "socketproxyd", "-c", "20000", f"--data-path={dataPath}"],
-        )
-    )
+    routes.append(socketproxyd("socketproxyd", dataPath))
     return routes
 
 
@@ -526,6 +538,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--floor", action="store_true", help="also run benchmarks/floor.py (bulk and http)"
     )
+    parser.add_argument(
+        "--pipe-sizes",
+        default="",
+        help="also run bulk through socketproxyd with each --pipe-size (e.g. 64K,256K,1M)",
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     seconds = 2.0 if args.quick else 5.0
@@ -538,6 +555,10 @@ def main(argv: list[str] | None = None) -> None:
         *proxyRoutes(args.data_path, args.floor),
     ]
     paths = [path for path in throughputPaths if path.name != "floor"]
+    pipePaths = [
+        socketproxyd(f"pipe {size}", args.data_path, f"--pipe-size={size}")
+        for size in filter(None, args.pipe_sizes.split(","))
+    ]
     results = Results()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -546,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
             for run in range(runs):
                 print(f"run {run + 1}/{runs} ...", file=sys.stderr)
                 if "bulk" in only:
-                    bulk(throughputPaths, results, seconds)
+                    bulk(throughputPaths + pipePaths, results, seconds)
                 if "http" in only:
                     http(throughputPaths, results, nginx, seconds)
                 if "idle" in only and run == 0:
@@ -556,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if nginx is not None:
                 nginx.stop()
-    names = [p.name for p in throughputPaths]
+    names = [p.name for p in throughputPaths + pipePaths]
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, medians of {runs} run(s), proxies pinned to "

@@ -23,7 +23,7 @@ that; a reset anywhere aborts both sides; the connection ends once both
 directions are shut, or at once on a reset, a timeout or a shutdown, and
 says how in a fixed L{Ending}.
 
-Pumps (L{socketproxyd.pump.Pump}) are
+Pumps (L{socketproxyd.pump.Pump}, where L{Flow} and L{Ending} live too) are
 L{socketproxyd.transportpump.TransportPump} (Twisted transports) and
 L{socketproxyd.splice.SplicePump} (splice(2) on bare sockets).
 """
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import errno
 import math
-from enum import Enum, IntEnum
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
@@ -43,7 +42,8 @@ from twisted.python.failure import Failure
 from .addresses import describeAddress
 from .logs import observer
 from .proxyheader import HEADERS
-from .pump import DOWNSTREAM, UPSTREAM, Pump
+from .pump import DOWNSTREAM, UPSTREAM, Ending, Flow, Pump
+from .target import notReady
 from .timespan import formatTimespan
 
 if TYPE_CHECKING:
@@ -51,42 +51,8 @@ if TYPE_CHECKING:
 
 _OPEN, _CLOSING, _ABORTING = range(3)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
-_NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
 RETRY_FIRST = 0.01
 RETRY_MOST = 1.0
-
-
-def notReady(reason: BaseException) -> bool:
-    """
-    Whether a connect failed because the target is not ready yet: it
-    refuses, its UNIX socket does not exist yet, or its backlog is full.
-    """
-    return isinstance(reason, error.ConnectionRefusedError) or (
-        isinstance(reason, error.ConnectError) and reason.osError in _NOT_READY
-    )
-
-
-class Flow(IntEnum):
-    """
-    The state of one direction of a connection.
-    """
-
-    OPEN = 0
-    ENDED = 1
-    SHUT = 2
-
-
-class Ending(Enum):
-    """
-    How a connection ended, as its close line says it.
-    """
-
-    DONE = "done"
-    RESET = "reset"
-    CONNECT_FAILED = "connect failed"
-    CONNECT_TIMEOUT = "connect timeout"
-    IDLE_TIMEOUT = "idle timeout"
-    SHUTDOWN = "shutdown"
 
 
 class Connection:

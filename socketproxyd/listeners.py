@@ -12,26 +12,23 @@ follow the connections (the idle exit, STATUS, the drain) watches it.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from .acceptor import Acceptor, adoptable
-from .activation import HOW_TO_PASS, ActivationError, InheritedSocket
-from .addresses import describeAddress
+from .activation import ActivationError, InheritedSocket
 from .connection import Connection, Ending
 from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors, raiseSoftLimit
-from .listening import Listener, StartupError, exitAtStartup, openListeners, planListeners
+from .listening import Listeners, StartupError, exitAtStartup
 from .logs import observer
+from .notices import Notice
 from .pipes import PipeSweeper
-from .proxy import ProxyFactory, ProxySettings
-from .routes import UNNAMED, RouteError, Routes
+from .proxy import ProxySettings
+from .routes import Routes
 from .target import Target
 
 
@@ -74,21 +71,16 @@ class ListenerService(Service):
         self.limitsDescriptors = limitsDescriptors
         self.budget = FdBudget()
         self.budget.onReleased = self._released
-        self.routes = routes if isinstance(routes, Routes) else Routes(routes)
-        self.settings = settings
-        self.sweeper = PipeSweeper(reactor, self.budget, self.fdsExhausted, settings.pipeSize)
-        self.factories: dict[str | None, ProxyFactory] = {}
+        sweeper = PipeSweeper(reactor, self.budget, self.fdsExhausted, settings.pipeSize)
+        routes = routes if isinstance(routes, Routes) else Routes(routes)
+        self.listening = Listeners(reactor, routes, settings, self, sweeper)
         self.watchers: list[ConnectionWatcher] = []
-        self.ports: list[IListeningPort] = []
-        self.acceptors: list[Acceptor | IListeningPort] = []
         self.connections: set[Connection] = set()
         self._opened = False
         self._accepting = True
         self._exhausted = False
-        self._limitHits = 0
-        self._limitLogged = -math.inf
-        self._exhaustionLogged = -math.inf
-        self._exhaustionSaid = False
+        self._limitNotice = Notice(reactor, self.limitLogInterval)
+        self._exhaustionNotice = Notice(reactor, self.limitLogInterval)
         self._waiting: list[Connection] = []
         self._backoffCall = None
 
@@ -115,55 +107,12 @@ class ListenerService(Service):
             return
         self._opened = True
         try:
-            plan = planListeners(
-                self.reactor, self.findInherited(), self.descriptions, self.factoryFor
-            )
-            self.routes.checkUsed(set(self.factories))
-            for listener in openListeners(plan):
-                self.add(listener)
-            if not self.ports:
-                raise StartupError(f"no listening socket: {HOW_TO_PASS}")
-        except (ActivationError, RouteError, StartupError) as e:
-            for port in self.ports:
-                port.stopListening()
+            self.listening.open(self.findInherited(), self.descriptions)
+        except (ActivationError, StartupError) as e:
             exitAtStartup(str(e))
+        self._accepting = False
         if self.limitsDescriptors:
             self._sizeToDescriptors(raiseSoftLimit())
-
-    def factoryFor(self, name: str | None, label: str) -> ProxyFactory:
-        """
-        The one factory of the listeners called C{name}, on the target
-        their route gives.
-        """
-        factory = self.factories.get(name)
-        if factory is None:
-            target = self.routes.targetFor(name, label)
-            route = name if name != UNNAMED else None
-            factory = ProxyFactory(
-                self.reactor, target, self.settings, self, self.sweeper, route=route
-            )
-            self.factories[name] = factory
-        return factory
-
-    def add(self, listener: Listener) -> None:
-        """
-        Serve an open listener: accept on it through an L{Acceptor} where
-        the port allows, as accepting allows.
-        """
-        port, factory = listener.port, listener.factory
-        self.ports.append(port)
-        if adoptable(port, factory):
-            self.acceptors.append(Acceptor(self.reactor, port, self, factory.accepted))
-        elif hasattr(port, "stopReading"):
-            port.stopReading()
-            self.acceptors.append(port)
-        self._accepting = False
-        self.log.info(
-            "Listening on {address} ({label}) for {target}",
-            address=describeAddress(port.getHost()),
-            label=listener.label,
-            target=str(factory.target),
-        )
 
     def _sizeToDescriptors(self, softLimit: int) -> None:
         counted = FdBudget.forLimit(softLimit, openDescriptors())
@@ -197,23 +146,14 @@ class ListenerService(Service):
         if accepting == self._accepting:
             return
         self._accepting = accepting
-        for acceptor in self.acceptors:
-            if accepting:
-                acceptor.startReading()
-            else:
-                acceptor.stopReading()
-        if full and self.running:
-            self._limitHits += 1
-            now = self.reactor.seconds()
-            if now - self._limitLogged >= self.limitLogInterval:
-                self.log.info(
-                    "Reached {limit} connections ({hits} times since the last report); "
-                    "new clients wait in the backlog",
-                    limit=self.capacity,
-                    hits=self._limitHits,
-                )
-                self._limitLogged = now
-                self._limitHits = 0
+        self.listening.accept(accepting)
+        if full and self.running and (hits := self._limitNotice.begins()):
+            self.log.info(
+                "Reached {limit} connections ({hits} times since the last report); "
+                "new clients wait in the backlog",
+                limit=self.capacity,
+                hits=hits,
+            )
 
     def _released(self) -> None:
         """
@@ -270,10 +210,7 @@ class ListenerService(Service):
             self.budget.recount(openDescriptors())
         if not self._exhausted:
             self._exhausted = True
-            now = self.reactor.seconds()
-            if now - self._exhaustionLogged >= self.limitLogInterval:
-                self._exhaustionLogged = now
-                self._exhaustionSaid = True
+            if self._exhaustionNotice.begins():
                 self.log.warn(
                     "Out of file descriptors with {count} connections open (soft "
                     "RLIMIT_NOFILE={limit}): new clients wait in the backlog",
@@ -318,8 +255,7 @@ class ListenerService(Service):
         if self._exhausted:
             return
         self._updateAccepting()
-        if self._exhaustionSaid and not self._exhausted:
-            self._exhaustionSaid = False
+        if not self._exhausted and self._exhaustionNotice.ends():
             self.log.info("File descriptors available again; accepting")
 
     def countsByRoute(self) -> Counter[str]:
@@ -343,7 +279,4 @@ class ListenerService(Service):
         if self._backoffCall is not None and self._backoffCall.active():
             self._backoffCall.cancel()
         self._backoffCall = None
-        for acceptor in self.acceptors:
-            acceptor.stopReading()
-        ports, self.ports, self.acceptors = self.ports, [], []
-        return DeferredList([d for d in (p.stopListening() for p in ports) if d])
+        return self.listening.close()

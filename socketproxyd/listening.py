@@ -13,13 +13,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .activation import ActivationError, InheritedSocket, adopt
-from .proxy import ProxyFactory
-from .routes import splitListen
+from .acceptor import Acceptor, adoptable
+from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt
+from .addresses import describeAddress
+from .logs import observer
+from .pipes import PipeSweeper
+from .proxy import ConnectionTracker, ProxyFactory, ProxySettings
+from .routes import UNNAMED, RouteError, Routes, splitListen
 
 
 class StartupError(Exception):
@@ -136,3 +142,101 @@ def _listen(reactor: object, description: str, factory: ProxyFactory) -> IListen
         reason = outcome[0].getErrorMessage()
         raise StartupError(f"--listen={description}: cannot listen: {reason}")
     return outcome[0]
+
+
+class Listeners:
+    """
+    The proxy's listeners: each routed to the factory of its name, opened,
+    and accepting through an L{Acceptor} (where the port allows) whenever
+    the limit allows.
+
+    @ivar factories: the factory of each listener name.
+    """
+
+    log = Logger(observer=observer)
+
+    def __init__(
+        self,
+        reactor: object,
+        routes: Routes,
+        settings: ProxySettings,
+        tracker: ConnectionTracker,
+        sweeper: PipeSweeper,
+    ) -> None:
+        self.reactor = reactor
+        self.routes = routes
+        self.settings = settings
+        self.tracker = tracker
+        self.sweeper = sweeper
+        self.factories: dict[str | None, ProxyFactory] = {}
+        self.ports: list[IListeningPort] = []
+        self.acceptors: list[Acceptor | IListeningPort] = []
+
+    def factoryFor(self, name: str | None, label: str) -> ProxyFactory:
+        """
+        The one factory of the listeners called C{name}, on the target
+        their route gives.
+        """
+        factory = self.factories.get(name)
+        if factory is None:
+            target = self.routes.targetFor(name, label)
+            route = name if name != UNNAMED else None
+            factory = ProxyFactory(
+                self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
+            )
+            self.factories[name] = factory
+        return factory
+
+    def open(self, inherited: Sequence[InheritedSocket], descriptions: Sequence[str]) -> None:
+        """
+        Route, then open, the inherited sockets and C{descriptions}.
+
+        @raise StartupError: when one cannot be routed or opened, or there
+            is none; nothing is left open.
+        """
+        try:
+            plan = planListeners(self.reactor, inherited, descriptions, self.factoryFor)
+            self.routes.checkUsed(set(self.factories))
+        except RouteError as e:
+            raise StartupError(str(e)) from None
+        for listener in openListeners(plan):
+            self.add(listener)
+        if not self.ports:
+            raise StartupError(f"no listening socket: {HOW_TO_PASS}")
+
+    def add(self, listener: Listener) -> None:
+        """
+        Serve an open listener: accept on it through an L{Acceptor} where
+        the port allows, once told to accept.
+        """
+        port, factory = listener.port, listener.factory
+        self.ports.append(port)
+        if adoptable(port, factory):
+            self.acceptors.append(Acceptor(self.reactor, port, self.tracker, factory.accepted))
+        elif hasattr(port, "stopReading"):
+            port.stopReading()
+            self.acceptors.append(port)
+        self.log.info(
+            "Listening on {address} ({label}) for {target}",
+            address=describeAddress(port.getHost()),
+            label=listener.label,
+            target=str(factory.target),
+        )
+
+    def accept(self, accepting: bool) -> None:
+        """
+        Accept clients on every listener, or leave them in the backlogs.
+        """
+        for acceptor in self.acceptors:
+            if accepting:
+                acceptor.startReading()
+            else:
+                acceptor.stopReading()
+
+    def close(self) -> Deferred:
+        """
+        Stop accepting and close every listener.
+        """
+        self.accept(False)
+        ports, self.ports, self.acceptors = self.ports, [], []
+        return DeferredList([d for d in (p.stopListening() for p in ports) if d])

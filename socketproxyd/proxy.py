@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from .addresses import socketAddress
 from .connection import Connection
 from .logs import debugEnabled, observer
+from .notices import Notice
 from .pipes import PIPE_SIZE, PipeSweeper
 from .pipes import available as spliceAvailable
 from .splice import SplicePump
@@ -126,15 +127,14 @@ class ProxyFactory(ServerFactory):
         if sweeper is None:
             sweeper = PipeSweeper(reactor, outOfFds=tracker.fdsExhausted)
         self.sweeper = sweeper
-        self.waitingForTarget = False
+        self.notReady = Notice(reactor, interval=0)
 
     def targetNotReady(self, why: str) -> None:
         """
         A connection found the target not ready and will try again: said
         once per episode.
         """
-        if not self.waitingForTarget:
-            self.waitingForTarget = True
+        if not self.notReady.said and self.notReady.begins():
             self.log.warn(
                 "{route}{target} is not ready ({why}); clients wait up to {span} for it",
                 route=self.routePrefix,
@@ -147,8 +147,7 @@ class ProxyFactory(ServerFactory):
         """
         A connection that waited for the target reached it.
         """
-        if self.waitingForTarget:
-            self.waitingForTarget = False
+        if self.notReady.ends():
             self.log.info(
                 "{route}{target} is ready", route=self.routePrefix, target=str(self.target)
             )
@@ -158,7 +157,7 @@ class ProxyFactory(ServerFactory):
         A connection stopped waiting for the target: the next to wait says
         so again.
         """
-        self.waitingForTarget = False
+        self.notReady.ends()
 
     def accepted(self, sock: socket.socket, address: object) -> None:
         """

@@ -2,11 +2,13 @@
 What a data path is to a L{socketproxyd.connection.Connection}: a L{Pump}
 moves the bytes of the two directions, L{UPSTREAM} (client to target) and
 L{DOWNSTREAM} (target to client), reports what happened and carries out
-what the connection decides.
+what the connection decides; each direction is a L{Flow}, and how the
+connection ended an L{Ending}.
 """
 
 from __future__ import annotations
 
+from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -14,6 +16,29 @@ if TYPE_CHECKING:
 
 UPSTREAM = 0
 DOWNSTREAM = 1
+
+
+class Flow(IntEnum):
+    """
+    The state of one direction of a connection.
+    """
+
+    OPEN = 0
+    ENDED = 1
+    SHUT = 2
+
+
+class Ending(Enum):
+    """
+    How a connection ended, as its close line says it.
+    """
+
+    DONE = "done"
+    RESET = "reset"
+    CONNECT_FAILED = "connect failed"
+    CONNECT_TIMEOUT = "connect timeout"
+    IDLE_TIMEOUT = "idle timeout"
+    SHUTDOWN = "shutdown"
 
 
 class Pump(Protocol):

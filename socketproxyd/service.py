@@ -152,7 +152,9 @@ class StatusService(Service):
     def _status(self) -> str:
         listeners = self.listeners
         status = f"{len(listeners.connections)} connections open (at most {listeners.capacity})"
-        routes = sorted(f.route for f in listeners.factories.values() if f.route is not None)
+        routes = sorted(
+            f.route for f in listeners.listening.factories.values() if f.route is not None
+        )
         if routes:
             counts = listeners.countsByRoute()
             status += ": " + ", ".join(f"{route} {counts[route]}" for route in routes)
@@ -160,8 +162,16 @@ class StatusService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.notifier.ready(self._status())
-        self.notifier.startWatchdog()
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        """
+        READY=1 once the reactor runs, when clients are accepted and
+        Twisted has opened its own descriptors.
+        """
+        if self.running:
+            self.notifier.ready(self._status())
+            self.notifier.startWatchdog()
 
     def connectionsChanged(self, count: int) -> None:
         """

@@ -1,17 +1,20 @@
 # -*- test-case-name: tests.test_target -*-
 """
-The TARGET argument: its grammar, its validation at start-up, and the client
-endpoint that reaches it.
+The TARGET argument: its grammar, its validation at start-up, the client
+endpoint that reaches it, and which failures to reach it mean it is not
+ready yet.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import re
 import socket
 from dataclasses import dataclass
 
+from twisted.internet import error
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -23,6 +26,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from .bareconnect import BareConnector
 
 DEFAULT_PORT = 80
+NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
 _SUN_PATH_MAX = 107
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})"
@@ -175,3 +179,13 @@ def parseTarget(text: str) -> Target:
     if not host:
         raise ValueError(f"target {text!r} has an empty host")
     return _hostTarget(host, _parsePort(port, text), text)
+
+
+def notReady(reason: BaseException) -> bool:
+    """
+    Whether a connect failed because the target is not ready yet: it
+    refuses, its UNIX socket does not exist yet, or its backlog is full.
+    """
+    return isinstance(reason, error.ConnectionRefusedError) or (
+        isinstance(reason, error.ConnectError) and reason.osError in NOT_READY
+    )

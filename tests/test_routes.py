@@ -153,7 +153,7 @@ class ListenerRoutingTests(SynchronousTestCase):
         self.assertIs(factories[0], factories[2])
         self.assertIs(factories[1], factories[4])
         self.assertEqual(self.stderr.getvalue(), "")
-        self.assertEqual(len(service.ports), 6)
+        self.assertEqual(len(service.listening.ports), 6)
 
     def test_unnamedSocketsHaveNoRoute(self) -> None:
         """
@@ -202,4 +202,6 @@ class ListenerRoutingTests(SynchronousTestCase):
         notifier = RecordingNotifier()
         status = StatusService(self.reactor, notifier, service)
         status.startService()
+        self.assertEqual(notifier.statuses, [])
+        self.reactor.run()
         self.assertEqual(notifier.statuses, ["0 connections open (at most 256): db 0, web 0"])

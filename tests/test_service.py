@@ -67,9 +67,9 @@ class ServiceTestCase(SynchronousTestCase):
         self.reactor.running = True
         service = ProxyService(self.reactor, parseTarget("127.0.0.1:1"), ProxySettings(), **kwargs)
         ports = [FakePort(), FakePort()]
-        listeners = service.listeners
+        listening = service.listeners.listening
         for i, port in enumerate(ports):
-            listeners.add(Listener(port, f"test {i}", None, listeners.factoryFor(None, "test")))
+            listening.add(Listener(port, f"test {i}", None, listening.factoryFor(None, "test")))
         return service, ports
 
 
