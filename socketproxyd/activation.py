@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_activation -*-
 """
 The sd_listen_fds protocol: find the listening sockets a launcher passed in,
-check they are what a stream proxy can serve, and adopt them.
+check they are what the proxy can serve (listening stream sockets, and
+datagram sockets), and adopt them.
 
 Twisted's own L{twisted.python.systemd.ListenFDs} is not enough here: it
 returns nothing when C{LISTEN_FDNAMES} is missing (as with
@@ -54,12 +55,14 @@ class InheritedSocket:
     fd: int
     family: int
     name: str
+    datagram: bool = False
 
     def describe(self) -> str:
         """
         How the socket is named in log lines: its fd, name and family.
         """
-        return f"fd {self.fd} ({self.name}, {_FAMILIES[self.family]})"
+        kind = " datagram" if self.datagram else ""
+        return f"fd {self.fd} ({self.name}, {_FAMILIES[self.family]}{kind})"
 
 
 def initialEnvironment() -> dict[str, str]:
@@ -88,10 +91,10 @@ def _activationVariables(
     return initial()
 
 
-def _listeningFamily(fd: int, name: str) -> int:
+def _listeningFamily(fd: int, name: str) -> tuple[int, bool]:
     """
-    The address family of C{fd} if it is a listening stream socket we can
-    serve.
+    The address family of C{fd}, and whether it is a datagram socket, if
+    it is a listening stream socket or a datagram socket we can serve.
 
     @raise ActivationError: naming the fd and what it is instead.
     """
@@ -119,17 +122,20 @@ def _listeningFamily(fd: int, name: str) -> int:
     with sock:
         if sock.family not in _FAMILIES:
             raise unusable(f"is a socket of unsupported family {sock.family!r}")
+        if sock.type == socket.SOCK_DGRAM:
+            return sock.family, True
         if sock.type != socket.SOCK_STREAM:
-            kind = {socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
+            kind = {socket.SOCK_SEQPACKET: "seqpacket"}
             raise unusable(
-                f"is a {kind.get(sock.type, str(sock.type))} socket, not a stream socket"
+                f"is a {kind.get(sock.type, str(sock.type))} socket, "
+                f"not a stream or datagram socket"
             )
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             raise unusable(
                 "is a stream socket that is not listening "
                 "(Accept=yes and --accept are not supported)"
             )
-        return sock.family
+        return sock.family, False
 
 
 def inheritedSockets(
@@ -176,10 +182,17 @@ def inheritedSockets(
             )
     result = []
     for fd, name in zip(fds, names, strict=True):
-        family = _listeningFamily(fd, name)
+        family, datagram = _listeningFamily(fd, name)
         os.set_inheritable(fd, False)
-        result.append(InheritedSocket(fd, family, name))
+        result.append(InheritedSocket(fd, family, name, datagram))
     return result
+
+
+def takeDatagramSocket(inherited: InheritedSocket) -> socket.socket:
+    """
+    The inherited datagram socket as a socket object, which owns its fd.
+    """
+    return socket.socket(inherited.family, socket.SOCK_DGRAM, fileno=inherited.fd)
 
 
 def adopt(

@@ -7,6 +7,7 @@ before any is opened); and the one-line exit when that cannot be done.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .acceptor import Acceptor, adoptable
-from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt
+from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt, takeDatagramSocket
 from .addresses import describeAddress
+from .datagram import DatagramPort, DatagramRelay
 from .logs import observer
 from .pipes import PipeSweeper
 from .proxy import ConnectionTracker, ProxyFactory, ProxySettings
+from .pump import Ending
 from .routes import UNNAMED, RouteError, Routes, splitListen
+from .target import Target
 
 
 class StartupError(Exception):
@@ -53,16 +57,17 @@ class Listener:
     has one) and the factory of its route.
     """
 
-    port: IListeningPort
+    port: IListeningPort | DatagramPort
     label: str
     name: str | None
-    factory: ProxyFactory
+    factory: ProxyFactory | DatagramRelay
 
 
-FactoryFor = Callable[[str | None, str], ProxyFactory]
+FactoryFor = Callable[[str | None, str, bool], "ProxyFactory | DatagramRelay"]
 """
-Gives the factory for the listeners of a name, given a label to name the
-listener in an error (L{RouteError} when no route serves it).
+Gives the factory (or, for datagram listeners, the relay) for the
+listeners of a name, given a label to name the listener in an error
+(L{RouteError} when no route serves it).
 """
 
 
@@ -75,8 +80,8 @@ class PlannedListener:
 
     label: str
     name: str | None
-    factory: ProxyFactory
-    opener: Callable[[], IListeningPort]
+    factory: ProxyFactory | DatagramRelay
+    opener: Callable[[], IListeningPort | DatagramPort]
 
     def open(self) -> Listener:
         return Listener(self.opener(), self.label, self.name, self.factory)
@@ -97,15 +102,45 @@ def planListeners(
     plan = []
     for sock in inherited:
         label = sock.describe()
-        factory = factoryFor(sock.name, label)
-        opener = partial(adopt, reactor, sock, factory)
+        factory = factoryFor(sock.name, label, sock.datagram)
+        opener = partial(_adoptDatagram if sock.datagram else adopt, reactor, sock, factory)
         plan.append(PlannedListener(label, sock.name, factory, opener))
     for text in descriptions:
         name, description = splitListen(text)
-        factory = factoryFor(name, f"--listen={text}")
-        opener = partial(_listen, reactor, description, factory)
+        datagram = description.startswith("udp:")
+        factory = factoryFor(name, f"--listen={text}", datagram)
+        opener = partial(_listenUDP if datagram else _listen, reactor, description, factory)
         plan.append(PlannedListener(text, name, factory, opener))
     return plan
+
+
+def _adoptDatagram(
+    reactor: object, inherited: InheritedSocket, relay: DatagramRelay
+) -> DatagramPort:
+    return DatagramPort(reactor, takeDatagramSocket(inherited), relay)
+
+
+def _listenUDP(reactor: object, description: str, relay: DatagramRelay) -> DatagramPort:
+    """
+    Bind C{udp:PORT[:interface=ADDRESS]} (all IPv4 addresses by default).
+    """
+    kind, _, rest = description.partition(":")
+    port, _, option = rest.partition(":")
+    key, _, interface = option.partition("=")
+    if not port.isdigit() or int(port) > 65535 or (option and key != "interface"):
+        raise StartupError(
+            f"--listen={description}: not a datagram endpoint; "
+            f"use udp:PORT or udp:PORT:interface=ADDRESS"
+        )
+    interface = interface or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind((interface, int(port)))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"--listen={description}: cannot listen: {e.strerror}") from None
+    return DatagramPort(reactor, sock, relay)
 
 
 def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
@@ -168,24 +203,59 @@ class Listeners:
         self.settings = settings
         self.tracker = tracker
         self.sweeper = sweeper
-        self.factories: dict[str | None, ProxyFactory] = {}
-        self.ports: list[IListeningPort] = []
+        self.factories: dict[tuple[str | None, bool], ProxyFactory | DatagramRelay] = {}
+        self.ports: list[IListeningPort | DatagramPort] = []
         self.acceptors: list[Acceptor | IListeningPort] = []
 
-    def factoryFor(self, name: str | None, label: str) -> ProxyFactory:
+    def factoryFor(
+        self, name: str | None, label: str, datagram: bool = False
+    ) -> ProxyFactory | DatagramRelay:
         """
-        The one factory of the listeners called C{name}, on the target
-        their route gives.
+        The one factory (or datagram relay) of the stream (or datagram)
+        listeners called C{name}, on the target their route gives.
         """
-        factory = self.factories.get(name)
+        factory = self.factories.get((name, datagram))
         if factory is None:
             target = self.routes.targetFor(name, label)
             route = name if name != UNNAMED else None
-            factory = ProxyFactory(
-                self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
-            )
-            self.factories[name] = factory
+            if datagram:
+                factory = self._relay(target, label, route)
+            else:
+                factory = ProxyFactory(
+                    self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
+                )
+            self.factories[name, datagram] = factory
         return factory
+
+    def _relay(self, target: Target, label: str, route: str | None) -> DatagramRelay:
+        if self.settings.proxyProtocol == "v1":
+            raise RouteError(f"{label}: a datagram listener takes --proxy-protocol=v2, not v1")
+        try:
+            return DatagramRelay(self.reactor, target, self.settings, self.tracker, route)
+        except ValueError as e:
+            raise RouteError(
+                f"{label}: a datagram listener needs an address or UNIX path as target ({e})"
+            ) from None
+
+    def routeNames(self) -> list[str]:
+        """
+        The names of the routes in use, sorted.
+        """
+        return sorted({f.route for f in self.factories.values() if f.route is not None})
+
+    def sessions(self) -> int:
+        """
+        How many datagram sessions are open.
+        """
+        return sum(len(f.sessions) for f in self.factories.values() if isinstance(f, DatagramRelay))
+
+    def endSessions(self) -> None:
+        """
+        End every datagram session: they have nothing in flight to drain.
+        """
+        for factory in list(self.factories.values()):
+            if isinstance(factory, DatagramRelay):
+                factory.endAll(Ending.SHUTDOWN)
 
     def open(self, inherited: Sequence[InheritedSocket], descriptions: Sequence[str]) -> None:
         """
@@ -196,7 +266,7 @@ class Listeners:
         """
         try:
             plan = planListeners(self.reactor, inherited, descriptions, self.factoryFor)
-            self.routes.checkUsed(set(self.factories))
+            self.routes.checkUsed({name for name, _ in self.factories})
         except RouteError as e:
             raise StartupError(str(e)) from None
         for listener in openListeners(plan):
@@ -211,7 +281,9 @@ class Listeners:
         """
         port, factory = listener.port, listener.factory
         self.ports.append(port)
-        if adoptable(port, factory):
+        if isinstance(port, DatagramPort):
+            port.startReading()
+        elif adoptable(port, factory):
             self.acceptors.append(Acceptor(self.reactor, port, self.tracker, factory.accepted))
         elif hasattr(port, "stopReading"):
             port.stopReading()

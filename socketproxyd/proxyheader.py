@@ -51,15 +51,16 @@ def headerV1(peer: object, local: object) -> bytes:
     )
 
 
-def headerV2(peer: object, local: object) -> bytes:
+def headerV2(peer: object, local: object, datagram: bool = False) -> bytes:
     """
-    The binary header; a C{LOCAL} command without addresses for UNIX clients.
+    The binary header (transport C{STREAM}, or C{DGRAM} for a datagram
+    session); a C{LOCAL} command without addresses for UNIX clients.
     """
     pair = _ipPair(peer, local)
     if pair is None:
         return V2_SIGNATURE + struct.pack("!BBH", _V2_LOCAL, 0, 0)
     source, sourcePort, destination, destinationPort = pair
-    family = _V2_TCP4 if source.version == 4 else _V2_TCP6
+    family = (_V2_TCP4 if source.version == 4 else _V2_TCP6) + datagram
     body = source.packed + destination.packed + struct.pack("!HH", sourcePort, destinationPort)
     return V2_SIGNATURE + struct.pack("!BBH", _V2_PROXY, family, len(body)) + body
 

@@ -39,6 +39,7 @@ class Ending(Enum):
     CONNECT_TIMEOUT = "connect timeout"
     IDLE_TIMEOUT = "idle timeout"
     SHUTDOWN = "shutdown"
+    REFUSED = "refused"
 
 
 class Pump(Protocol):

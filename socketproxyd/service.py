@@ -116,6 +116,7 @@ class DrainService(Service):
 
     def stopService(self) -> Deferred | None:
         super().stopService()
+        self.listeners.listening.endSessions()
         count = len(self.listeners.connections)
         if not count:
             return None
@@ -151,10 +152,11 @@ class StatusService(Service):
 
     def _status(self) -> str:
         listeners = self.listeners
-        status = f"{len(listeners.connections)} connections open (at most {listeners.capacity})"
-        routes = sorted(
-            f.route for f in listeners.listening.factories.values() if f.route is not None
-        )
+        count = len(listeners.connections)
+        status = f"{count} connections open (at most {listeners.capacity})"
+        if sessions := listeners.listening.sessions():
+            status += f" ({count - sessions} streams, {sessions} datagram sessions)"
+        routes = listeners.listening.routeNames()
         if routes:
             counts = listeners.countsByRoute()
             status += ": " + ", ".join(f"{route} {counts[route]}" for route in routes)

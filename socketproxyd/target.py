@@ -82,19 +82,32 @@ class Target:
         @param fallback: this target's ordinary endpoint (L{endpoint}), for
             what a bare socket cannot do.
         """
-        if self.kind == "name":
+        try:
+            family, address = self.socketAddress(socket.SOCK_STREAM)
+        except ValueError:
             return None
-        if self.kind == "unix":
-            family, address = socket.AF_UNIX, self.host
-        else:
-            family = socket.AF_INET if self.kind == "ipv4" else socket.AF_INET6
-            try:
-                [(*_, address)] = socket.getaddrinfo(
-                    self.host, self.port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
-                )
-            except (OSError, ValueError):
-                return None
         return BareConnector(reactor, family, address, fallback)
+
+    def socketAddress(self, kind: int) -> tuple[int, object]:
+        """
+        The family and socket module address of a literal target, for a
+        socket of C{kind} (an IPv6 scope such as C{%eth0} becomes its
+        interface index).
+
+        @raise ValueError: for a name, or an address the system cannot use.
+        """
+        if self.kind == "name":
+            raise ValueError(f"{self} is a name, not an address")
+        if self.kind == "unix":
+            return socket.AF_UNIX, self.host
+        family = socket.AF_INET if self.kind == "ipv4" else socket.AF_INET6
+        try:
+            [(*_, address)] = socket.getaddrinfo(
+                self.host, self.port, family, kind, 0, socket.AI_NUMERICHOST
+            )
+        except OSError as e:
+            raise ValueError(f"{self}: {e.strerror}") from None
+        return family, address
 
     def __str__(self) -> str:
         if self.kind == "unix":

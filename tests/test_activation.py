@@ -104,10 +104,13 @@ class InheritedSocketsTests(SynchronousTestCase):
         environ["LISTEN_FDNAMES"] = "a:b"
         self.assertRejected(environ, "LISTEN_FDNAMES")
 
-    def test_datagramSocket(self) -> None:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(udp.close)
-        self.assertRejected(self.place(self.listener(), udp), f"fd {START + 1}", "datagram")
+    def test_seqpacketSocket(self) -> None:
+        """
+        A seqpacket socket is neither a stream nor a datagram socket.
+        """
+        seqpacket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(seqpacket.close)
+        self.assertRejected(self.place(self.listener(), seqpacket), f"fd {START + 1}", "seqpacket")
 
     def test_notListening(self) -> None:
         sock = socket.socket()

@@ -60,10 +60,19 @@ class BadInputScenarios:
         sock, _ = listeningSocket(self, "ipv4")
         self.assertRejected(["127.0.0.1:1"], "process 1", listeners=[sock], listenPid="1")
 
-    def test_datagramSocket(self) -> None:
+    def test_seqpacketSocket(self) -> None:
+        seqpacket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(seqpacket.close)
+        self.assertRejected(["127.0.0.1:1"], "fd 3", "seqpacket", listeners=[seqpacket])
+
+    def test_datagramNameTarget(self) -> None:
+        """
+        A datagram listener's target must be an address or a UNIX path.
+        """
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(udp.close)
-        self.assertRejected(["127.0.0.1:1"], "fd 3", "datagram", listeners=[udp])
+        udp.bind(("127.0.0.1", 0))
+        self.assertRejected(["localhost:53"], "fd 3", "datagram listener", listeners=[udp])
 
     def test_notListening(self) -> None:
         sock = socket.socket()
