@@ -120,8 +120,16 @@ class DatagramPort:
         Stop reading, end every session and close the socket.
         """
         self.stopReading()
-        self.relay.endAll(Ending.SHUTDOWN)
+        relay = self.relay
+        relay.endAll(Ending.SHUTDOWN)
         self.socket.close()
+        if relay.dropped:
+            self.log.info(
+                "{route}{dropped} datagrams dropped in all (at the connection limit, or a "
+                "socket buffer full)",
+                route=relay.routePrefix,
+                dropped=relay.dropped,
+            )
 
 
 class DatagramRelay:
@@ -170,12 +178,11 @@ class DatagramRelay:
         if session is None:
             if self.tracker.room() < 1:
                 self.dropped += 1
-                if hits := self.overLimit.begins():
+                if self.overLimit.begins():
                     self.log.warn(
-                        "{route}At the connection limit: datagrams of new clients are dropped "
-                        "({hits} new clients since the last report, {dropped} datagrams in all)",
+                        "{route}At the connection limit: datagrams from new clients are "
+                        "dropped ({dropped} datagrams dropped so far)",
                         route=self.routePrefix,
-                        hits=hits,
                         dropped=self.dropped,
                     )
                 return

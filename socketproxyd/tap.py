@@ -120,7 +120,7 @@ class Options(usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """
-        Also listen on [NAME=]ENDPOINT (tcp:8080, web=unix:/run/a.sock); repeatable.
+        Also listen on [NAME=]ENDPOINT (tcp:8080, web=unix:/run/a.sock, udp:53); repeatable.
         """
         try:
             splitListen(description)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.datagram import DatagramPort, DatagramRelay
 from socketproxyd.proxy import ProxySettings
+from socketproxyd.proxyheader import V2_SIGNATURE
 from socketproxyd.pump import Ending
 from socketproxyd.target import parseTarget
 
@@ -182,6 +184,7 @@ class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
         self.assertEqual(proxy.stop(), 0)
         lines = [line for line in proxy.stderr.splitlines() if "At the connection limit" in line]
         self.assertEqual(len(lines), 1, proxy.stderr)
+        self.assertIn("dns: 4 datagrams dropped in all", proxy.stderr)
         self.assertEqual(backend.received, 3)
 
     def test_idleExit(self) -> None:
@@ -222,6 +225,22 @@ class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
         sock.sendto(b"q", address)
         self.assertEqual(sock.recvfrom(100)[0], b"R:q")
         self.assertTrue(proxy.running())
+
+    def test_proxyProtocolV2(self) -> None:
+        """
+        With C{--proxy-protocol=v2} each datagram to the target starts with
+        a header naming the client (transport DGRAM); replies pass bare.
+        """
+        backend = DatagramBackend(self, prefix=b"")
+        proxy, address = self.proxy(backend.address, "--proxy-protocol=v2")
+        sock = client()
+        sock.bind(("127.0.0.1", 0))
+        sock.sendto(b"query", address)
+        data = sock.recvfrom(200)[0]
+        header = V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x12, 12)
+        body = socket.inet_aton("127.0.0.1") * 2
+        body += struct.pack("!HH", sock.getsockname()[1], address[1])
+        self.assertEqual(data, header + body + b"query")
 
     def test_proxyProtocolV1Refused(self) -> None:
         proxy, address = self.proxy("127.0.0.1:1", "--proxy-protocol=v1")
