@@ -18,46 +18,28 @@ over it a new client's datagrams are dropped, and said once per episode.
 
 from __future__ import annotations
 
-import errno
 import math
 import socket
 from typing import TYPE_CHECKING
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IResolutionReceiver
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .addresses import describeAddress
 from .logs import debugEnabled, observer
 from .notices import Notice
-from .proxyheader import headerV2
 from .pump import Ending
+from .session import BATCH, Session, receiveBuffer, receiveView, twistedAddress
 
 if TYPE_CHECKING:
     from .proxy import ConnectionTracker, ProxySettings
     from .target import Target
 
-BATCH = 64
-"""
-Datagrams read per wake-up from one socket, so one busy client cannot
-starve the others.
-"""
 SESSION_IDLE_TIMEOUT = 60.0
-_buffer = bytearray(256 * 1024)
-_view = memoryview(_buffer)
-_NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-
-
-def twistedAddress(family: int, address: object, kind: str = "UDP") -> object:
-    """
-    A socket module address as the Twisted address object PROXY headers
-    and log lines take.
-    """
-    if family == socket.AF_INET:
-        return IPv4Address(kind, address[0], address[1])
-    if family == socket.AF_INET6:
-        return IPv6Address(kind, address[0], address[1])
-    return UNIXAddress(address or None)
+PENDING_MOST = 16
 
 
 class DatagramPort:
@@ -92,12 +74,12 @@ class DatagramPort:
         receive, relay = self.socket.recvfrom_into, self.relay
         for _ in range(BATCH):
             try:
-                size, address = receive(_buffer)
+                size, address = receive(receiveBuffer)
             except BlockingIOError:
                 return
             except OSError:
                 continue
-            relay.received(bytes(_view[:size]), address)
+            relay.received(bytes(receiveView[:size]), address)
 
     def sendTo(self, data: bytes, address: object) -> bool:
         """
@@ -134,10 +116,14 @@ class DatagramPort:
 
 class DatagramRelay:
     """
-    The sessions of one datagram listener, all forwarded to one target.
+    The sessions of one datagram listener, all forwarded to one target: a
+    literal address, or a name resolved (without blocking) for each new
+    client, whose datagrams wait meanwhile (at most L{PENDING_MOST}).
 
     @ivar route: the listener's name, if it has one.
     @ivar dropped: datagrams dropped (a full buffer, or over the limit).
+    @ivar resolving: the datagrams of clients whose target is being
+        resolved.
     """
 
     log = Logger(observer=observer)
@@ -156,18 +142,17 @@ class DatagramRelay:
         self.tracker = tracker
         self.route = route
         self.routePrefix = f"{route}: " if route is not None else ""
-        self.family, self.address = target.socketAddress(socket.SOCK_DGRAM)
+        self.addresses = None
+        if target.kind != "name":
+            self.addresses = [target.socketAddress(socket.SOCK_DGRAM)]
         timeout = settings.idleTimeout
         self.idleTimeout = SESSION_IDLE_TIMEOUT if math.isinf(timeout) else timeout
         self.port: DatagramPort | None = None
         self.sessions: dict[object, Session] = {}
+        self.resolving: dict[object, list[bytes]] = {}
         self.dropped = 0
         self.overLimit = Notice(reactor)
         self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
-
-    @property
-    def factory(self) -> DatagramRelay:
-        return self
 
     def received(self, data: bytes, client: object) -> None:
         """
@@ -175,176 +160,107 @@ class DatagramRelay:
         none and there is room.
         """
         session = self.sessions.get(client)
-        if session is None:
-            if self.tracker.room() < 1:
+        if session is not None:
+            session.send(data)
+            return
+        waiting = self.resolving.get(client)
+        if waiting is not None:
+            if len(waiting) < PENDING_MOST:
+                waiting.append(data)
+            else:
                 self.dropped += 1
-                if self.overLimit.begins():
-                    self.log.warn(
-                        "{route}At the connection limit: datagrams from new clients are "
-                        "dropped ({dropped} datagrams dropped so far)",
-                        route=self.routePrefix,
-                        dropped=self.dropped,
-                    )
-                return
-            try:
-                session = Session(self, client)
-            except OSError as e:
-                self.dropped += 1
+        elif self.tracker.room() - len(self.resolving) < 1:
+            self.dropped += 1
+            if self.overLimit.begins():
                 self.log.warn(
-                    "{route}Cannot open a session to {target} for {client}: {why}",
+                    "{route}At the connection limit: datagrams from new clients are "
+                    "dropped ({dropped} datagrams dropped so far)",
                     route=self.routePrefix,
-                    target=str(self.target),
-                    client=describeAddress(twistedAddress(self.port.socket.family, client)),
-                    why=e.strerror,
+                    dropped=self.dropped,
                 )
-                return
-        session.send(data)
+        elif self.addresses is None:
+            self.resolving[client] = [data]
+            receiver = _Resolution(self, client)
+            target = self.target
+            self.reactor.nameResolver.resolveHostName(
+                receiver, target.host, target.port, transportSemantics="UDP"
+            )
+        else:
+            self.open(client, self.addresses, [data])
+
+    def resolved(self, client: object, addresses: list[object]) -> None:
+        """
+        The target's name resolved for C{client}: open its session on
+        those addresses with what it sent meanwhile.
+        """
+        waiting = self.resolving.pop(client, None)
+        if waiting is None:
+            return
+        families = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6}
+        found = [(families[type(a)], (a.host, a.port)) for a in addresses if type(a) in families]
+        if not found:
+            self.dropped += len(waiting)
+            self.log.warn(
+                "{route}Cannot resolve {target} for {client}",
+                route=self.routePrefix,
+                target=str(self.target),
+                client=self.describe(client),
+            )
+            return
+        self.open(client, found, waiting)
+
+    def open(self, client: object, addresses: list[tuple[int, object]], data: list[bytes]) -> None:
+        """
+        Open C{client}'s session (on the first address that takes a
+        socket) and send it C{data}.
+        """
+        while addresses:
+            try:
+                session = Session(self, client, addresses)
+            except OSError as e:
+                addresses = addresses[1:]
+                why = e.strerror
+                continue
+            for datagram in data:
+                session.send(datagram)
+            return
+        self.dropped += len(data)
+        self.log.warn(
+            "{route}Cannot open a session to {target} for {client}: {why}",
+            route=self.routePrefix,
+            target=str(self.target),
+            client=self.describe(client),
+            why=why,
+        )
+
+    def describe(self, client: object) -> str:
+        return describeAddress(twistedAddress(self.port.socket.family, client))
 
     def endAll(self, how: Ending) -> None:
         """
         End every session (datagrams have nothing in flight to wait for).
         """
+        self.resolving.clear()
         for session in list(self.sessions.values()):
             session.end(how)
 
 
-class Session:
+@implementer(IResolutionReceiver)
+class _Resolution:
     """
-    One client of a datagram listener: its own socket connected to the
-    target (on a UNIX target, bound to an automatic abstract address so
-    the backend can answer), its counts, and when it last moved a datagram.
-
-    @ivar counts: datagrams up, bytes up, datagrams down, bytes down.
+    Collects the addresses the target's name resolves to for one client.
     """
-
-    __slots__ = (
-        "relay", "client", "socket", "fileno", "counts", "started", "lastMoved", "timer",
-        "ending", "header",
-    )  # fmt: skip
 
     def __init__(self, relay: DatagramRelay, client: object) -> None:
         self.relay = relay
         self.client = client
-        sock = socket.socket(relay.family, _NONBLOCKING_DGRAM)
-        try:
-            if relay.family == socket.AF_UNIX:
-                sock.bind("")
-            sock.connect(relay.address)
-        except OSError:
-            sock.close()
-            raise
-        self.socket = sock
-        self.fileno = sock.fileno
-        self.counts = [0, 0, 0, 0]
-        reactor = relay.reactor
-        self.started = self.lastMoved = reactor.seconds()
-        self.ending: Ending | None = None
-        self.header = b""
-        if relay.settings.proxyProtocol is not None:
-            family = relay.port.socket.family
-            self.header = headerV2(
-                twistedAddress(family, client), relay.port.getHost(), datagram=True
-            )
-        relay.sessions[client] = self
-        relay.tracker.connectionOpened(self)
-        reactor.addReader(self)
-        self.timer = reactor.callLater(relay.idleTimeout, self._idleCheck)
+        self.addresses: list[object] = []
 
-    @property
-    def factory(self) -> DatagramRelay:
-        return self.relay
+    def resolutionBegan(self, resolution: object) -> None:
+        pass
 
-    def logPrefix(self) -> str:
-        return "session"
+    def addressResolved(self, address: object) -> None:
+        self.addresses.append(address)
 
-    def send(self, data: bytes) -> None:
-        """
-        Forward a client's datagram to the target, or drop it if it cannot
-        go at once.
-        """
-        try:
-            self.socket.send(self.header + data if self.header else data)
-        except BlockingIOError:
-            self.relay.dropped += 1
-            return
-        except ConnectionRefusedError:
-            self.end(Ending.REFUSED)
-            return
-        except OSError:
-            self.relay.dropped += 1
-            return
-        counts = self.counts
-        counts[0] += 1
-        counts[1] += len(data)
-        self.lastMoved = self.relay.reactor.seconds()
-
-    def doRead(self) -> None:
-        receive, relay = self.socket.recv_into, self.relay
-        counts = self.counts
-        for _ in range(BATCH):
-            try:
-                size = receive(_buffer)
-            except BlockingIOError:
-                break
-            except ConnectionRefusedError:
-                self.end(Ending.REFUSED)
-                return
-            except OSError:
-                self.end(Ending.RESET)
-                return
-            if relay.port.sendTo(bytes(_view[:size]), self.client):
-                counts[2] += 1
-                counts[3] += size
-            else:
-                relay.dropped += 1
-        self.lastMoved = relay.reactor.seconds()
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        The reactor saw an error on the socket: an ICMP port unreachable
-        from the target is a refusal.
-        """
-        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self.end(Ending.REFUSED if code == errno.ECONNREFUSED else Ending.RESET)
-
-    def _idleCheck(self) -> None:
-        reactor = self.relay.reactor
-        due = self.lastMoved + self.relay.idleTimeout
-        now = reactor.seconds()
-        if now < due:
-            self.timer = reactor.callLater(due - now, self._idleCheck)
-            return
-        self.timer = None
-        self.end(Ending.IDLE_TIMEOUT)
-
-    def end(self, how: Ending, reset: bool = False) -> None:
-        """
-        Close the session's socket and free its slot.
-        """
-        if self.ending is not None:
-            return
-        self.ending = how
-        relay = self.relay
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        relay.reactor.removeReader(self)
-        self.socket.close()
-        relay.sessions.pop(self.client, None)
-        relay.tracker.connectionClosed(self)
-        if relay.recordsAddresses:
-            up, upBytes, down, downBytes = self.counts
-            self.relay.log.debug(
-                "{route}{listener} {client} -> {target}: {up} datagrams ({upBytes} bytes) up, "
-                "{down} datagrams ({downBytes} bytes) down, {duration:.3f}s, {how}",
-                route=relay.routePrefix,
-                listener=describeAddress(relay.port.getHost()),
-                client=describeAddress(twistedAddress(relay.port.socket.family, self.client)),
-                target=str(relay.target),
-                up=up,
-                upBytes=upBytes,
-                down=down,
-                downBytes=downBytes,
-                duration=relay.reactor.seconds() - self.started,
-                how=how.value,
-            )
+    def resolutionComplete(self) -> None:
+        self.relay.resolved(self.client, self.addresses)

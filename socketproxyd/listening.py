@@ -233,9 +233,7 @@ class Listeners:
         try:
             return DatagramRelay(self.reactor, target, self.settings, self.tracker, route)
         except ValueError as e:
-            raise RouteError(
-                f"{label}: a datagram listener needs an address or UNIX path as target ({e})"
-            ) from None
+            raise RouteError(f"{label}: the target cannot take datagrams ({e})") from None
 
     def routeNames(self) -> list[str]:
         """

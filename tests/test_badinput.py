@@ -65,15 +65,6 @@ class BadInputScenarios:
         self.addCleanup(seqpacket.close)
         self.assertRejected(["127.0.0.1:1"], "fd 3", "seqpacket", listeners=[seqpacket])
 
-    def test_datagramNameTarget(self) -> None:
-        """
-        A datagram listener's target must be an address or a UNIX path.
-        """
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(udp.close)
-        udp.bind(("127.0.0.1", 0))
-        self.assertRejected(["localhost:53"], "fd 3", "datagram listener", listeners=[udp])
-
     def test_notListening(self) -> None:
         sock = socket.socket()
         self.addCleanup(sock.close)

@@ -137,6 +137,29 @@ class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
             sock.sendto(payload, address)
             self.assertEqual(sock.recvfrom(70000)[0], payload)
 
+    def test_nameTarget(self) -> None:
+        """
+        A named target is resolved for each new client without blocking,
+        and its addresses tried in turn: C{localhost} resolves to ::1 and
+        127.0.0.1, the backend listens on the latter only, and a client
+        that retries (as DNS clients do) gets its answer.
+        """
+        backend = DatagramBackend(self)
+        port = backend.address.rsplit(":", 1)[1]
+        proxy, address = self.proxy(f"localhost:{port}")
+        sock = client()
+        sock.settimeout(0.3)
+        for _ in range(20):
+            sock.sendto(b"q", address)
+            try:
+                self.assertEqual(sock.recvfrom(100)[0], b"R:q")
+                break
+            except TimeoutError:
+                continue
+        else:
+            self.fail("no answer through a named target")
+        self.assertEqual(len(backend.peers), 1)
+
     def test_unixDatagramTarget(self) -> None:
         backend = DatagramBackend(self, socket.AF_UNIX)
         proxy, address = self.proxy(backend.address)
