@@ -25,6 +25,7 @@ from socketproxyd.target import parseTarget
 from .fakes import FakeFDReactor
 from .helpers import ProxyProcess, commands, unixPath, waitUntil
 from .test_integration import _ProxyTestMixin
+from .test_operations import NotifyListener
 
 TIMEOUT = 5.0
 
@@ -248,6 +249,48 @@ class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
         sock.sendto(b"q", address)
         self.assertEqual(sock.recvfrom(100)[0], b"R:q")
         self.assertTrue(proxy.running())
+
+    def test_unixDatagramListener(self) -> None:
+        """
+        An inherited UNIX datagram socket: a client bound to its own
+        address gets its replies there.
+        """
+        backend = DatagramBackend(self)
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = unixPath(self, "listen.sock")
+        listening.bind(path)
+        ProxyProcess(self, [*self.command, backend.address], [listening])
+        listening.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(unixPath(self, "client.sock"))
+        sock.settimeout(TIMEOUT)
+        sock.sendto(b"over unix", path)
+        self.assertEqual(sock.recvfrom(100), (b"R:over unix", path))
+
+    def test_statusAndStop(self) -> None:
+        """
+        STATUS counts streams and sessions apart; on SIGTERM, sessions are
+        closed at once, even with a drain timeout (nothing is in flight).
+        """
+        backend = DatagramBackend(self)
+        notify = NotifyListener(self)
+        proxy, address = self.proxy(
+            backend.address,
+            "--drain-timeout=30s",
+            env={"NOTIFY_SOCKET": notify.address},
+        )
+        notify.waitFor("READY=1")
+        clients = [client() for _ in range(2)]
+        for sock in clients:
+            sock.sendto(b"x", address)
+            self.assertEqual(sock.recvfrom(100)[0], b"R:x")
+        notify.waitFor(
+            "STATUS=2 connections open (at most 256) (0 streams, 2 datagram sessions): dns 2"
+        )
+        started = time.monotonic()
+        self.assertEqual(proxy.stop(), 0)
+        self.assertLess(time.monotonic() - started, 5.0)
 
     def test_proxyProtocolV2(self) -> None:
         """
