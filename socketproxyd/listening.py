@@ -165,9 +165,11 @@ def _listen(reactor: object, description: str, factory: ProxyFactory) -> IListen
     try:
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
+        kind = description.split(":", 1)[0]
+        why = f" (unknown type {kind!r})" if "Unknown endpoint type" in str(e) else ""
         raise StartupError(
-            f"--listen={description}: not a server endpoint ({e}); "
-            f"use e.g. tcp:8080:interface=127.0.0.1 or unix:/run/app.sock"
+            f"--listen={description}: not a server endpoint{why}; "
+            f"use e.g. tcp:8080:interface=127.0.0.1, unix:/run/app.sock or udp:53"
         ) from None
     outcome: list[object] = []
     endpoint.listen(factory).addBoth(outcome.append)

@@ -140,11 +140,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"--target={route}: {name!r} has a target already")
         self["targets"][name] = target
 
-    def opt_h(self) -> None:
+    opt_h = usage.Options.opt_help
+
+    def getSynopsis(self) -> str:
         """
-        Display this help and exit.
+        The usage line, with the program's name (or twistd's and the
+        plugin's) before the options.
         """
-        self.opt_help()
+        if self.parent is not None:
+            return f"{self.parent.getSynopsis()} socketproxy {self.synopsis}"
+        return f"Usage: {PROGRAM} {self.synopsis}"
 
     def opt_version(self) -> None:
         """

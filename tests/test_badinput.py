@@ -53,6 +53,18 @@ class BadInputScenarios:
     def test_badTarget(self) -> None:
         self.assertRejected(["127.0.0.1:99999"], "99999")
 
+    def test_badListen(self) -> None:
+        """
+        A bad C{--listen} says what is wrong in the proxy's words, not
+        Python's.
+        """
+        for listen, words in [
+            ("tcp:abc", ("--listen=tcp:abc: not a server endpoint", "tcp:8080")),
+            ("foo:1", ("unknown type 'foo'",)),
+            ("udp:99999", ("not a datagram endpoint",)),
+        ]:
+            self.assertRejected([f"--listen={listen}", "127.0.0.1:1"], *words)
+
     def test_noSockets(self) -> None:
         self.assertRejected(["127.0.0.1:1"], "no listening socket", "--listen")
 

@@ -210,3 +210,23 @@ class DocumentationTests(SynchronousTestCase):
         self.assertGreater(len(names), 12)
         for name in names:
             self.assertIn(f"``--{name}", readme, name)
+
+
+class HelpTests(SynchronousTestCase):
+    """
+    C{--help} names the program and lists every option, C{-h} included.
+    """
+
+    def test_synopsisAndShortHelp(self) -> None:
+        text = str(Options())
+        self.assertTrue(text.startswith("Usage: socketproxyd [OPTIONS] [TARGET]\n"), text)
+        self.assertIn("-h, --help", text)
+
+    def test_underTwistd(self) -> None:
+        from twisted.scripts.twistd import ServerOptions
+
+        options = Options()
+        options.parent = ServerOptions()
+        self.assertEqual(
+            options.getSynopsis(), "Usage: twistd [options] socketproxy [OPTIONS] [TARGET]"
+        )
