@@ -7,6 +7,7 @@ lines that journald files at the right priority.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import IO
@@ -17,6 +18,7 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogPublisher,
 )
@@ -119,6 +121,20 @@ def isJournal(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool
     return expected == f"{status.st_dev}:{status.st_ino}"
 
 
+_CHATTER = re.compile(r"\w+ starting on .+|\(\w+ Port .+ Closed\)")
+
+
+def _quiet(event: dict) -> PredicateResult:
+    """
+    Leave out the line Twisted's ports write as they open and close
+    (C{ProxyFactory starting on 8080}, C{(TCP Port 8080 Closed)}): the
+    proxy says which listeners it serves itself.
+    """
+    if event.get("log_namespace") == "log_legacy" and _CHATTER.fullmatch(formatEvent(event)):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def textObserver(stream: IO[str], journal: bool | None = None) -> ILogObserver:
     """
     Plain one-line-per-event text on C{stream}; with C{<N>} priority prefixes
@@ -126,7 +142,18 @@ def textObserver(stream: IO[str], journal: bool | None = None) -> ILogObserver:
     """
     if journal is None:
         journal = isJournal(stream)
-    return FileLogObserver(stream, lambda event: _formatLine(event, journal))
+    lines = FileLogObserver(stream, lambda event: _formatLine(event, journal))
+    return FilteringLogObserver(lines, [_quiet])
+
+
+def runnerObserver() -> ILogObserver | None:
+    """
+    The observer twistd should use when the application does not name
+    one: the proxy's own when stderr is the journal (priorities, and no
+    timestamp of twistd's beside journald's), otherwise C{None} (twistd's
+    own, to a log file or stdout as its options say).
+    """
+    return textObserver(sys.stderr, journal=True) if isJournal(sys.stderr) else None
 
 
 def useJournalIfThere(stream: IO[str] | None = None) -> bool:

@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from .activation import InheritedSocket
 from .listeners import ListenerService
-from .logs import observer
+from .logs import observer, runnerObserver
 from .notify import Notifier
 from .proxy import ProxySettings
 from .routes import Routes
@@ -232,6 +233,19 @@ class ProxyService(MultiService):
             self.listeners.watchers.append(idleExit)
         if notifier.address is not None:
             self.listeners.watchers.append(status)
+
+    def setServiceParent(self, parent: object) -> None:
+        """
+        Under twistd, which asks the application for an C{ILogObserver}
+        component before it starts logging: when stderr is the journal,
+        log as the console script does, with priorities and without
+        twistd's timestamps (C{--logger} still wins).
+        """
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            observer = runnerObserver()
+            if observer is not None:
+                parent.setComponent(ILogObserver, observer)
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
         installSignalHandlers(self.reactor, self.listeners.log)

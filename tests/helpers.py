@@ -295,6 +295,7 @@ class ProxyProcess:
         listenFds: str | None = None,
         preexec: Callable[[], None] | None = None,
         stderr: int | None = None,
+        stdout: int | None = None,
     ) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
         environ["PYTHONPATH"] = os.pathsep.join(
@@ -324,7 +325,7 @@ class ProxyProcess:
             env=environ,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if stdout is None else stdout,
             stderr=subprocess.PIPE if stderr is None else stderr,
             preexec_fn=placeFds,
             close_fds=False,
@@ -338,7 +339,10 @@ class ProxyProcess:
         Wait for the process to exit; its exit status.
         """
         stdout, stderr = self.popen.communicate(timeout=timeout)
-        self._output = (stdout.decode(errors="replace"), (stderr or b"").decode(errors="replace"))
+        self._output = (
+            (stdout or b"").decode(errors="replace"),
+            (stderr or b"").decode(errors="replace"),
+        )
         return self.popen.returncode
 
     @property

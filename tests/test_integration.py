@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -158,7 +159,10 @@ class ActivationScenarios(_ProxyTestMixin):
     def test_journalPriorities(self) -> None:
         """
         When stderr is the journal (JOURNAL_STREAM names it), the proxy's
-        lines carry sd-daemon priority prefixes under every command.
+        lines carry sd-daemon priority prefixes under every command. Every
+        line does, with no timestamp of its own and no C{--logger} option
+        for twistd, and without Twisted's port chatter, under all but
+        C{twist} (whose runner takes no observer from the application).
         """
         readEnd, writeEnd = os.pipe()
         self.addCleanup(os.close, readEnd)
@@ -172,6 +176,7 @@ class ActivationScenarios(_ProxyTestMixin):
             [sock],
             env={"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"},
             stderr=writeEnd,
+            stdout=writeEnd,
         )
         os.close(writeEnd)
         sock.close()
@@ -184,6 +189,11 @@ class ActivationScenarios(_ProxyTestMixin):
         self.assertIn(f"<4>Failed to connect to {deadAddress}", journal)
         self.assertTrue(any(line.startswith("<6>Listening on") for line in lines), journal)
         self.assertTrue(any(line.startswith("<7>") and "connect failed" in line for line in lines))
+        if self.command[-2:] != ["--log-format=text", "socketproxy"]:
+            self.assertNotIn("starting on", journal)
+            self.assertNotIn("Closed)", journal)
+            unprefixed = [line for line in lines if not re.match(r"<[0-7]>", line)]
+            self.assertEqual(unprefixed, [], journal)
 
     def test_stalePluginCache(self) -> None:
         """
