@@ -241,6 +241,9 @@ class Connection:
         """
         if self.ending is None:
             self.ending = how
+        if self.retrying is not None:
+            self.retrying = None
+            self.factory.targetGivenUp()
         closing = _ABORTING if reset else _CLOSING
         if self.closing >= closing:
             return

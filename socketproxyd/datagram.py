@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 
 SESSION_IDLE_TIMEOUT = 60.0
 PENDING_MOST = 16
+RESOLVING_MOST = 64
+PENDING_BYTES = 1 << 20
+"""
+Clients of a named target whose name is being resolved, at most, and the
+bytes their datagrams may hold meanwhile: memory stays bounded however many
+sources send while the resolver is slow.
+"""
 
 
 class DatagramPort:
@@ -107,8 +114,8 @@ class DatagramPort:
         self.socket.close()
         if relay.dropped:
             self.log.info(
-                "{route}{dropped} datagrams dropped in all (at the connection limit, or a "
-                "socket buffer full)",
+                "{route}{dropped} datagrams dropped in all (at the connection limit, a full "
+                "socket buffer, or a target that could not be reached)",
                 route=relay.routePrefix,
                 dropped=relay.dropped,
             )
@@ -118,7 +125,8 @@ class DatagramRelay:
     """
     The sessions of one datagram listener, all forwarded to one target: a
     literal address, or a name resolved (without blocking) for each new
-    client, whose datagrams wait meanwhile (at most L{PENDING_MOST}).
+    client, whose datagrams wait meanwhile (at most L{PENDING_MOST} each,
+    L{PENDING_BYTES} in all).
 
     @ivar route: the listener's name, if it has one.
     @ivar dropped: datagrams dropped (a full buffer, or over the limit).
@@ -150,8 +158,10 @@ class DatagramRelay:
         self.port: DatagramPort | None = None
         self.sessions: dict[object, Session] = {}
         self.resolving: dict[object, list[bytes]] = {}
+        self.pendingBytes = 0
         self.dropped = 0
         self.overLimit = Notice(reactor)
+        self.trouble = Notice(reactor)
         self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
 
     def received(self, data: bytes, client: object) -> None:
@@ -164,9 +174,16 @@ class DatagramRelay:
             session.send(data)
             return
         waiting = self.resolving.get(client)
-        if waiting is not None:
-            if len(waiting) < PENDING_MOST:
+        if not client:
+            self.dropped += 1
+            self.warn(
+                "{route}Datagrams from unbound UNIX clients are dropped: no reply could "
+                "reach them"
+            )
+        elif waiting is not None:
+            if len(waiting) < PENDING_MOST and self.pendingBytes < PENDING_BYTES:
                 waiting.append(data)
+                self.pendingBytes += len(data)
             else:
                 self.dropped += 1
         elif self.tracker.room() - len(self.resolving) < 1:
@@ -179,7 +196,11 @@ class DatagramRelay:
                     dropped=self.dropped,
                 )
         elif self.addresses is None:
+            if len(self.resolving) >= RESOLVING_MOST or self.pendingBytes >= PENDING_BYTES:
+                self.dropped += 1
+                return
             self.resolving[client] = [data]
+            self.pendingBytes += len(data)
             receiver = _Resolution(self, client)
             target = self.target
             self.reactor.nameResolver.resolveHostName(
@@ -196,16 +217,12 @@ class DatagramRelay:
         waiting = self.resolving.pop(client, None)
         if waiting is None:
             return
+        self.pendingBytes -= sum(map(len, waiting))
         families = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6}
         found = [(families[type(a)], (a.host, a.port)) for a in addresses if type(a) in families]
         if not found:
             self.dropped += len(waiting)
-            self.log.warn(
-                "{route}Cannot resolve {target} for {client}",
-                route=self.routePrefix,
-                target=str(self.target),
-                client=self.describe(client),
-            )
+            self.warn("{route}Cannot resolve {target}; datagrams of new clients are dropped")
             return
         self.open(client, found, waiting)
 
@@ -225,13 +242,20 @@ class DatagramRelay:
                 session.send(datagram)
             return
         self.dropped += len(data)
-        self.log.warn(
-            "{route}Cannot open a session to {target} for {client}: {why}",
-            route=self.routePrefix,
-            target=str(self.target),
-            client=self.describe(client),
-            why=why,
-        )
+        self.warn("{route}Cannot open a session to {target} for {client}: {why}", client, why)
+
+    def warn(self, text: str, client: object = None, why: str = "") -> None:
+        """
+        Say that datagrams are being dropped, at most once a minute.
+        """
+        if self.trouble.begins():
+            self.log.warn(
+                text,
+                route=self.routePrefix,
+                target=str(self.target),
+                client=self.describe(client) if client else "",
+                why=why,
+            )
 
     def describe(self, client: object) -> str:
         return describeAddress(twistedAddress(self.port.socket.family, client))
@@ -241,6 +265,7 @@ class DatagramRelay:
         End every session (datagrams have nothing in flight to wait for).
         """
         self.resolving.clear()
+        self.pendingBytes = 0
         for session in list(self.sessions.values()):
             session.end(how)
 

@@ -134,7 +134,10 @@ def _listenUDP(reactor: object, description: str, relay: DatagramRelay) -> Datag
         )
     interface = interface or "0.0.0.0"
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    except OSError as e:
+        raise StartupError(f"--listen={description}: cannot listen: {e.strerror}") from None
     try:
         sock.bind((interface, int(port)))
     except OSError as e:
@@ -206,6 +209,7 @@ class Listeners:
         self.tracker = tracker
         self.sweeper = sweeper
         self.factories: dict[tuple[str | None, bool], ProxyFactory | DatagramRelay] = {}
+        self.relays: list[DatagramRelay] = []
         self.ports: list[IListeningPort | DatagramPort] = []
         self.acceptors: list[Acceptor | IListeningPort] = []
 
@@ -213,20 +217,23 @@ class Listeners:
         self, name: str | None, label: str, datagram: bool = False
     ) -> ProxyFactory | DatagramRelay:
         """
-        The one factory (or datagram relay) of the stream (or datagram)
-        listeners called C{name}, on the target their route gives.
+        The one factory of the stream listeners called C{name} (or a relay
+        of its own for each datagram listener: replies leave by the socket
+        the client wrote to), on the target their route gives.
         """
-        factory = self.factories.get((name, datagram))
+        key = (name, datagram)
+        factory = None if datagram else self.factories.get(key)
         if factory is None:
             target = self.routes.targetFor(name, label)
             route = name if name != UNNAMED else None
             if datagram:
                 factory = self._relay(target, label, route)
+                self.relays.append(factory)
             else:
                 factory = ProxyFactory(
                     self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
                 )
-            self.factories[name, datagram] = factory
+            self.factories[key] = factory
         return factory
 
     def _relay(self, target: Target, label: str, route: str | None) -> DatagramRelay:
@@ -247,15 +254,14 @@ class Listeners:
         """
         How many datagram sessions are open.
         """
-        return sum(len(f.sessions) for f in self.factories.values() if isinstance(f, DatagramRelay))
+        return sum(len(relay.sessions) for relay in self.relays)
 
     def endSessions(self) -> None:
         """
         End every datagram session: they have nothing in flight to drain.
         """
-        for factory in list(self.factories.values()):
-            if isinstance(factory, DatagramRelay):
-                factory.endAll(Ending.SHUTDOWN)
+        for relay in self.relays:
+            relay.endAll(Ending.SHUTDOWN)
 
     def open(self, inherited: Sequence[InheritedSocket], descriptions: Sequence[str]) -> None:
         """

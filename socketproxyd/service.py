@@ -154,9 +154,10 @@ class StatusService(Service):
     def _status(self) -> str:
         listeners = self.listeners
         count = len(listeners.connections)
-        status = f"{count} connections open (at most {listeners.capacity})"
+        status = f"{count} connections open (at most {listeners.capacity}"
         if sessions := listeners.listening.sessions():
-            status += f" ({count - sessions} streams, {sessions} datagram sessions)"
+            status += f"; streams {count - sessions}, datagram sessions {sessions}"
+        status += ")"
         routes = listeners.listening.routeNames()
         if routes:
             counts = listeners.countsByRoute()

@@ -1021,12 +1021,15 @@ class ConnectRetryTests(ConnectionTestCase):
 
     def test_shutdownWhileWaiting(self) -> None:
         """
-        Closing a connection that waits for the target cancels the retry.
+        Closing a connection that waits for the target cancels the retry,
+        and ends the episode: the next client to wait says so again.
         """
         harness = self.accept()
         self.refuse(harness)
+        self.assertTrue(harness.factory.notReady.said)
         harness.connection.end(Ending.SHUTDOWN, reset=True)
         harness.settle()
+        self.assertFalse(harness.factory.notReady.said)
         self.assertEqual(harness.reactor.getDelayedCalls(), [])
         self.assertEqual(self.tracker.closed, [harness.connection])
         self.assertEqual(len(harness.reactor.tcpClients), 1)

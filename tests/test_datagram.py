@@ -268,6 +268,34 @@ class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
         sock.sendto(b"over unix", path)
         self.assertEqual(sock.recvfrom(100), (b"R:over unix", path))
 
+    def test_twoListeners(self) -> None:
+        """
+        Replies leave by the socket the client wrote to, with two datagram
+        listeners of one name; an unbound UNIX client is dropped, and the
+        proxy goes on.
+        """
+        backend = DatagramBackend(self)
+        first, firstAddress = udpSocket()
+        second, secondAddress = udpSocket()
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = unixPath(self, "unbound.sock")
+        unix.bind(path)
+        proxy = ProxyProcess(
+            self, [*self.command, backend.address], [first, second, unix], fdnames=["dns"] * 3
+        )
+        for sock in (first, second, unix):
+            sock.close()
+        unbound = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(unbound.close)
+        unbound.sendto(b"lost", path)
+        for address in (firstAddress, secondAddress):
+            sock = client()
+            sock.sendto(b"q", address)
+            self.assertEqual(sock.recvfrom(100), (b"R:q", address))
+        self.assertEqual(proxy.stop(), 0)
+        self.assertNotIn("Traceback", proxy.stderr)
+        self.assertIn("unbound UNIX clients are dropped", proxy.stderr)
+
     def test_statusAndStop(self) -> None:
         """
         STATUS counts streams and sessions apart; on SIGTERM, sessions are
@@ -286,7 +314,7 @@ class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
             sock.sendto(b"x", address)
             self.assertEqual(sock.recvfrom(100)[0], b"R:x")
         notify.waitFor(
-            "STATUS=2 connections open (at most 256) (0 streams, 2 datagram sessions): dns 2"
+            "STATUS=2 connections open (at most 256; streams 0, datagram sessions 2): dns 2"
         )
         started = time.monotonic()
         self.assertEqual(proxy.stop(), 0)
