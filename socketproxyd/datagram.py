@@ -177,8 +177,7 @@ class DatagramRelay:
         if not client:
             self.dropped += 1
             self.warn(
-                "{route}Datagrams from unbound UNIX clients are dropped: no reply could "
-                "reach them"
+                "{route}Datagrams from unbound UNIX clients are dropped: no reply could reach them"
             )
         elif waiting is not None:
             if len(waiting) < PENDING_MOST and self.pendingBytes < PENDING_BYTES:
