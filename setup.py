@@ -20,6 +20,7 @@ setup(
     install_requires=["twisted>=26.10,<27"],
     extras_require={"test": ["pytest", "pytest-twisted", "ruff"]},
     entry_points={"console_scripts": ["socketproxyd = socketproxyd.cli:main"]},
+    data_files=[("share/man/man8", ["man/socketproxyd.8"])],
     classifiers=[
         "Framework :: Twisted",
         "Operating System :: POSIX :: Linux",

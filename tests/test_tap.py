@@ -212,6 +212,29 @@ class DocumentationTests(SynchronousTestCase):
             self.assertIn(f"``--{name}", readme, name)
 
 
+class ManualTests(SynchronousTestCase):
+    """
+    The manual page, man/socketproxyd.8, describes exactly the options
+    C{--help} lists, and every TARGET form.
+    """
+
+    def test_optionsInStep(self) -> None:
+        import re
+        from pathlib import Path
+
+        page = (Path(__file__).resolve().parent.parent / "man" / "socketproxyd.8").read_text()
+        section = page.split(".SH OPTIONS", 1)[1].split("\n.SH ", 1)[0]
+        documented = {m.replace("\\-", "-") for m in re.findall(r"\\-\\-((?:[a-z]|\\-)+)", section)}
+        options = Options()
+        names = {p[0] for p in options.optParameters + options.optFlags}
+        names |= {"listen", "target", "version", "help"}
+        self.assertEqual(documented, names)
+        for form in ("/path/to/socket", "@name", "[v6addr]:PORT", "v4addr:PORT", "host:PORT"):
+            self.assertIn(form, page)
+        for heading in ("EXIT STATUS", "SIGNALS", "NOTIFY PROTOCOL", "EXAMPLES"):
+            self.assertIn(f".SH {heading}", page)
+
+
 class HelpTests(SynchronousTestCase):
     """
     C{--help} names the program and lists every option, C{-h} included.
