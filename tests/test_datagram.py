@@ -400,8 +400,8 @@ def dnsmasqPath() -> str | None:
 
 class DigTests(_ProxyTestMixin, SynchronousTestCase):
     """
-    C{dig} through the proxy to dnsmasq, over UDP and over TCP through
-    one process.
+    C{dig} (and C{kdig} where installed) through the proxy to dnsmasq, over
+    UDP and over TCP through one process.
     """
 
     command = commands()["socketproxyd"]
@@ -451,6 +451,13 @@ class DigTests(_ProxyTestMixin, SynchronousTestCase):
         many = dig("+bufsize=4096", "+ignore", "many.test", "A").split()
         self.assertEqual(len(many), 40)
         self.assertEqual(dig("+tcp", "web.test", "A", port=streamPort).strip(), "192.0.2.7")
+        if shutil.which("kdig"):
+            answer = subprocess.run(
+                ["kdig", "+short", "+time=2", "+retry=2", "-p", str(address[1]), "@127.0.0.1",
+                 "+bufsize=4096", "many.test", "A"],
+                capture_output=True, text=True, timeout=30,
+            ).stdout  # fmt: skip
+            self.assertEqual(len(answer.split()), 40, answer)
 
 
 class SessionTimerTests(SynchronousTestCase):
