@@ -44,7 +44,7 @@ from .logs import observer
 from .proxyheader import HEADERS
 from .pump import DOWNSTREAM, UPSTREAM, Ending, Flow, Pump
 from .target import notReady
-from .timespan import formatTimespan
+from .timespan import formatTimespan, stillIdle
 
 if TYPE_CHECKING:
     from .proxy import ProxyFactory
@@ -258,14 +258,11 @@ class Connection:
             self.pump.close()
 
     def _idleCheck(self) -> None:
-        reactor = self.factory.reactor
-        due = self.lastMoved + self.factory.settings.idleTimeout
-        now = reactor.seconds()
-        if now < due:
-            self.timer = reactor.callLater(due - now, self._idleCheck)
-            return
-        self.timer = None
-        self.end(Ending.IDLE_TIMEOUT)
+        factory = self.factory
+        due = self.lastMoved + factory.settings.idleTimeout
+        self.timer = stillIdle(factory.reactor, due, self._idleCheck)
+        if self.timer is None:
+            self.end(Ending.IDLE_TIMEOUT)
 
     def _cancelTimer(self) -> None:
         if self.timer is not None:

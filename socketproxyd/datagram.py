@@ -32,6 +32,7 @@ from .addresses import describeAddress
 from .logs import debugEnabled, observer
 from .notices import Notice
 from .pump import Ending
+from .routes import prefixFor
 from .session import BATCH, Session, receiveBuffer, receiveView, twistedAddress
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class DatagramRelay:
         self.settings = settings
         self.tracker = tracker
         self.route = route
-        self.routePrefix = f"{route}: " if route is not None else ""
+        self.routePrefix = prefixFor(route)
         self.addresses = None
         if target.kind != "name":
             self.addresses = [target.socketAddress(socket.SOCK_DGRAM)]

@@ -23,6 +23,7 @@ from .logs import debugEnabled, observer
 from .notices import Notice
 from .pipes import PIPE_SIZE, PipeSweeper
 from .pipes import available as spliceAvailable
+from .routes import prefixFor
 from .splice import SplicePump
 from .timespan import formatTimespan
 from .transportpump import ClientProtocol, ServerProtocol
@@ -115,7 +116,7 @@ class ProxyFactory(ServerFactory):
         self.settings = settings
         self.tracker = tracker
         self.route = route
-        self.routePrefix = f"{route}: " if route is not None else ""
+        self.routePrefix = prefixFor(route)
         self.endpoint = target.endpoint(reactor, settings.connectTimeout)
         self.splices = settings.dataPath != "transport" and spliceAvailable()
         self.bareConnector = None

@@ -23,6 +23,13 @@ C{LISTEN_FDNAMES}: not a name an operator chose, so not one log lines show.
 """
 
 
+def prefixFor(route: str | None) -> str:
+    """
+    What leads the log lines about a route's connections: its name.
+    """
+    return f"{route}: " if route is not None else ""
+
+
 class RouteError(ValueError):
     """
     A route cannot be made; the message says which and why.

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from .addresses import describeAddress
 from .proxyheader import headerV2
 from .pump import Ending
+from .timespan import stillIdle
 
 if TYPE_CHECKING:
     from .datagram import DatagramRelay
@@ -173,14 +174,10 @@ class Session:
             self.end(Ending.RESET)
 
     def _idleCheck(self) -> None:
-        reactor = self.relay.reactor
-        due = self.lastMoved + self.relay.idleTimeout
-        now = reactor.seconds()
-        if now < due:
-            self.timer = reactor.callLater(due - now, self._idleCheck)
-            return
-        self.timer = None
-        self.end(Ending.IDLE_TIMEOUT)
+        relay = self.relay
+        self.timer = stillIdle(relay.reactor, self.lastMoved + relay.idleTimeout, self._idleCheck)
+        if self.timer is None:
+            self.end(Ending.IDLE_TIMEOUT)
 
     def end(self, how: Ending, reset: bool = False) -> None:
         """
