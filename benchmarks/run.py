@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from activation import activation  # noqa: E402
+
 ORIGINAL = "/lib/systemd/systemd-socket-proxyd"
 FLOOR = REPO / "benchmarks" / "floor.py"
 PROXY_CORE = "1"
@@ -525,7 +528,7 @@ def slowConsumer(paths: list[Route], results: Results, nginx: Nginx, seconds: fl
             path.stop()
 
 
-SCENARIOS = ("bulk", "http", "idle", "slow")
+SCENARIOS = ("bulk", "http", "idle", "slow", "activation")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -574,10 +577,15 @@ def main(argv: list[str] | None = None) -> None:
                     idle(paths, results, nginx, idleCount)
                 if "slow" in only and run == 0:
                     slowConsumer(paths, results, nginx, seconds)
+                if "activation" in only and run == 0:
+                    original = ORIGINAL if os.access(ORIGINAL, os.X_OK) else None
+                    activation(original, REPO, results.add)
         finally:
             if nginx is not None:
                 nginx.stop()
     names = [p.name for p in throughputPaths + pipePaths]
+    if "activation" in only:
+        names += ["console script", "twistd", "twist", "python -c pass", "reactor import"]
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, medians of {runs} run(s), proxies pinned to "
