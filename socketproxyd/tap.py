@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import IO
 
@@ -141,6 +142,47 @@ class Options(usage.Options):
         self["targets"][name] = target
 
     opt_h = usage.Options.opt_help
+
+    placeholders = {
+        "connections-max": "N", "exit-idle-time": "SPAN", "connect-timeout": "SPAN",
+        "connect-retry": "SPAN", "idle-timeout": "SPAN", "drain-timeout": "SPAN",
+        "proxy-protocol": "v1|v2", "data-path": "PATH", "pipe-size": "BYTES",
+        "log-level": "LEVEL", "listen": "[NAME=]ENDPOINT", "target": "NAME=TARGET",
+    }  # fmt: skip
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        Twisted's option list, with a placeholder after each C{=} saying
+        what the option takes (C{--connections-max=N}), re-wrapped.
+        """
+        text = super().getUsage(width)
+        head, _, rest = text.partition("\n")
+        entries: list[list[str]] = []
+        lines = rest.split("\n")
+        for index, line in enumerate(lines):
+            match = re.match(r"  (-\w, |    )(--[\w-]+=?)\s+(.*)", line)
+            if match is None:
+                if entries and line.strip() and line.startswith("    "):
+                    entries[-1][2] += " " + line.strip()
+                    continue
+                tail = "\n".join(lines[index:])
+                break
+            short, option, doc = match.groups()
+            if option.endswith("="):
+                option += self.placeholders.get(option[2:-1], "VALUE")
+            entries.append([short, option, doc])
+        else:
+            tail = ""
+        column = 2 + 4 + max(len(option) for _, option, _ in entries) + 2
+        out = [head]
+        for short, option, doc in entries:
+            whole = doc.replace("[default: ", "[default:\xa0")
+            wrapped = [
+                line.replace("\xa0", " ") for line in textwrap.wrap(whole, (width or 80) - column)
+            ] or [""]
+            out.append(f"  {short}{option}".ljust(column) + wrapped[0])
+            out.extend(" " * column + line for line in wrapped[1:])
+        return "\n".join(out) + ("\n" + tail if tail else "\n")
 
     def getSynopsis(self) -> str:
         """

@@ -244,6 +244,11 @@ class HelpTests(SynchronousTestCase):
         text = str(Options())
         self.assertTrue(text.startswith("Usage: socketproxyd [OPTIONS] [TARGET]\n"), text)
         self.assertIn("-h, --help", text)
+        for option in ("-c, --connections-max=N ", "--listen=[NAME=]ENDPOINT ", "--keepalive "):
+            self.assertIn(option, text)
+        self.assertNotRegex(text, r"=\s{2}")
+        self.assertIn("[default: 256]", text)
+        self.assertTrue(all(len(line) <= 80 for line in text.splitlines()), text)
 
     def test_underTwistd(self) -> None:
         from twisted.scripts.twistd import ServerOptions
