@@ -59,10 +59,13 @@ class InheritedSocket:
 
     def describe(self) -> str:
         """
-        How the socket is named in log lines: its fd, name and family.
+        How the socket is named in log lines: its fd, name (unless it has
+        none: C{unknown}, as systemd says without C{LISTEN_FDNAMES}) and
+        family.
         """
         kind = " datagram" if self.datagram else ""
-        return f"fd {self.fd} ({self.name}, {_FAMILIES[self.family]}{kind})"
+        named = f"{self.name}, " if self.name != "unknown" else ""
+        return f"fd {self.fd} ({named}{_FAMILIES[self.family]}{kind})"
 
 
 def initialEnvironment() -> dict[str, str]:

@@ -62,6 +62,7 @@ class InheritedSocketsTests(SynchronousTestCase):
             [s.family for s in found], [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX]
         )
         self.assertEqual({s.name for s in found}, {"unknown"})
+        self.assertEqual(found[0].describe(), f"fd {START} (IPv4)")
         self.assertEqual(environ, {})
         self.assertFalse(os.get_inheritable(START))
 
