@@ -1,0 +1,359 @@
+"""
+End-to-end tests under a real systemd 252: socket units and service units
+as an operator deploys them, in a throw-away C{systemd-nspawn} container
+(L{tests.systemd_container}).  Skipped when not root, when systemd-nspawn
+cannot be had, or when the container does not boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+import socketproxyd
+
+from .systemd_container import Container, ContainerUnavailable, waitFor
+
+BIN = Path(sys.executable).parent
+PYTHON = str(BIN / "python")
+SOCKETPROXYD = str(BIN / "socketproxyd")
+TWISTD = str(BIN / "twistd")
+BACKEND = "/srv/spx-test/backend.py"
+CLIENT = "/srv/spx-test/client.py"
+TIMEOUT = 10.0
+# STATUS= of a proxy with one inherited socket: its count, and the count of the socket's route
+# (named after the socket unit, systemd's default FileDescriptorName=).
+STATUS = r"^\d+ connections open \(at most 256\): {unit}\.socket \d+$"
+
+
+def statusText(unit: str, count: int = 0) -> str:
+    """
+    The exact STATUS= text of the proxy behind C{unit}.socket with C{count}
+    connections open.
+    """
+    return f"{count} connections open (at most 256): {unit}.socket {count}"
+
+
+# An echo server answering each chunk in upper case, ready (READY=1) once listening.
+BACKEND_SOURCE = """\
+import os, socket, sys, threading
+
+def serve(conn):
+    with conn:
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk.upper())
+
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+address = os.environ.get("NOTIFY_SOCKET", "")
+if address:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.sendto(b"READY=1", "\\0" + address[1:] if address[0] == "@" else address)
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+# Send argv[3], then with "hold": print the answer, wait for the end and say how it
+# ended; otherwise half-close and print everything answered.
+CLIENT_SOURCE = """\
+import socket, sys
+
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as sock:
+    payload = sys.argv[3].encode()
+    sock.sendall(payload)
+    if sys.argv[4:] == ["hold"]:
+        got = b""
+        while len(got) < len(payload):
+            got += sock.recv(65536)
+        print(got.decode(), flush=True)
+        try:
+            rest = sock.recv(65536)
+            print("eof" if rest == b"" else "data", flush=True)
+        except ConnectionResetError:
+            print("reset", flush=True)
+    else:
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            got += b"<reset>"
+        sys.stdout.write(got.decode())
+"""
+
+
+def proxyUnits(name: str, port: int, execStart: str) -> dict[str, str]:
+    """
+    A socket unit listening on 127.0.0.1:C{port} and its Type=notify service
+    running C{execStart}, in front of C{backend.service}.
+    """
+    return {
+        f"etc/systemd/system/{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\n",
+        f"etc/systemd/system/{name}.service": (
+            "[Unit]\nRequires=backend.service\nAfter=backend.service\n\n"
+            f"[Service]\nType=notify\nExecStart={execStart}\n"
+        ),
+    }
+
+
+def treeFiles() -> dict[str, str]:
+    """
+    Everything written into the container's tree before boot: the backend,
+    the client, and one socket/service pair per scenario.
+    """
+    return {
+        BACKEND: BACKEND_SOURCE,
+        CLIENT: CLIENT_SOURCE,
+        "etc/systemd/system/backend.service": (
+            f"[Service]\nType=notify\nExecStart={PYTHON} {BACKEND} 127.0.0.1 8000\n"
+        ),
+        **proxyUnits("proxy", 8080, f"{SOCKETPROXYD} 127.0.0.1:8000"),
+        **proxyUnits(
+            "proxy-twistd", 8081, f"{TWISTD} --nodaemon --pidfile= socketproxy 127.0.0.1:8000"
+        ),
+        **proxyUnits("proxy-dead", 8082, f"{TWISTD} --nodaemon --pidfile= socketproxy 127.0.0.1:9"),
+        **proxyUnits("proxy-idle", 8083, f"{SOCKETPROXYD} --exit-idle-time=1s 127.0.0.1:8000"),
+        **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
+    }
+
+
+def hiddenPaths() -> list[str]:
+    """
+    The venv, the interpreter's installation and the package's source tree
+    when under C{/tmp}, which nspawn hides behind a tmpfs: to bind them
+    read-only at the same paths, which the scripts' C{#!} lines need.
+    """
+    candidates = {
+        BIN.parent,
+        Path(os.path.realpath(sys.executable)).parent.parent,
+        Path(socketproxyd.__file__).resolve().parent.parent,
+    }
+    return sorted(str(p) for p in candidates if p.is_relative_to("/tmp") and p != Path("/tmp"))
+
+
+class SystemdTests(SynchronousTestCase):
+    """
+    The proxy socket-activated by a real systemd, with the console script
+    and with twistd.  One container serves the whole class: booted by
+    C{setUpClass} (pytest, pyunit) or lazily by the first C{setUp} (trial,
+    which does not call C{setUpClass}), and stopped by C{tearDownClass}, by
+    the last test's C{tearDown}, or at exit, whichever comes first.
+    """
+
+    container: ClassVar[Container | None] = None
+    skipReason: ClassVar[str | None] = None
+    pending: ClassVar[set[str]] = set()
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.boot()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.shutdown()
+
+    @classmethod
+    def boot(cls) -> Container:
+        """
+        The shared container, booted on first use; skip every test with
+        the reason when it cannot be had.
+        """
+        if cls.skipReason is not None:
+            raise SkipTest(cls.skipReason)
+        if cls.container is None:
+            container = Container(treeFiles(), binds=hiddenPaths())
+            try:
+                container.boot()
+            except ContainerUnavailable as e:
+                cls.skipReason = str(e)
+                raise SkipTest(cls.skipReason) from e
+            cls.container = container
+            cls.pending = {name for name in dir(cls) if name.startswith("test_")}
+        return cls.container
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """
+        Power the shared container off, if booted.
+        """
+        if cls.container is not None:
+            cls.container.stop()
+            cls.container = None
+
+    def setUp(self) -> None:
+        self.container = self.boot()
+
+    def tearDown(self) -> None:
+        self.pending.discard(self._testMethodName)
+        if not self.pending:
+            self.shutdown()
+
+    def systemctl(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run systemctl in the container; fail the test if it fails.
+        """
+        result = self.container.run(["systemctl", "--no-pager", *argv])
+        self.assertEqual(result.returncode, 0, f"systemctl {argv}: {result.stderr}")
+        return result
+
+    def client(self, port: int, payload: str) -> str:
+        """
+        What a client inside the container gets for C{payload} sent to
+        127.0.0.1:C{port} and then half-closed.
+        """
+        result = self.container.run([PYTHON, CLIENT, "127.0.0.1", str(port), payload])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout
+
+    def waitShow(self, unit: str, wanted: dict[str, str], *more: str) -> dict[str, str]:
+        """
+        Poll C{systemctl show} until C{unit}'s properties have the wanted
+        values, and return them with C{more}; fail after L{TIMEOUT}.
+        """
+        last: dict[str, str] = {}
+
+        def matches() -> dict[str, str] | None:
+            nonlocal last
+            last = self.container.show(unit, *wanted, *more)
+            return last if all(last.get(k) == v for k, v in wanted.items()) else None
+
+        try:
+            return waitFor(matches, TIMEOUT, what=f"{unit} {wanted}")
+        except TimeoutError:
+            self.fail(f"{unit}: wanted {wanted}, still {last}\n{self.journal(unit)}")
+
+    def journal(self, unit: str) -> str:
+        """
+        C{unit}'s journal as text, for failure messages.
+        """
+        return self.container.run(["journalctl", "--no-pager", "-u", unit]).stdout
+
+    def journalEntries(self, unit: str, pattern: str) -> list[dict[str, object]]:
+        """
+        Poll C{unit}'s journal (JSON) until an entry's MESSAGE matches
+        C{pattern}; return the matching entries.
+        """
+
+        def entries() -> list[dict[str, object]]:
+            out = self.container.run(["journalctl", "--no-pager", "-o", "json", "-u", unit]).stdout
+            found = [json.loads(line) for line in out.splitlines() if line.strip()]
+            return [e for e in found if re.search(pattern, str(e.get("MESSAGE", "")))]
+
+        try:
+            return waitFor(entries, TIMEOUT, interval=0.1, what=f"{pattern!r} in {unit}")
+        except TimeoutError:
+            self.fail(f"no {pattern!r} in the journal of {unit}:\n{self.journal(unit)}")
+
+    def test_consoleScript(self) -> None:
+        """
+        The console script, socket-activated by the first client, reaches
+        active through READY=1, forwards the client's bytes both ways, and
+        shows its STATUS= text.
+        """
+        self.systemctl("start", "proxy.socket")
+        self.assertEqual(self.client(8080, "hello through systemd"), "HELLO THROUGH SYSTEMD")
+        shown = self.waitShow(
+            "proxy.service", {"ActiveState": "active", "SubState": "running"}, "StatusText"
+        )
+        self.assertRegex(shown["StatusText"], STATUS.format(unit="proxy"))
+        self.waitShow("proxy.service", {"StatusText": statusText("proxy")})
+
+    def test_twistd(self) -> None:
+        """
+        Under twistd the proxy is socket-activated and forwards alike, and
+        its lines reach the journal with their priorities and without
+        twistd's timestamp prefix.
+        """
+        self.systemctl("start", "proxy-twistd.socket")
+        self.assertEqual(self.client(8081, "twistd"), "TWISTD")
+        self.waitShow("proxy-twistd.service", {"ActiveState": "active"}, "StatusText")
+        for entry in self.journalEntries("proxy-twistd.service", r"Listening on"):
+            self.assertEqual(entry["PRIORITY"], "6", entry)
+            self.assertNotRegex(str(entry["MESSAGE"]), r"^\d{4}-\d\d-\d\d")
+            self.assertRegex(str(entry["MESSAGE"]), r"^Listening on 127\.0\.0\.1:8081")
+
+    def test_twistdWarning(self) -> None:
+        """
+        A failed connect to a dead target is logged under twistd as a
+        warning (PRIORITY=4) without a timestamp prefix, and the client is
+        closed.
+        """
+        self.systemctl("start", "proxy-dead.socket")
+        self.assertIn(self.client(8082, "nobody home"), ("", "<reset>"))
+        entries = self.journalEntries("proxy-dead.service", r"Failed to connect to 127\.0\.0\.1:9")
+        for entry in entries:
+            self.assertEqual(entry["PRIORITY"], "4", entry)
+            self.assertRegex(str(entry["MESSAGE"]), r"^(proxy-dead\.socket: )?Failed to connect")
+        self.waitShow("proxy-dead.service", {"ActiveState": "active"})
+
+    def test_exitIdleTime(self) -> None:
+        """
+        With --exit-idle-time=1s the service exits successfully once idle
+        while its socket keeps listening, and the next client starts it
+        again and gets its bytes.
+        """
+        self.systemctl("start", "proxy-idle.socket")
+        self.assertEqual(self.client(8083, "first"), "FIRST")
+        first = self.waitShow(
+            "proxy-idle.service",
+            {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"},
+            "ExecMainStartTimestampMonotonic",
+        )
+        self.waitShow("proxy-idle.socket", {"ActiveState": "active", "SubState": "listening"})
+        self.assertEqual(self.client(8083, "second"), "SECOND")
+        second = self.container.show("proxy-idle.service", "ExecMainStartTimestampMonotonic")
+        self.assertNotEqual(
+            first["ExecMainStartTimestampMonotonic"], second["ExecMainStartTimestampMonotonic"]
+        )
+        self.waitShow(
+            "proxy-idle.service",
+            {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"},
+        )
+
+    def test_stopWithClient(self) -> None:
+        """
+        C{systemctl stop} with a client connected ends the service quickly
+        as inactive, not failed, and the client sees its connection end.
+        """
+        self.systemctl("start", "proxy-stop.socket")
+        client = self.container.spawn([PYTHON, CLIENT, "127.0.0.1", "8084", "hold", "hold"])
+        self.addCleanup(self.reap, client)
+        self.assertEqual(self.readLine(client), "HOLD")
+        self.waitShow(
+            "proxy-stop.service",
+            {"ActiveState": "active", "StatusText": statusText("proxy-stop", 1)},
+        )
+        started = time.monotonic()
+        self.systemctl("stop", "proxy-stop.service")
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, 5.0)
+        shown = self.container.show("proxy-stop.service", "ActiveState", "Result")
+        self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"})
+        self.assertIn(self.readLine(client), ("eof", "reset"))
+
+    def readLine(self, process: subprocess.Popen[str]) -> str:
+        """
+        The next line of C{process}'s stdout, waiting at most L{TIMEOUT}.
+        """
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+        self.assertTrue(ready, "no line from the client in time")
+        return process.stdout.readline().strip()
+
+    def reap(self, process: subprocess.Popen[str]) -> None:
+        """
+        Kill C{process} if it still runs, and wait for it.
+        """
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
