@@ -254,6 +254,32 @@ class SystemdTests(SynchronousTestCase):
         except TimeoutError:
             self.fail(f"no {pattern!r} in the journal of {unit}:\n{self.journal(unit)}")
 
+    def test_examplesVerify(self) -> None:
+        """
+        C{systemd-analyze verify} is clean on every unit of
+        examples/systemd/, installed as the README says (the venv at
+        /opt/socketproxyd) beside the services they name.
+        """
+        examples = Path(socketproxyd.__file__).resolve().parent.parent / "examples" / "systemd"
+        if not examples.is_dir():
+            raise SkipTest("examples/systemd is not beside the package")
+        stubs = " ".join(
+            f"printf '[Service]\\nExecStart=/bin/true\\n' > /etc/systemd/system/{name}.service;"
+            for name in ("nginx", "postgresql")
+        )
+        setup = (
+            f"mkdir -p /opt/socketproxyd && ln -sfn {BIN} /opt/socketproxyd/bin && "
+            f"mkdir -p /srv/spx-examples && cp {examples}/* /srv/spx-examples/ && {stubs}"
+        )
+        prepared = self.container.run(["sh", "-c", setup])
+        self.assertEqual(prepared.returncode, 0, prepared.stderr)
+        units = sorted(p.name for p in examples.iterdir() if p.suffix in (".socket", ".service"))
+        self.assertGreaterEqual(len(units), 7)
+        verified = self.container.run(
+            ["systemd-analyze", "verify", *(f"/srv/spx-examples/{unit}" for unit in units)]
+        )
+        self.assertEqual((verified.returncode, verified.stdout + verified.stderr), (0, ""), units)
+
     def test_consoleScript(self) -> None:
         """
         The console script, socket-activated by the first client, reaches
