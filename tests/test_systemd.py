@@ -124,6 +124,11 @@ def treeFiles() -> dict[str, str]:
         **proxyUnits("proxy-dead", 8082, f"{TWISTD} --nodaemon --pidfile= socketproxy 127.0.0.1:9"),
         **proxyUnits("proxy-idle", 8083, f"{SOCKETPROXYD} --exit-idle-time=1s 127.0.0.1:8000"),
         **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
+        **proxyUnits(
+            "proxy-watchdog",
+            8085,
+            f"{SOCKETPROXYD} 127.0.0.1:8000\nWatchdogSec=1s\nRestart=on-failure\nRestartSec=100ms",
+        ),
     }
 
 
@@ -366,6 +371,39 @@ class SystemdTests(SynchronousTestCase):
         shown = self.container.show("proxy-stop.service", "ActiveState", "Result")
         self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"})
         self.assertIn(self.readLine(client), ("eof", "reset"))
+
+    def test_watchdog(self) -> None:
+        """
+        With C{WatchdogSec=} the proxy's pings keep it alive past the
+        interval; a proxy whose event loop is stopped (SIGSTOP) is killed
+        by the watchdog and restarted, and the next client is served.
+        """
+        self.systemctl("start", "proxy-watchdog.socket")
+        self.assertEqual(self.client(8085, "fed"), "FED")
+        first = self.waitShow(
+            "proxy-watchdog.service",
+            {"ActiveState": "active"},
+            "MainPID",
+            "ExecMainStartTimestampMonotonic",
+        )
+        started = int(first["ExecMainStartTimestampMonotonic"])
+
+        def pingedLate() -> bool:
+            shown = self.container.show("proxy-watchdog.service", "WatchdogTimestampMonotonic")
+            return int(shown["WatchdogTimestampMonotonic"] or 0) - started > 2_000_000
+
+        waitFor(pingedLate, TIMEOUT, interval=0.2, what="watchdog pings past twice the interval")
+        alive = self.container.show("proxy-watchdog.service", "ActiveState", "MainPID")
+        self.assertEqual(alive, {"ActiveState": "active", "MainPID": first["MainPID"]})
+        self.systemctl("kill", "--signal=SIGSTOP", "proxy-watchdog.service")
+
+        def restarted() -> dict[str, str] | None:
+            shown = self.container.show("proxy-watchdog.service", "MainPID", "NRestarts")
+            return shown if shown["NRestarts"] != "0" and shown["MainPID"] != "0" else None
+
+        waitFor(restarted, TIMEOUT, interval=0.1, what="a restart by the watchdog")
+        self.assertEqual(self.client(8085, "again"), "AGAIN")
+        self.assertIn("Watchdog timeout", self.journal("proxy-watchdog.service"))
 
     def readLine(self, process: subprocess.Popen[str]) -> str:
         """
