@@ -81,7 +81,10 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as so
         except ConnectionResetError:
             print("reset", flush=True)
     else:
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         got = b""
         try:
             while chunk := sock.recv(65536):
@@ -124,6 +127,7 @@ def treeFiles() -> dict[str, str]:
         **proxyUnits("proxy-dead", 8082, f"{TWISTD} --nodaemon --pidfile= socketproxy 127.0.0.1:9"),
         **proxyUnits("proxy-idle", 8083, f"{SOCKETPROXYD} --exit-idle-time=1s 127.0.0.1:8000"),
         **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
+        **proxyUnits("proxy-dead-console", 8086, f"{SOCKETPROXYD} 127.0.0.1:9"),
         **proxyUnits(
             "proxy-watchdog",
             8085,
@@ -326,6 +330,32 @@ class SystemdTests(SynchronousTestCase):
             self.assertEqual(entry["PRIORITY"], "4", entry)
             self.assertRegex(str(entry["MESSAGE"]), r"^(proxy-dead\.socket: )?Failed to connect")
         self.waitShow("proxy-dead.service", {"ActiveState": "active"})
+
+    def test_warningsOnly(self) -> None:
+        """
+        C{journalctl -p warning} shows exactly the proxy's warnings, under
+        both forms: every failed connect, one per client, and nothing else.
+        """
+        for unit, port in (("proxy-dead-console", 8086), ("proxy-dead", 8082)):
+            self.systemctl("start", f"{unit}.socket")
+            self.client(port, "one")
+            self.client(port, "two")
+            self.journalEntries(f"{unit}.service", r"Failed to connect.*\n?")
+            self.waitShow(f"{unit}.service", {"ActiveState": "active"})
+
+            def warnings(unit: str = unit) -> list[str] | None:
+                out = self.container.run(
+                    ["journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u",
+                     f"{unit}.service"]
+                ).stdout  # fmt: skip
+                lines = out.splitlines()
+                return lines if len(lines) >= 2 else None
+
+            lines = waitFor(warnings, TIMEOUT, interval=0.1, what=f"warnings of {unit}")
+            everything = self.journal(f"{unit}.service")
+            self.assertEqual(len(lines), everything.count("Failed to connect"), everything)
+            for line in lines:
+                self.assertRegex(line, rf"^{unit}\.socket: Failed to connect to 127\.0\.0\.1:9 ")
 
     def test_exitIdleTime(self) -> None:
         """
