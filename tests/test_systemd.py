@@ -109,6 +109,56 @@ def proxyUnits(name: str, port: int, execStart: str) -> dict[str, str]:
     }
 
 
+NGINX = "/usr/sbin/nginx"
+NGINX_CONF = """\
+pid /run/spx-nginx.pid;
+error_log /run/spx-nginx.error.log;
+events {}
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:8090;
+        listen unix:/run/spx-nginx.sock;
+        root /srv/spx-test/www;
+    }
+}
+"""
+HTTP_ROUTES = {
+    "http-console-tcp": (8091, f"{SOCKETPROXYD} --connect-retry=5s 127.0.0.1:8090"),
+    "http-console-unix": (8092, f"{SOCKETPROXYD} --connect-retry=5s /run/spx-nginx.sock"),
+    "http-twistd-tcp": (
+        8093,
+        f"{TWISTD} --nodaemon --pidfile= socketproxy --connect-retry=5s 127.0.0.1:8090",
+    ),
+    "http-twistd-unix": (
+        8094,
+        f"{TWISTD} --nodaemon --pidfile= socketproxy --connect-retry=5s /run/spx-nginx.sock",
+    ),
+}
+
+
+def httpUnits() -> dict[str, str]:
+    """
+    nginx on TCP and on a UNIX socket (as in the seed's example), and a
+    proxy in front of each for each C{ExecStart=} form; the proxies start
+    nginx and wait for it (C{--connect-retry}) while it opens its sockets.
+    """
+    units = {
+        "srv/spx-test/nginx.conf": NGINX_CONF,
+        "srv/spx-test/www/index.html": "socket-activated nginx\n",
+        "etc/systemd/system/spx-nginx.service": (
+            f"[Service]\nExecStart={NGINX} -c /srv/spx-test/nginx.conf -g 'daemon off;'\n"
+        ),
+    }
+    for name, (port, execStart) in HTTP_ROUTES.items():
+        units[f"etc/systemd/system/{name}.socket"] = f"[Socket]\nListenStream=127.0.0.1:{port}\n"
+        units[f"etc/systemd/system/{name}.service"] = (
+            "[Unit]\nRequires=spx-nginx.service\nAfter=spx-nginx.service\n\n"
+            f"[Service]\nType=notify\nExecStart={execStart}\n"
+        )
+    return units
+
+
 def treeFiles() -> dict[str, str]:
     """
     Everything written into the container's tree before boot: the backend,
@@ -128,6 +178,7 @@ def treeFiles() -> dict[str, str]:
         **proxyUnits("proxy-idle", 8083, f"{SOCKETPROXYD} --exit-idle-time=1s 127.0.0.1:8000"),
         **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
         **proxyUnits("proxy-dead-console", 8086, f"{SOCKETPROXYD} 127.0.0.1:9"),
+        **httpUnits(),
         **proxyUnits(
             "proxy-watchdog",
             8085,
@@ -330,6 +381,29 @@ class SystemdTests(SynchronousTestCase):
             self.assertEqual(entry["PRIORITY"], "4", entry)
             self.assertRegex(str(entry["MESSAGE"]), r"^(proxy-dead\.socket: )?Failed to connect")
         self.waitShow("proxy-dead.service", {"ActiveState": "active"})
+
+    def test_nginx(self) -> None:
+        """
+        A real HTTP server behind the proxy, on a TCP target and on a UNIX
+        socket target, under both C{ExecStart=} forms: the first request
+        starts the proxy (and nginx) and is answered.
+        """
+        if not os.access(NGINX, os.X_OK):
+            raise SkipTest("nginx is not installed")
+        for name, (port, _) in HTTP_ROUTES.items():
+            self.systemctl("start", f"{name}.socket")
+            fetch = (
+                "import urllib.request; "
+                f"print(urllib.request.urlopen('http://127.0.0.1:{port}/index.html', "
+                "timeout=10).read().decode(), end='')"
+            )
+            result = self.container.run([PYTHON, "-c", fetch])
+            self.assertEqual(
+                (result.returncode, result.stdout),
+                (0, "socket-activated nginx\n"),
+                f"{name}: {result.stderr}\n{self.journal(name + '.service')}",
+            )
+            self.waitShow(f"{name}.service", {"ActiveState": "active"})
 
     def test_warningsOnly(self) -> None:
         """
