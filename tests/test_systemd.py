@@ -7,6 +7,7 @@ cannot be had, or when the container does not boot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -159,6 +160,41 @@ def httpUnits() -> dict[str, str]:
     return units
 
 
+SLOW_SOURCE = "/srv/spx-test/slow.py"
+SLOW_SIZE = 8 << 20
+# Sends SLOW_SIZE bytes of a fixed pattern to each client over about two seconds, then closes.
+SLOW_SOURCE_CODE = """\
+import socket, threading, time
+
+CHUNK = bytes(range(256)) * 256
+SIZE = 8 << 20
+
+def serve(conn):
+    with conn:
+        for _ in range(SIZE // len(CHUNK)):
+            conn.sendall(CHUNK)
+            time.sleep(0.015)
+
+server = socket.create_server(("127.0.0.1", 8001))
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+# Reads everything from argv[1]:argv[2], saying "started" at the first byte; then the count
+# and SHA-256 of what it got.
+DOWNLOAD_CODE = """\
+import hashlib, socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as sock:
+    digest, total = hashlib.sha256(), 0
+    while chunk := sock.recv(65536):
+        if not total:
+            print("started", flush=True)
+        digest.update(chunk)
+        total += len(chunk)
+print(total, digest.hexdigest(), flush=True)
+"""
+
+
 def treeFiles() -> dict[str, str]:
     """
     Everything written into the container's tree before boot: the backend,
@@ -179,6 +215,14 @@ def treeFiles() -> dict[str, str]:
         **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
         **proxyUnits("proxy-dead-console", 8086, f"{SOCKETPROXYD} 127.0.0.1:9"),
         **httpUnits(),
+        SLOW_SOURCE: SLOW_SOURCE_CODE,
+        "etc/systemd/system/slow-source.service": f"[Service]\nExecStart={PYTHON} {SLOW_SOURCE}\n",
+        "etc/systemd/system/proxy-drain.socket": "[Socket]\nListenStream=127.0.0.1:8087\n",
+        "etc/systemd/system/proxy-drain.service": (
+            "[Unit]\nRequires=slow-source.service\nAfter=slow-source.service\n\n"
+            f"[Service]\nType=notify\nExecStart={SOCKETPROXYD} --drain-timeout=10s "
+            "--connect-retry=5s 127.0.0.1:8001\n"
+        ),
         **proxyUnits(
             "proxy-watchdog",
             8085,
@@ -508,6 +552,22 @@ class SystemdTests(SynchronousTestCase):
         waitFor(restarted, TIMEOUT, interval=0.1, what="a restart by the watchdog")
         self.assertEqual(self.client(8085, "again"), "AGAIN")
         self.assertIn("Watchdog timeout", self.journal("proxy-watchdog.service"))
+
+    def test_drainOnStop(self) -> None:
+        """
+        With C{--drain-timeout}, C{systemctl stop} during a download lets it
+        finish byte for byte, then the service ends inactive, not failed.
+        """
+        self.systemctl("start", "proxy-drain.socket")
+        download = self.container.spawn([PYTHON, "-c", DOWNLOAD_CODE, "127.0.0.1", "8087"])
+        self.addCleanup(self.reap, download)
+        self.assertEqual(self.readLine(download), "started")
+        self.systemctl("stop", "proxy-drain.service")
+        pattern = bytes(range(256)) * 256
+        expected = hashlib.sha256(pattern * (SLOW_SIZE // len(pattern))).hexdigest()
+        self.assertEqual(self.readLine(download), f"{SLOW_SIZE} {expected}")
+        shown = self.container.show("proxy-drain.service", "ActiveState", "Result")
+        self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"})
 
     def readLine(self, process: subprocess.Popen[str]) -> str:
         """
