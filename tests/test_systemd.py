@@ -215,6 +215,16 @@ def treeFiles() -> dict[str, str]:
         **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
         **proxyUnits("proxy-dead-console", 8086, f"{SOCKETPROXYD} 127.0.0.1:9"),
         **httpUnits(),
+        "etc/systemd/system/backend-ns.service": (
+            "[Service]\nType=notify\nPrivateNetwork=yes\n"
+            f"ExecStart={PYTHON} {BACKEND} 127.0.0.1 8010\n"
+        ),
+        "etc/systemd/system/proxy-ns.socket": "[Socket]\nListenStream=127.0.0.1:8088\n",
+        "etc/systemd/system/proxy-ns.service": (
+            "[Unit]\nRequires=backend-ns.service\nAfter=backend-ns.service\n"
+            "JoinsNamespaceOf=backend-ns.service\n\n"
+            f"[Service]\nType=notify\nPrivateNetwork=yes\nExecStart={SOCKETPROXYD} 127.0.0.1:8010\n"
+        ),
         SLOW_SOURCE: SLOW_SOURCE_CODE,
         "etc/systemd/system/slow-source.service": f"[Service]\nExecStart={PYTHON} {SLOW_SOURCE}\n",
         "etc/systemd/system/proxy-drain.socket": "[Socket]\nListenStream=127.0.0.1:8087\n",
@@ -552,6 +562,20 @@ class SystemdTests(SynchronousTestCase):
         waitFor(restarted, TIMEOUT, interval=0.1, what="a restart by the watchdog")
         self.assertEqual(self.client(8085, "again"), "AGAIN")
         self.assertIn("Watchdog timeout", self.journal("proxy-watchdog.service"))
+
+    def test_namespace(self) -> None:
+        """
+        The seed's namespace example: a backend in a private network
+        (C{PrivateNetwork=yes}) is unreachable from outside it, and the
+        proxy joining its namespace (C{JoinsNamespaceOf=}) makes it
+        reachable through the socket systemd holds outside.
+        """
+        self.systemctl("start", "proxy-ns.socket")
+        self.assertEqual(self.client(8088, "inside"), "INSIDE")
+        self.waitShow("backend-ns.service", {"ActiveState": "active"})
+        outside = self.container.run([PYTHON, CLIENT, "127.0.0.1", "8010", "direct"])
+        self.assertNotEqual(outside.returncode, 0)
+        self.assertIn("ConnectionRefusedError", outside.stderr)
 
     def test_drainOnStop(self) -> None:
         """
