@@ -27,13 +27,13 @@ def describeAddress(address: object) -> str:
     return "@" + name[1:] if name.startswith("\0") else name
 
 
-def socketAddress(family: int, address: object) -> IAddress:
+def socketAddress(family: int, address: object, kind: str = "TCP") -> IAddress:
     """
-    A socket address as Twisted's address objects give it, for the PROXY
-    header and log lines.
+    A socket address as Twisted's address objects give it (C{kind} C{"TCP"}
+    or C{"UDP"}), for the PROXY header and log lines.
     """
     if family == socket.AF_INET:
-        return IPv4Address("TCP", address[0], address[1])
+        return IPv4Address(kind, address[0], address[1])
     if family == socket.AF_INET6:
-        return IPv6Address("TCP", address[0], address[1], address[2], address[3])
+        return IPv6Address(kind, address[0], address[1], address[2], address[3])
     return UNIXAddress(address or None)

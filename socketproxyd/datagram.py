@@ -28,12 +28,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .addresses import describeAddress
+from .addresses import describeAddress, socketAddress
 from .logs import debugEnabled, observer
 from .notices import Notice
 from .pump import Ending
 from .routes import prefixFor
-from .session import BATCH, Session, receiveBuffer, receiveView, twistedAddress
+from .session import BATCH, Session, receiveBuffer, receiveView
 
 if TYPE_CHECKING:
     from .proxy import ConnectionTracker, ProxySettings
@@ -76,7 +76,7 @@ class DatagramPort:
         self.reactor.removeReader(self)
 
     def getHost(self) -> object:
-        return twistedAddress(self.socket.family, self.socket.getsockname())
+        return socketAddress(self.socket.family, self.socket.getsockname(), "UDP")
 
     def doRead(self) -> None:
         receive, relay = self.socket.recvfrom_into, self.relay
@@ -258,7 +258,7 @@ class DatagramRelay:
             )
 
     def describe(self, client: object) -> str:
-        return describeAddress(twistedAddress(self.port.socket.family, client))
+        return describeAddress(socketAddress(self.port.socket.family, client, "UDP"))
 
     def endAll(self, how: Ending) -> None:
         """

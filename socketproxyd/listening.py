@@ -190,7 +190,9 @@ class Listeners:
     and accepting through an L{Acceptor} (where the port allows) whenever
     the limit allows.
 
-    @ivar factories: the factory of each listener name.
+    @ivar factories: the factory of the stream listeners of each name.
+    @ivar relays: the relay of each datagram listener.
+    @ivar names: the names of all listeners.
     """
 
     log = Logger(observer=observer)
@@ -208,8 +210,9 @@ class Listeners:
         self.settings = settings
         self.tracker = tracker
         self.sweeper = sweeper
-        self.factories: dict[tuple[str | None, bool], ProxyFactory | DatagramRelay] = {}
+        self.factories: dict[str | None, ProxyFactory] = {}
         self.relays: list[DatagramRelay] = []
+        self.names: set[str | None] = set()
         self.ports: list[IListeningPort | DatagramPort] = []
         self.acceptors: list[Acceptor | IListeningPort] = []
 
@@ -221,19 +224,19 @@ class Listeners:
         of its own for each datagram listener: replies leave by the socket
         the client wrote to), on the target their route gives.
         """
-        key = (name, datagram)
-        factory = None if datagram else self.factories.get(key)
-        if factory is None:
-            target = self.routes.targetFor(name, label)
-            route = name if name != UNNAMED else None
-            if datagram:
-                factory = self._relay(target, label, route)
-                self.relays.append(factory)
-            else:
-                factory = ProxyFactory(
-                    self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
-                )
-            self.factories[key] = factory
+        self.names.add(name)
+        if not datagram and name in self.factories:
+            return self.factories[name]
+        target = self.routes.targetFor(name, label)
+        route = name if name != UNNAMED else None
+        if datagram:
+            relay = self._relay(target, label, route)
+            self.relays.append(relay)
+            return relay
+        factory = ProxyFactory(
+            self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
+        )
+        self.factories[name] = factory
         return factory
 
     def _relay(self, target: Target, label: str, route: str | None) -> DatagramRelay:
@@ -248,7 +251,8 @@ class Listeners:
         """
         The names of the routes in use, sorted.
         """
-        return sorted({f.route for f in self.factories.values() if f.route is not None})
+        routed = [*self.factories.values(), *self.relays]
+        return sorted({f.route for f in routed if f.route is not None})
 
     def sessions(self) -> int:
         """
@@ -272,7 +276,7 @@ class Listeners:
         """
         try:
             plan = planListeners(self.reactor, inherited, descriptions, self.factoryFor)
-            self.routes.checkUsed({name for name, _ in self.factories})
+            self.routes.checkUsed(self.names)
         except RouteError as e:
             raise StartupError(str(e)) from None
         for listener in openListeners(plan):

@@ -40,6 +40,11 @@ class ConnectionTracker(TypingProtocol):
 
     def fdsExhausted(self) -> None: ...
 
+    def room(self) -> int:
+        """
+        How many more connections (or datagram sessions) fit now.
+        """
+
     def waitForDescriptors(self, connection: Connection) -> None:
         """
         C{connection} could not connect for want of descriptors: call its
@@ -126,7 +131,7 @@ class ProxyFactory(ServerFactory):
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False
         if sweeper is None:
-            sweeper = PipeSweeper(reactor, outOfFds=tracker.fdsExhausted)
+            sweeper = PipeSweeper(reactor, None, tracker.fdsExhausted, settings.pipeSize)
         self.sweeper = sweeper
         self.notReady = Notice(reactor, interval=0)
 

@@ -10,10 +10,9 @@ import errno
 import socket
 from typing import TYPE_CHECKING
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.python.failure import Failure
 
-from .addresses import describeAddress
+from .addresses import describeAddress, socketAddress
 from .proxyheader import headerV2
 from .pump import Ending
 from .timespan import stillIdle
@@ -29,18 +28,6 @@ starve the others.
 """
 receiveBuffer = bytearray(256 * 1024)
 receiveView = memoryview(receiveBuffer)
-
-
-def twistedAddress(family: int, address: object, kind: str = "UDP") -> object:
-    """
-    A socket module address as the Twisted address object PROXY headers
-    and log lines take.
-    """
-    if family == socket.AF_INET:
-        return IPv4Address(kind, address[0], address[1])
-    if family == socket.AF_INET6:
-        return IPv6Address(kind, address[0], address[1])
-    return UNIXAddress(address or None)
 
 
 class Session:
@@ -75,7 +62,7 @@ class Session:
         if relay.settings.proxyProtocol is not None:
             family = relay.port.socket.family
             self.header = headerV2(
-                twistedAddress(family, client), relay.port.getHost(), datagram=True
+                socketAddress(family, client, "UDP"), relay.port.getHost(), datagram=True
             )
         relay.sessions[client] = self
         relay.tracker.connectionOpened(self)
