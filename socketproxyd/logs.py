@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import IO
 
 from twisted.logger import (
@@ -154,6 +154,32 @@ def runnerObserver() -> ILogObserver | None:
     own, to a log file or stdout as its options say).
     """
     return textObserver(sys.stderr, journal=True) if isJournal(sys.stderr) else None
+
+
+def journalForTwist(
+    runner: MutableMapping | None,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> bool:
+    """
+    Under C{twist}, whose runner takes no log observer from the
+    application and writes JSON to any log file that is not a terminal:
+    when that file is the journal and no C{--log-format} was given, choose
+    the observer factory C{--log-format} would (C{runner} is twist's own
+    options, our options' C{parent}), so that its lines read as the console
+    script's do.  Returns whether it did.
+    """
+    if runner is None or "fileLogObserverFactory" not in runner:
+        return False
+    argv = sys.argv if argv is None else argv
+    command = getattr(runner, "subCommand", None)
+    before = argv[1 : argv.index(command)] if command in argv else argv[1:]
+    if any(arg.startswith("--log-fo") for arg in before):
+        return False
+    if not isJournal(runner.get("logFile"), environ):
+        return False
+    runner["fileLogObserverFactory"] = textObserver
+    return True
 
 
 def useJournalIfThere(stream: IO[str] | None = None) -> bool:

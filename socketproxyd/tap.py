@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from . import __version__
 from .activation import InheritedSocket, inheritedSockets
-from .logs import LEVELS, levelFromEnvironment, setLevel, useJournalIfThere
+from .logs import LEVELS, journalForTwist, levelFromEnvironment, setLevel, useJournalIfThere
 from .notify import Notifier
 from .pipes import available as spliceAvailable
 from .pipes import parsePipeSize
@@ -267,6 +267,7 @@ def makeService(
         from twisted.internet import reactor
     setLevel(config["log-level"])
     useJournalIfThere()
+    journalForTwist(config.parent)
     return ProxyService(
         reactor,
         config["routes"],

@@ -9,7 +9,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.logs import isJournal, levelFromEnvironment, textObserver
+from socketproxyd.logs import isJournal, journalForTwist, levelFromEnvironment, textObserver
 
 
 class TextObserverTests(SynchronousTestCase):
@@ -60,3 +60,59 @@ class EnvironmentTests(SynchronousTestCase):
             )
             self.assertFalse(isJournal(stream, {"JOURNAL_STREAM": "1:2"}))
             self.assertFalse(isJournal(stream, {}))
+
+
+class _TwistOptions(dict):
+    """
+    What L{journalForTwist} reads of twist's options: its log file, the
+    observer factory its runner will call, and the chosen sub-command.
+    """
+
+    subCommand = "socketproxy"
+
+
+class JournalForTwistTests(SynchronousTestCase):
+    """
+    Under twist, a log file that is the journal gets the proxy's journal
+    lines instead of twist's JSON, unless C{--log-format} was given.
+    """
+
+    def setUp(self) -> None:
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        self.stream = os.fdopen(writeEnd, "w")
+        self.addCleanup(self.stream.close)
+        status = os.fstat(writeEnd)
+        self.environ = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        self.default = object()
+
+    def runner(self) -> _TwistOptions:
+        return _TwistOptions(logFile=self.stream, fileLogObserverFactory=self.default)
+
+    def test_journal(self) -> None:
+        runner = self.runner()
+        argv = ["twist", "socketproxy", "--log-format=x", "1:2"]
+        self.assertTrue(journalForTwist(runner, argv, self.environ))
+        self.assertIs(runner["fileLogObserverFactory"], textObserver)
+
+    def test_explicitFormatKept(self) -> None:
+        for option in (["--log-format=json"], ["--log-format", "text"], ["--log-fo=json"]):
+            runner = self.runner()
+            argv = ["twist", *option, "socketproxy", "1:2"]
+            self.assertFalse(journalForTwist(runner, argv, self.environ))
+            self.assertIs(runner["fileLogObserverFactory"], self.default)
+
+    def test_notJournal(self) -> None:
+        runner = self.runner()
+        self.assertFalse(journalForTwist(runner, ["twist", "socketproxy", "1:2"], {}))
+        self.assertIs(runner["fileLogObserverFactory"], self.default)
+
+    def test_notTwist(self) -> None:
+        """
+        twistd's options (no observer factory) and our own command's (no
+        parent) are left alone.
+        """
+        self.assertFalse(journalForTwist(None, ["socketproxyd", "1:2"], self.environ))
+        runner = _TwistOptions(logFile=self.stream)
+        self.assertFalse(journalForTwist(runner, ["twistd", "socketproxy"], self.environ))
+        self.assertNotIn("fileLogObserverFactory", runner)

@@ -1,0 +1,91 @@
+"""
+Installing the project into a container that has no network, the way the
+README says: its own C{python3 -m venv /opt/socketproxyd &&
+/opt/socketproxyd/bin/pip install .} and its plugin-cache command, with
+C{--no-index --find-links} pointing pip at wheels downloaded on the host
+beforehand (the dependencies and the build requirements).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parent.parent
+PREFIX = "/opt/socketproxyd"
+INSTALL = f"python3 -m venv {PREFIX} && {PREFIX}/bin/pip install ."
+DOWNLOAD_TIMEOUT = 300.0
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "_trial_temp*", "tests.test_*", "build", "dist", "*.egg-info",
+    "__pycache__", "dropin.cache", ".pytest_cache", ".ruff_cache", "results",
+)  # fmt: skip
+
+
+class KitUnavailable(Exception):
+    """
+    The wheels could not be downloaded here (no index, no cache); the
+    message says why, for a test to skip with.
+    """
+
+
+def readmeCommands(readme: Path = SOURCE / "README.rst") -> tuple[str, str]:
+    """
+    The README's install command for C{/opt/socketproxyd} and its
+    plugin-cache command, as the README spells them; L{ValueError} when
+    either is missing, so the README and what is tested cannot drift apart.
+    """
+    text = readme.read_text()
+    if INSTALL not in " ".join(text.split()):
+        raise ValueError(f"README.rst no longer says {INSTALL!r}")
+    cache = re.search(rf"^ +({re.escape(PREFIX)}/bin/python -c .*getPlugins.*)$", text, re.M)
+    if cache is None:
+        raise ValueError("README.rst no longer gives the plugin-cache command")
+    return INSTALL, cache.group(1)
+
+
+def buildKit(into: Path) -> None:
+    """
+    Write into C{into} what an offline install needs: C{src}, a copy of the
+    source tree as a checkout has it, and C{wheels}, every wheel its
+    install and its build need, downloaded with the host's pip.
+    """
+    shutil.copytree(SOURCE, into / "src", ignore=_NOT_SOURCE, symlinks=True)
+    requires = ["setuptools>=64", "wheel"]
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
+    argv += ["--only-binary=:all:", "--dest", str(into / "wheels"), str(into / "src"), *requires]
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=DOWNLOAD_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise KitUnavailable(f"could not download the wheels to install from: {e}") from e
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+        raise KitUnavailable(
+            "could not download the wheels to install from: "
+            + ("; ".join(errors) or f"pip exited {done.returncode}")
+        )
+
+
+def installScript(kit: str, scratch: str = "/var/tmp/spx-src") -> str:
+    """
+    The shell script that installs inside the container from C{kit} (where
+    L{buildKit}'s output is mounted read-only): the README's commands, run
+    in a writable copy of the source tree, pip kept off the network.
+    """
+    install, cache = readmeCommands()
+    offline = install.replace(
+        "pip install .", f"pip install --quiet --no-index --find-links={kit}/wheels ."
+    )
+    return "\n".join(
+        ["set -e", f'rm -rf "{scratch}"', f'cp -a "{kit}/src" "{scratch}"', f'cd "{scratch}"',
+         offline, cache]
+    )  # fmt: skip
