@@ -29,6 +29,7 @@ from .systemd_container import Container, ContainerUnavailable, waitFor
 PYTHON = "/usr/bin/python3"
 SOCKETPROXYD = f"{PREFIX}/bin/socketproxyd"
 TWISTD = f"{PREFIX}/bin/twistd"
+TWIST = f"{PREFIX}/bin/twist"
 KIT = "/srv/spx-install"
 INSTALL_TIMEOUT = 300.0
 BACKEND = "/srv/spx-test/backend.py"
@@ -219,6 +220,7 @@ def treeFiles() -> dict[str, str]:
         **proxyUnits("proxy-idle", 8083, f"{SOCKETPROXYD} --exit-idle-time=1s 127.0.0.1:8000"),
         **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
         **proxyUnits("proxy-dead-console", 8086, f"{SOCKETPROXYD} 127.0.0.1:9"),
+        **proxyUnits("proxy-dead-twist", 8089, f"{TWIST} socketproxy 127.0.0.1:9"),
         **httpUnits(),
         "etc/systemd/system/backend-ns.service": (
             "[Service]\nType=notify\nPrivateNetwork=yes\n"
@@ -469,9 +471,14 @@ class SystemdTests(SynchronousTestCase):
     def test_warningsOnly(self) -> None:
         """
         C{journalctl -p warning} shows exactly the proxy's warnings, under
-        both forms: every failed connect, one per client, and nothing else.
+        both forms and under twist: every failed connect, one per client,
+        and nothing else; and no line is twist's JSON.
         """
-        for unit, port in (("proxy-dead-console", 8086), ("proxy-dead", 8082)):
+        for unit, port in (
+            ("proxy-dead-console", 8086),
+            ("proxy-dead", 8082),
+            ("proxy-dead-twist", 8089),
+        ):
             self.systemctl("start", f"{unit}.socket")
             self.client(port, "one")
             self.client(port, "two")
@@ -491,6 +498,8 @@ class SystemdTests(SynchronousTestCase):
             self.assertEqual(len(lines), everything.count("Failed to connect"), everything)
             for line in lines:
                 self.assertRegex(line, rf"^{unit}\.socket: Failed to connect to 127\.0\.0\.1:9 ")
+            self.assertNotIn("blob data", everything)
+            self.assertNotIn("{", everything)
 
     def test_exitIdleTime(self) -> None:
         """
