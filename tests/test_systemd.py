@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -100,18 +101,72 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as so
 """
 
 
-def proxyUnits(name: str, port: int, execStart: str) -> dict[str, str]:
+FORMS = {
+    "console": SOCKETPROXYD,
+    "twistd": f"{TWISTD} --nodaemon --pidfile= socketproxy",
+    "twist": f"{TWIST} socketproxy",
+}
+BOTH = ("console", "twistd")
+
+
+@dataclass(frozen=True)
+class Scenario:
     """
-    A socket unit listening on 127.0.0.1:C{port} and its Type=notify service
-    running C{execStart}, in front of C{backend.service}.
+    A proxy unit pair per C{ExecStart=} form in C{forms}: C{NAME-FORM.socket}
+    on 127.0.0.1 from C{port} on (one port per form, in order), and its
+    Type=notify service running the form with C{arguments}, after
+    C{requires}, with C{unit} and C{service} lines added to its sections.
     """
-    return {
-        f"etc/systemd/system/{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\n",
-        f"etc/systemd/system/{name}.service": (
-            "[Unit]\nRequires=backend.service\nAfter=backend.service\n\n"
-            f"[Service]\nType=notify\nExecStart={execStart}\n"
-        ),
-    }
+
+    port: int
+    arguments: str
+    forms: tuple[str, ...] = BOTH
+    requires: str = "backend.service"
+    unit: str = ""
+    service: str = ""
+
+    def portOf(self, form: str) -> int:
+        return self.port + self.forms.index(form)
+
+
+SCENARIOS = {
+    "proxy": Scenario(8100, "127.0.0.1:8000", service="DynamicUser=yes\n"),
+    "dead": Scenario(8110, "127.0.0.1:9", forms=(*BOTH, "twist")),
+    "idle": Scenario(8120, "--exit-idle-time=1s 127.0.0.1:8000"),
+    "stop": Scenario(8130, "127.0.0.1:8000"),
+    "watchdog": Scenario(
+        8140, "127.0.0.1:8000", service="WatchdogSec=1s\nRestart=on-failure\nRestartSec=100ms\n"
+    ),
+    "drain": Scenario(
+        8150,
+        "--drain-timeout=10s --connect-retry=5s 127.0.0.1:8001",
+        requires="slow-source.service",
+    ),
+    "ns": Scenario(
+        8160,
+        "127.0.0.1:8010",
+        requires="backend-ns.service",
+        unit="JoinsNamespaceOf=backend-ns.service\n",
+        service="PrivateNetwork=yes\n",
+    ),
+}
+
+
+def scenarioUnits() -> dict[str, str]:
+    """
+    The socket and service units of every scenario under each of its forms.
+    """
+    units = {}
+    for name, scenario in SCENARIOS.items():
+        for form in scenario.forms:
+            path = f"etc/systemd/system/{name}-{form}"
+            units[f"{path}.socket"] = f"[Socket]\nListenStream=127.0.0.1:{scenario.portOf(form)}\n"
+            units[f"{path}.service"] = (
+                f"[Unit]\nRequires={scenario.requires}\nAfter={scenario.requires}\n"
+                f"{scenario.unit}\n[Service]\nType=notify\n{scenario.service}"
+                f"ExecStart={FORMS[form]} {scenario.arguments}\n"
+            )
+    return units
 
 
 NGINX = "/usr/sbin/nginx"
@@ -210,41 +265,14 @@ def treeFiles() -> dict[str, str]:
         "etc/systemd/system/backend.service": (
             f"[Service]\nType=notify\nExecStart={PYTHON} {BACKEND} 127.0.0.1 8000\n"
         ),
-        **proxyUnits("proxy", 8080, f"{SOCKETPROXYD} 127.0.0.1:8000"),
-        **proxyUnits(
-            "proxy-twistd",
-            8081,
-            f"{TWISTD} --nodaemon --pidfile= socketproxy 127.0.0.1:8000\nDynamicUser=yes",
-        ),
-        **proxyUnits("proxy-dead", 8082, f"{TWISTD} --nodaemon --pidfile= socketproxy 127.0.0.1:9"),
-        **proxyUnits("proxy-idle", 8083, f"{SOCKETPROXYD} --exit-idle-time=1s 127.0.0.1:8000"),
-        **proxyUnits("proxy-stop", 8084, f"{SOCKETPROXYD} 127.0.0.1:8000"),
-        **proxyUnits("proxy-dead-console", 8086, f"{SOCKETPROXYD} 127.0.0.1:9"),
-        **proxyUnits("proxy-dead-twist", 8089, f"{TWIST} socketproxy 127.0.0.1:9"),
+        **scenarioUnits(),
         **httpUnits(),
         "etc/systemd/system/backend-ns.service": (
             "[Service]\nType=notify\nPrivateNetwork=yes\n"
             f"ExecStart={PYTHON} {BACKEND} 127.0.0.1 8010\n"
         ),
-        "etc/systemd/system/proxy-ns.socket": "[Socket]\nListenStream=127.0.0.1:8088\n",
-        "etc/systemd/system/proxy-ns.service": (
-            "[Unit]\nRequires=backend-ns.service\nAfter=backend-ns.service\n"
-            "JoinsNamespaceOf=backend-ns.service\n\n"
-            f"[Service]\nType=notify\nPrivateNetwork=yes\nExecStart={SOCKETPROXYD} 127.0.0.1:8010\n"
-        ),
         SLOW_SOURCE: SLOW_SOURCE_CODE,
         "etc/systemd/system/slow-source.service": f"[Service]\nExecStart={PYTHON} {SLOW_SOURCE}\n",
-        "etc/systemd/system/proxy-drain.socket": "[Socket]\nListenStream=127.0.0.1:8087\n",
-        "etc/systemd/system/proxy-drain.service": (
-            "[Unit]\nRequires=slow-source.service\nAfter=slow-source.service\n\n"
-            f"[Service]\nType=notify\nExecStart={SOCKETPROXYD} --drain-timeout=10s "
-            "--connect-retry=5s 127.0.0.1:8001\n"
-        ),
-        **proxyUnits(
-            "proxy-watchdog",
-            8085,
-            f"{SOCKETPROXYD} 127.0.0.1:8000\nWatchdogSec=1s\nRestart=on-failure\nRestartSec=100ms",
-        ),
     }
 
 
@@ -400,50 +428,31 @@ class SystemdTests(SynchronousTestCase):
         )
         self.assertEqual((verified.returncode, verified.stdout + verified.stderr), (0, ""), units)
 
-    def test_consoleScript(self) -> None:
+    def test_activation(self) -> None:
         """
-        The console script, socket-activated by the first client, reaches
-        active through READY=1, forwards the client's bytes both ways, and
-        shows its STATUS= text.
+        Under each form, the first client starts the service through its
+        socket and is answered; the unit becomes active (for Type=notify,
+        on the proxy's READY=1: systemd logs "Started") and shows the
+        STATUS= text; the proxy's "Listening on" is at info priority and
+        without a timestamp of its own.  It runs as a user that
+        cannot write the install (C{DynamicUser=yes}), which with the
+        plugin cache built as the README says logs nothing about that cache.
         """
-        self.systemctl("start", "proxy.socket")
-        self.assertEqual(self.client(8080, "hello through systemd"), "HELLO THROUGH SYSTEMD")
-        shown = self.waitShow(
-            "proxy.service", {"ActiveState": "active", "SubState": "running"}, "StatusText"
-        )
-        self.assertRegex(shown["StatusText"], STATUS.format(unit="proxy"))
-        self.waitShow("proxy.service", {"StatusText": statusText("proxy")})
-
-    def test_twistd(self) -> None:
-        """
-        Under twistd the proxy is socket-activated and forwards alike, and
-        its lines reach the journal with their priorities and without
-        twistd's timestamp prefix.  It runs as a user that cannot write the
-        install (C{DynamicUser=yes}), which with the plugin cache built as
-        the README says logs nothing about that cache.
-        """
-        self.systemctl("start", "proxy-twistd.socket")
-        self.assertEqual(self.client(8081, "twistd"), "TWISTD")
-        self.waitShow("proxy-twistd.service", {"ActiveState": "active"}, "StatusText")
-        for entry in self.journalEntries("proxy-twistd.service", r"Listening on"):
-            self.assertEqual(entry["PRIORITY"], "6", entry)
-            self.assertNotRegex(str(entry["MESSAGE"]), r"^\d{4}-\d\d-\d\d")
-            self.assertRegex(str(entry["MESSAGE"]), r"^Listening on 127\.0\.0\.1:8081")
-        self.assertNotIn("plugin cache", self.journal("proxy-twistd.service"))
-
-    def test_twistdWarning(self) -> None:
-        """
-        A failed connect to a dead target is logged under twistd as a
-        warning (PRIORITY=4) without a timestamp prefix, and the client is
-        closed.
-        """
-        self.systemctl("start", "proxy-dead.socket")
-        self.assertIn(self.client(8082, "nobody home"), ("", "<reset>"))
-        entries = self.journalEntries("proxy-dead.service", r"Failed to connect to 127\.0\.0\.1:9")
-        for entry in entries:
-            self.assertEqual(entry["PRIORITY"], "4", entry)
-            self.assertRegex(str(entry["MESSAGE"]), r"^(proxy-dead\.socket: )?Failed to connect")
-        self.waitShow("proxy-dead.service", {"ActiveState": "active"})
+        for form in BOTH:
+            unit = f"proxy-{form}"
+            self.systemctl("start", f"{unit}.socket")
+            port = SCENARIOS["proxy"].portOf(form)
+            self.assertEqual(self.client(port, f"hello {form}"), f"HELLO {form.upper()}")
+            shown = self.waitShow(
+                f"{unit}.service", {"ActiveState": "active", "SubState": "running"}, "StatusText"
+            )
+            self.assertRegex(shown["StatusText"], STATUS.format(unit=unit))
+            self.waitShow(f"{unit}.service", {"StatusText": statusText(unit)})
+            self.journalEntries(f"{unit}.service", rf"^Started {unit}\.service")
+            for entry in self.journalEntries(f"{unit}.service", r"Listening on"):
+                self.assertRegex(str(entry["MESSAGE"]), rf"^Listening on 127\.0\.0\.1:{port} ")
+                self.assertEqual(entry["PRIORITY"], "6", form)
+            self.assertNotIn("plugin cache", self.journal(f"{unit}.service"))
 
     def test_nginx(self) -> None:
         """
@@ -472,17 +481,17 @@ class SystemdTests(SynchronousTestCase):
         """
         C{journalctl -p warning} shows exactly the proxy's warnings, under
         both forms and under twist: every failed connect, one per client,
-        and nothing else; and no line is twist's JSON.
+        at warning priority, and nothing else; and no line is twist's JSON
+        (which journald would keep as blob data).
         """
-        for unit, port in (
-            ("proxy-dead-console", 8086),
-            ("proxy-dead", 8082),
-            ("proxy-dead-twist", 8089),
-        ):
+        scenario = SCENARIOS["dead"]
+        for form in scenario.forms:
+            unit = f"dead-{form}"
             self.systemctl("start", f"{unit}.socket")
-            self.client(port, "one")
-            self.client(port, "two")
-            self.journalEntries(f"{unit}.service", r"Failed to connect.*\n?")
+            for payload in ("one", "two"):
+                self.assertIn(self.client(scenario.portOf(form), payload), ("", "<reset>"))
+            failed = self.journalEntries(f"{unit}.service", r"Failed to connect")
+            self.assertEqual({entry["PRIORITY"] for entry in failed}, {"4"}, form)
             self.waitShow(f"{unit}.service", {"ActiveState": "active"})
 
             def warnings(unit: str = unit) -> list[str] | None:
@@ -505,89 +514,94 @@ class SystemdTests(SynchronousTestCase):
         """
         With --exit-idle-time=1s the service exits successfully once idle
         while its socket keeps listening, and the next client starts it
-        again and gets its bytes.
+        again and gets its bytes, under both forms.
         """
-        self.systemctl("start", "proxy-idle.socket")
-        self.assertEqual(self.client(8083, "first"), "FIRST")
-        first = self.waitShow(
-            "proxy-idle.service",
-            {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"},
-            "ExecMainStartTimestampMonotonic",
-        )
-        self.waitShow("proxy-idle.socket", {"ActiveState": "active", "SubState": "listening"})
-        self.assertEqual(self.client(8083, "second"), "SECOND")
-        second = self.container.show("proxy-idle.service", "ExecMainStartTimestampMonotonic")
-        self.assertNotEqual(
-            first["ExecMainStartTimestampMonotonic"], second["ExecMainStartTimestampMonotonic"]
-        )
-        self.waitShow(
-            "proxy-idle.service",
-            {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"},
-        )
+        for form in BOTH:
+            unit, port = f"idle-{form}", SCENARIOS["idle"].portOf(form)
+            idle = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+            self.systemctl("start", f"{unit}.socket")
+            self.assertEqual(self.client(port, "first"), "FIRST")
+            first = self.waitShow(f"{unit}.service", idle, "ExecMainStartTimestampMonotonic")
+            self.waitShow(f"{unit}.socket", {"ActiveState": "active", "SubState": "listening"})
+            self.assertEqual(self.client(port, "second"), "SECOND")
+            second = self.container.show(f"{unit}.service", "ExecMainStartTimestampMonotonic")
+            self.assertNotEqual(
+                first["ExecMainStartTimestampMonotonic"],
+                second["ExecMainStartTimestampMonotonic"],
+                form,
+            )
+            self.waitShow(f"{unit}.service", idle)
 
     def test_stopWithClient(self) -> None:
         """
         C{systemctl stop} with a client connected ends the service quickly
-        as inactive, not failed, and the client sees its connection end.
+        as inactive, not failed, and the client sees its connection end,
+        under both forms.
         """
-        self.systemctl("start", "proxy-stop.socket")
-        client = self.container.spawn([PYTHON, CLIENT, "127.0.0.1", "8084", "hold", "hold"])
-        self.addCleanup(self.reap, client)
-        self.assertEqual(self.readLine(client), "HOLD")
-        self.waitShow(
-            "proxy-stop.service",
-            {"ActiveState": "active", "StatusText": statusText("proxy-stop", 1)},
-        )
-        started = time.monotonic()
-        self.systemctl("stop", "proxy-stop.service")
-        elapsed = time.monotonic() - started
-        self.assertLess(elapsed, 5.0)
-        shown = self.container.show("proxy-stop.service", "ActiveState", "Result")
-        self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"})
-        self.assertIn(self.readLine(client), ("eof", "reset"))
+        for form in BOTH:
+            unit, port = f"stop-{form}", SCENARIOS["stop"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            client = self.container.spawn([PYTHON, CLIENT, "127.0.0.1", str(port), "hold", "hold"])
+            self.addCleanup(self.reap, client)
+            self.assertEqual(self.readLine(client), "HOLD")
+            self.waitShow(
+                f"{unit}.service", {"ActiveState": "active", "StatusText": statusText(unit, 1)}
+            )
+            started = time.monotonic()
+            self.systemctl("stop", f"{unit}.service")
+            self.assertLess(time.monotonic() - started, 5.0, form)
+            shown = self.container.show(f"{unit}.service", "ActiveState", "Result")
+            self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"}, form)
+            self.assertIn(self.readLine(client), ("eof", "reset"))
 
     def test_watchdog(self) -> None:
         """
         With C{WatchdogSec=} the proxy's pings keep it alive past the
         interval; a proxy whose event loop is stopped (SIGSTOP) is killed
-        by the watchdog and restarted, and the next client is served.
+        by the watchdog and restarted, and the next client is served, under
+        both forms.
         """
-        self.systemctl("start", "proxy-watchdog.socket")
-        self.assertEqual(self.client(8085, "fed"), "FED")
-        first = self.waitShow(
-            "proxy-watchdog.service",
-            {"ActiveState": "active"},
-            "MainPID",
-            "ExecMainStartTimestampMonotonic",
-        )
-        started = int(first["ExecMainStartTimestampMonotonic"])
+        for form in BOTH:
+            unit, port = f"watchdog-{form}", SCENARIOS["watchdog"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            self.assertEqual(self.client(port, "fed"), "FED")
+            first = self.waitShow(
+                f"{unit}.service",
+                {"ActiveState": "active"},
+                "MainPID",
+                "ExecMainStartTimestampMonotonic",
+            )
+            started = int(first["ExecMainStartTimestampMonotonic"])
 
-        def pingedLate() -> bool:
-            shown = self.container.show("proxy-watchdog.service", "WatchdogTimestampMonotonic")
-            return int(shown["WatchdogTimestampMonotonic"] or 0) - started > 2_000_000
+            def pingedLate(unit: str = unit, started: int = started) -> bool:
+                shown = self.container.show(f"{unit}.service", "WatchdogTimestampMonotonic")
+                return int(shown["WatchdogTimestampMonotonic"] or 0) - started > 2_000_000
 
-        waitFor(pingedLate, TIMEOUT, interval=0.2, what="watchdog pings past twice the interval")
-        alive = self.container.show("proxy-watchdog.service", "ActiveState", "MainPID")
-        self.assertEqual(alive, {"ActiveState": "active", "MainPID": first["MainPID"]})
-        self.systemctl("kill", "--signal=SIGSTOP", "proxy-watchdog.service")
+            waitFor(
+                pingedLate, TIMEOUT, interval=0.2, what=f"{unit}'s pings past twice the interval"
+            )
+            alive = self.container.show(f"{unit}.service", "ActiveState", "MainPID")
+            self.assertEqual(alive, {"ActiveState": "active", "MainPID": first["MainPID"]}, form)
+            self.systemctl("kill", "--signal=SIGSTOP", f"{unit}.service")
 
-        def restarted() -> dict[str, str] | None:
-            shown = self.container.show("proxy-watchdog.service", "MainPID", "NRestarts")
-            return shown if shown["NRestarts"] != "0" and shown["MainPID"] != "0" else None
+            def restarted(unit: str = unit) -> dict[str, str] | None:
+                shown = self.container.show(f"{unit}.service", "MainPID", "NRestarts")
+                return shown if shown["NRestarts"] != "0" and shown["MainPID"] != "0" else None
 
-        waitFor(restarted, TIMEOUT, interval=0.1, what="a restart by the watchdog")
-        self.assertEqual(self.client(8085, "again"), "AGAIN")
-        self.assertIn("Watchdog timeout", self.journal("proxy-watchdog.service"))
+            waitFor(restarted, TIMEOUT, interval=0.1, what=f"a restart of {unit} by the watchdog")
+            self.assertEqual(self.client(port, "again"), "AGAIN")
+            self.assertIn("Watchdog timeout", self.journal(f"{unit}.service"))
 
     def test_namespace(self) -> None:
         """
         The seed's namespace example: a backend in a private network
-        (C{PrivateNetwork=yes}) is unreachable from outside it, and the
-        proxy joining its namespace (C{JoinsNamespaceOf=}) makes it
-        reachable through the socket systemd holds outside.
+        (C{PrivateNetwork=yes}) is unreachable from outside it, and a proxy
+        joining its namespace (C{JoinsNamespaceOf=}) makes it reachable
+        through the socket systemd holds outside, under both forms.
         """
-        self.systemctl("start", "proxy-ns.socket")
-        self.assertEqual(self.client(8088, "inside"), "INSIDE")
+        for form in BOTH:
+            self.systemctl("start", f"ns-{form}.socket")
+            self.assertEqual(self.client(SCENARIOS["ns"].portOf(form), form), form.upper())
         self.waitShow("backend-ns.service", {"ActiveState": "active"})
         outside = self.container.run([PYTHON, CLIENT, "127.0.0.1", "8010", "direct"])
         self.assertNotEqual(outside.returncode, 0)
@@ -596,18 +610,21 @@ class SystemdTests(SynchronousTestCase):
     def test_drainOnStop(self) -> None:
         """
         With C{--drain-timeout}, C{systemctl stop} during a download lets it
-        finish byte for byte, then the service ends inactive, not failed.
+        finish byte for byte, then the service ends inactive, not failed,
+        under both forms.
         """
-        self.systemctl("start", "proxy-drain.socket")
-        download = self.container.spawn([PYTHON, "-c", DOWNLOAD_CODE, "127.0.0.1", "8087"])
-        self.addCleanup(self.reap, download)
-        self.assertEqual(self.readLine(download), "started")
-        self.systemctl("stop", "proxy-drain.service")
         pattern = bytes(range(256)) * 256
         expected = hashlib.sha256(pattern * (SLOW_SIZE // len(pattern))).hexdigest()
-        self.assertEqual(self.readLine(download), f"{SLOW_SIZE} {expected}")
-        shown = self.container.show("proxy-drain.service", "ActiveState", "Result")
-        self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"})
+        for form in BOTH:
+            unit, port = f"drain-{form}", SCENARIOS["drain"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            download = self.container.spawn([PYTHON, "-c", DOWNLOAD_CODE, "127.0.0.1", str(port)])
+            self.addCleanup(self.reap, download)
+            self.assertEqual(self.readLine(download), "started")
+            self.systemctl("stop", f"{unit}.service")
+            self.assertEqual(self.readLine(download), f"{SLOW_SIZE} {expected}", form)
+            shown = self.container.show(f"{unit}.service", "ActiveState", "Result")
+            self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"}, form)
 
     def readLine(self, process: subprocess.Popen[str]) -> str:
         """
