@@ -165,6 +165,13 @@ class DatagramRelay:
         self.trouble = Notice(reactor)
         self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
 
+    def listenOn(self, sock: socket.socket) -> DatagramPort:
+        """
+        The port that reads C{sock}, a bound datagram socket, for this
+        relay (to be started).
+        """
+        return DatagramPort(self.reactor, sock, self)
+
     def received(self, data: bytes, client: object) -> None:
         """
         A datagram from C{client}: on to its session, opened if it has

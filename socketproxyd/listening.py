@@ -3,6 +3,9 @@
 Opening the listeners: the inherited sockets, then every C{--listen}
 endpoint, each with its name and on the factory of its route (all routed
 before any is opened); and the one-line exit when that cannot be done.
+
+The datagram modules are imported only for a datagram listener: a
+stream-only proxy's first client waits for nothing it does not use.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
@@ -23,13 +26,15 @@ from twisted.python.failure import Failure
 from .acceptor import Acceptor, adoptable
 from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt, takeDatagramSocket
 from .addresses import describeAddress
-from .datagram import DatagramPort, DatagramRelay
 from .logs import observer
 from .pipes import PipeSweeper
 from .proxy import ConnectionTracker, ProxyFactory, ProxySettings
 from .pump import Ending
 from .routes import UNNAMED, RouteError, Routes, splitListen
 from .target import Target
+
+if TYPE_CHECKING:
+    from .datagram import DatagramPort, DatagramRelay
 
 
 class StartupError(Exception):
@@ -117,7 +122,7 @@ def planListeners(
 def _adoptDatagram(
     reactor: object, inherited: InheritedSocket, relay: DatagramRelay
 ) -> DatagramPort:
-    return DatagramPort(reactor, takeDatagramSocket(inherited), relay)
+    return relay.listenOn(takeDatagramSocket(inherited))
 
 
 def _listenUDP(reactor: object, description: str, relay: DatagramRelay) -> DatagramPort:
@@ -143,7 +148,7 @@ def _listenUDP(reactor: object, description: str, relay: DatagramRelay) -> Datag
     except OSError as e:
         sock.close()
         raise StartupError(f"--listen={description}: cannot listen: {e.strerror}") from None
-    return DatagramPort(reactor, sock, relay)
+    return relay.listenOn(sock)
 
 
 def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
@@ -242,6 +247,8 @@ class Listeners:
     def _relay(self, target: Target, label: str, route: str | None) -> DatagramRelay:
         if self.settings.proxyProtocol == "v1":
             raise RouteError(f"{label}: a datagram listener takes --proxy-protocol=v2, not v1")
+        from .datagram import DatagramRelay
+
         try:
             return DatagramRelay(self.reactor, target, self.settings, self.tracker, route)
         except ValueError as e:
@@ -291,7 +298,7 @@ class Listeners:
         """
         port, factory = listener.port, listener.factory
         self.ports.append(port)
-        if isinstance(port, DatagramPort):
+        if factory in self.relays:
             port.startReading()
         elif adoptable(port, factory):
             self.acceptors.append(Acceptor(self.reactor, port, self.tracker, factory.accepted))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import subprocess
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -258,3 +260,23 @@ class HelpTests(SynchronousTestCase):
         self.assertEqual(
             options.getSynopsis(), "Usage: twistd [options] socketproxy [OPTIONS] [TARGET]"
         )
+
+
+class ImportTests(SynchronousTestCase):
+    """
+    What the console script imports before its first client (issue 10):
+    nothing a stream-only proxy does not use.
+    """
+
+    def test_noDatagramModules(self) -> None:
+        code = (
+            "import sys, socketproxyd.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('socketproxyd.')))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        loaded = done.stdout
+        self.assertIn("'socketproxyd.listening'", loaded)
+        self.assertNotIn("'socketproxyd.datagram'", loaded)
+        self.assertNotIn("'socketproxyd.session'", loaded)
