@@ -7,13 +7,18 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.tap import Options
 from socketproxyd.target import Target
+
+MANUAL = Path(__file__).resolve().parent.parent / "man" / "socketproxyd.8"
 
 
 class OptionsTests(SynchronousTestCase):
@@ -221,10 +226,7 @@ class ManualTests(SynchronousTestCase):
     """
 
     def test_optionsInStep(self) -> None:
-        import re
-        from pathlib import Path
-
-        page = (Path(__file__).resolve().parent.parent / "man" / "socketproxyd.8").read_text()
+        page = MANUAL.read_text()
         section = page.split(".SH OPTIONS", 1)[1].split("\n.SH ", 1)[0]
         documented = {m.replace("\\-", "-") for m in re.findall(r"\\-\\-((?:[a-z]|\\-)+)", section)}
         options = Options()
@@ -235,6 +237,24 @@ class ManualTests(SynchronousTestCase):
             self.assertIn(form, page)
         for heading in ("EXIT STATUS", "SIGNALS", "NOTIFY PROTOCOL", "EXAMPLES"):
             self.assertIn(f".SH {heading}", page)
+
+    def test_rendersWithoutWarnings(self) -> None:
+        """
+        C{man -l} renders the page with groff's warnings on and gives none.
+        """
+        if shutil.which("man") is None:
+            raise SkipTest("man is not installed")
+        done = subprocess.run(
+            ["man", "--warnings", "-E", "UTF-8", "-l", str(MANUAL)],
+            env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        self.assertIn("socketproxyd", done.stdout)
+        self.assertIn("--connections-max", done.stdout.replace("\u2010", "-"))
 
 
 class HelpTests(SynchronousTestCase):
