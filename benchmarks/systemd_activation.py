@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.installkit import PREFIX, buildKit, installScript  # noqa: E402
-from tests.systemd_container import Container  # noqa: E402
+from tests.installkit import PREFIX, KitUnavailable, buildKit, installScript  # noqa: E402
+from tests.systemd_container import Container, ContainerUnavailable, ensureNspawn  # noqa: E402
 
 ORIGINAL = "/lib/systemd/systemd-socket-proxyd"
 KIT = "/srv/spx-install"
@@ -62,9 +62,6 @@ for _ in range(500):
 for _ in range(count):
     for unit, port in units.items():
         subprocess.run(["systemctl", "stop", unit + ".service"], check=True, capture_output=True)
-        active = ["systemctl", "is-active", "--quiet", unit + ".service"]
-        while subprocess.run(active).returncode == 0:
-            time.sleep(0.01)
         started = time.perf_counter()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -134,17 +131,22 @@ def main() -> None:
     kit = Path(tempfile.mkdtemp(prefix="spx-kit-"))
     container = Container(units(), binds=[f"{kit}:{KIT}"])
     try:
+        ensureNspawn()
         buildKit(kit)
         container.boot()
         installed = container.run(["sh", "-c", installScript(KIT)], timeout=300)
         if installed.returncode != 0:
             sys.exit(f"install failed: {installed.stderr[-2000:]}")
-        for name in labels:
-            container.run(["systemctl", "start", f"{name}.socket", "greeter.service"])
+        sockets = [f"{name}.socket" for name in labels]
+        started = container.run(["systemctl", "start", *sockets, "greeter.service"])
+        if started.returncode != 0:
+            sys.exit(f"systemctl start failed: {started.stderr.strip()}")
         measure = ["python3", "/srv/spx-bench/measure.py", json.dumps(ports), str(args.count)]
         measured = container.run([*measure, f"{PREFIX}/bin/python"], timeout=60 + args.count * 30)
         if measured.returncode != 0:
             sys.exit(f"measuring failed: {measured.stderr[-2000:]}")
+    except (ContainerUnavailable, KitUnavailable) as e:
+        sys.exit(f"systemd_activation: {str(e).splitlines()[0]}")
     finally:
         container.stop()
         shutil.rmtree(kit, ignore_errors=True)

@@ -149,10 +149,10 @@ class ListenerService(Service):
         self.listening.accept(accepting)
         if full and self.running and (hits := self._limitNotice.begins()):
             self.log.info(
-                "Reached {limit} connections ({hits} times since the last report); "
-                "new clients wait in the backlog",
+                "Connection limit {limit} reached{again}; new clients wait in the backlog",
                 limit=self.capacity,
                 hits=hits,
+                again=f" {hits} times since the last report" if hits > 1 else "",
             )
 
     def _released(self) -> None:

@@ -168,6 +168,9 @@ def journalForTwist(
     the observer factory C{--log-format} would (C{runner} is twist's own
     options, our options' C{parent}), so that its lines read as the console
     script's do.  Returns whether it did.
+
+    Whether C{--log-format} was given is read from C{argv} (C{sys.argv},
+    which C{twist} parses; getopt takes C{--log-fo} and longer prefixes).
     """
     if runner is None or "fileLogObserverFactory" not in runner:
         return False

@@ -19,9 +19,11 @@ PREFIX = "/opt/socketproxyd"
 INSTALL = f"python3 -m venv {PREFIX} && {PREFIX}/bin/pip install ."
 DOWNLOAD_TIMEOUT = 300.0
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "_trial_temp*", "tests.test_*", "build", "dist", "*.egg-info",
-    "__pycache__", "dropin.cache", ".pytest_cache", ".ruff_cache", "results",
+    ".git", ".venv", "venv", ".tox", "_trial_temp*", "tests.test_*", "build", "dist",
+    "*.egg-info", "__pycache__", "dropin.cache", ".pytest_cache", ".ruff_cache", ".mypy_cache",
+    "results",
 )  # fmt: skip
+CONTAINER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class KitUnavailable(Exception):
@@ -46,16 +48,41 @@ def readmeCommands(readme: Path = SOURCE / "README.rst") -> tuple[str, str]:
     return INSTALL, cache.group(1)
 
 
+def targetInterpreter(path: str = CONTAINER_PATH) -> list[str]:
+    """
+    The C{pip download} options that choose wheels for the C{python3} the
+    container runs (the host's own, seen through the overlay), which need
+    not be the interpreter running the tests.
+    """
+    python = shutil.which("python3", path=path)
+    if python is None:
+        raise KitUnavailable(f"no python3 on {path} to install with")
+    code = "import sys; print(sys.implementation.name, *sys.version_info[:2])"
+    try:
+        name, major, minor = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        raise KitUnavailable(f"cannot tell which Python {python} is: {e}") from e
+    if name != "cpython":
+        raise KitUnavailable(f"{python} is {name}, not CPython")
+    return ["--python-version", f"{major}.{minor}", "--implementation", "cp"] + [
+        "--abi", f"cp{major}{minor}"
+    ]  # fmt: skip
+
+
 def buildKit(into: Path) -> None:
     """
     Write into C{into} what an offline install needs: C{src}, a copy of the
     source tree as a checkout has it, and C{wheels}, every wheel its
-    install and its build need, downloaded with the host's pip.
+    install and its build need for the container's C{python3}, downloaded
+    with the host's pip.
     """
     shutil.copytree(SOURCE, into / "src", ignore=_NOT_SOURCE, symlinks=True)
     requires = ["setuptools>=64", "wheel"]
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
-    argv += ["--only-binary=:all:", "--dest", str(into / "wheels"), str(into / "src"), *requires]
+    argv += ["--timeout", "20", *targetInterpreter(), "--only-binary=:all:"]
+    argv += ["--dest", str(into / "wheels"), str(into / "src"), *requires]
     try:
         done = subprocess.run(
             argv,
@@ -86,6 +113,6 @@ def installScript(kit: str, scratch: str = "/var/tmp/spx-src") -> str:
         "pip install .", f"pip install --quiet --no-index --find-links={kit}/wheels ."
     )
     return "\n".join(
-        ["set -e", f'rm -rf "{scratch}"', f'cp -a "{kit}/src" "{scratch}"', f'cd "{scratch}"',
-         offline, cache]
+        ["set -e", f'rm -rf "{scratch}" "{PREFIX}"', f'cp -a "{kit}/src" "{scratch}"',
+         f'cd "{scratch}"', offline, cache]
     )  # fmt: skip

@@ -87,6 +87,10 @@ class JournalForTwistTests(SynchronousTestCase):
         self.default = object()
 
     def runner(self) -> _TwistOptions:
+        """
+        twist's options as its runner would read them, the log file being
+        the journal.
+        """
         return _TwistOptions(logFile=self.stream, fileLogObserverFactory=self.default)
 
     def test_journal(self) -> None:

@@ -11,7 +11,7 @@ import sys
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.connection import Ending
@@ -250,8 +250,16 @@ class LimitLogTests(ServiceTestCase):
             service.listeners.connectionClosed(connection)
         self.reactor.advance(60)
         service.listeners.connectionOpened(FakeConnection(service))
-        hits = [e["hits"] for e in events if "Reached" in e.get("log_format", "")]
-        self.assertEqual(hits, [1, 5])
+        reached = [e for e in events if "limit" in e.get("log_format", "")]
+        self.assertEqual([e["hits"] for e in reached], [1, 5])
+        self.assertEqual(
+            [formatEvent(e) for e in reached],
+            [
+                "Connection limit 1 reached; new clients wait in the backlog",
+                "Connection limit 1 reached 5 times since the last report; "
+                "new clients wait in the backlog",
+            ],
+        )
 
 
 class WaitingForDescriptorsTests(ServiceTestCase):

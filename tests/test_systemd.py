@@ -9,6 +9,7 @@ install from cannot be downloaded.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from typing import ClassVar
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from .installkit import PREFIX, KitUnavailable, buildKit, installScript
-from .systemd_container import Container, ContainerUnavailable, waitFor
+from .systemd_container import Container, ContainerUnavailable, ensureNspawn, waitFor
 
 PYTHON = "/usr/bin/python3"
 SOCKETPROXYD = f"{PREFIX}/bin/socketproxyd"
@@ -126,6 +127,9 @@ class Scenario:
     service: str = ""
 
     def portOf(self, form: str) -> int:
+        """
+        The port of this scenario's socket unit for C{form}.
+        """
         return self.port + self.forms.index(form)
 
 
@@ -313,22 +317,35 @@ class SystemdTests(SynchronousTestCase):
             raise AssertionError(cls.installError)
         if cls.container is None:
             cls.pending = {name for name in dir(cls) if name.startswith("test_")}
-            cls.kit = Path(tempfile.mkdtemp(prefix="spx-kit-"))
-            container = Container(treeFiles(), binds=[f"{cls.kit}:{KIT}"])
             try:
-                buildKit(cls.kit)
-                container.boot()
+                cls.prepare()
             except (ContainerUnavailable, KitUnavailable) as e:
                 cls.skipReason = str(e)
                 cls.shutdown()
                 raise SkipTest(cls.skipReason) from e
-            cls.container = container
-            installed = container.run(["sh", "-c", installScript(KIT)], timeout=INSTALL_TIMEOUT)
-            if installed.returncode != 0:
-                cls.installError = f"the README's install failed:\n{installed.stderr[-3000:]}"
+            except BaseException as e:
+                cls.installError = f"{type(e).__name__}: {e}"
                 cls.shutdown()
-                raise AssertionError(cls.installError)
+                raise
+        assert cls.container is not None
         return cls.container
+
+    @classmethod
+    def prepare(cls) -> None:
+        """
+        Check that a container can be had here before downloading anything,
+        build the install kit, boot, and install as the README says.
+        """
+        ensureNspawn()
+        script = installScript(KIT)
+        cls.kit = Path(tempfile.mkdtemp(prefix="spx-kit-"))
+        atexit.register(shutil.rmtree, cls.kit, True)
+        buildKit(cls.kit)
+        cls.container = Container(treeFiles(), binds=[f"{cls.kit}:{KIT}"])
+        cls.container.boot()
+        installed = cls.container.run(["sh", "-c", script], timeout=INSTALL_TIMEOUT)
+        if installed.returncode != 0:
+            raise AssertionError(f"the README's install failed:\n{installed.stderr[-3000:]}")
 
     @classmethod
     def shutdown(cls) -> None:

@@ -246,7 +246,7 @@ class ManualTests(SynchronousTestCase):
             raise SkipTest("man is not installed")
         done = subprocess.run(
             ["man", "--warnings", "-E", "UTF-8", "-l", str(MANUAL)],
-            env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"},
+            env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "LC_ALL": "C.UTF-8"},
             capture_output=True,
             text=True,
             timeout=60,
