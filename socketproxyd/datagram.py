@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IResolutionReceiver
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .addresses import describeAddress, socketAddress
+from .datagramport import DatagramPort
+from .destinations import Destination
 from .logs import debugEnabled, observer
 from .notices import Notice
 from .pump import Ending
 from .routes import prefixFor
-from .session import BATCH, Session, receiveBuffer, receiveView
+from .session import Session
 
 if TYPE_CHECKING:
     from .proxy import ConnectionTracker, ProxySettings
@@ -50,78 +51,6 @@ sources send while the resolver is slow.
 """
 
 
-class DatagramPort:
-    """
-    A listening datagram socket in the reactor: what clients send goes to
-    the L{DatagramRelay}, and replies leave from it.
-    """
-
-    log = Logger(observer=observer)
-
-    def __init__(self, reactor: object, sock: socket.socket, relay: DatagramRelay) -> None:
-        self.reactor = reactor
-        self.socket = sock
-        self.fileno = sock.fileno
-        self.relay = relay
-        relay.port = self
-        sock.setblocking(False)
-
-    def logPrefix(self) -> str:
-        return "datagram"
-
-    def startReading(self) -> None:
-        self.reactor.addReader(self)
-
-    def stopReading(self) -> None:
-        self.reactor.removeReader(self)
-
-    def getHost(self) -> object:
-        return socketAddress(self.socket.family, self.socket.getsockname(), "UDP")
-
-    def doRead(self) -> None:
-        receive, relay = self.socket.recvfrom_into, self.relay
-        for _ in range(BATCH):
-            try:
-                size, address = receive(receiveBuffer)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue
-            relay.received(bytes(receiveView[:size]), address)
-
-    def sendTo(self, data: bytes, address: object) -> bool:
-        """
-        Send a reply to a client; whether it went (a full buffer or an
-        unreachable client drops it).
-        """
-        try:
-            self.socket.sendto(data, address)
-        except OSError:
-            return False
-        return True
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.log.warn(
-            "Datagram socket {fd} failed: {reason}", fd=self.fileno(), reason=reason.value
-        )
-
-    def stopListening(self) -> None:
-        """
-        Stop reading, end every session and close the socket.
-        """
-        self.stopReading()
-        relay = self.relay
-        relay.endAll(Ending.SHUTDOWN)
-        self.socket.close()
-        if relay.dropped:
-            self.log.info(
-                "{route}{dropped} datagrams dropped in all (at the connection limit, a full "
-                "socket buffer, or a target that could not be reached)",
-                route=relay.routePrefix,
-                dropped=relay.dropped,
-            )
-
-
 class DatagramRelay:
     """
     The sessions of one datagram listener, all forwarded to one target: a
@@ -133,6 +62,8 @@ class DatagramRelay:
     @ivar dropped: datagrams dropped (a full buffer, or over the limit).
     @ivar resolving: the datagrams of clients whose target is being
         resolved.
+    @ivar destinations: where those clients wrote to, on a wildcard-bound
+        listener.
     """
 
     log = Logger(observer=observer)
@@ -159,6 +90,7 @@ class DatagramRelay:
         self.port: DatagramPort | None = None
         self.sessions: dict[object, Session] = {}
         self.resolving: dict[object, list[bytes]] = {}
+        self.destinations: dict[object, Destination | None] = {}
         self.pendingBytes = 0
         self.dropped = 0
         self.overLimit = Notice(reactor)
@@ -172,16 +104,18 @@ class DatagramRelay:
         """
         return DatagramPort(self.reactor, sock, self)
 
-    def received(self, data: bytes, client: object) -> None:
+    def received(self, data: bytes, client: object, ancillary: list | None = None) -> None:
         """
-        A datagram from C{client}: on to its session, opened if it has
-        none and there is room.
+        A datagram from C{client} (with C{ancillary} data that may say
+        where it was sent): on to its session, opened if it has none and
+        there is room. A client has a session per address it writes to.
         """
-        session = self.sessions.get(client)
+        key = (client, ancillary[0][2]) if ancillary else client
+        session = self.sessions.get(key)
         if session is not None:
             session.send(data)
             return
-        waiting = self.resolving.get(client)
+        waiting = self.resolving.get(key)
         if not client:
             self.dropped += 1
             self.warn(
@@ -206,22 +140,28 @@ class DatagramRelay:
             if len(self.resolving) >= RESOLVING_MOST or self.pendingBytes >= PENDING_BYTES:
                 self.dropped += 1
                 return
-            self.resolving[client] = [data]
+            self.resolving[key] = [data]
             self.pendingBytes += len(data)
-            receiver = _Resolution(self, client)
+            if ancillary:
+                self.destinations[key] = self.port.destination(ancillary)
+            receiver = _Resolution(self, client, key)
             target = self.target
             self.reactor.nameResolver.resolveHostName(
                 receiver, target.host, target.port, transportSemantics="UDP"
             )
         else:
-            self.open(client, self.addresses, [data])
+            destination = self.port.destination(ancillary) if ancillary else None
+            self.open(client, self.addresses, [data], destination, key)
 
-    def resolved(self, client: object, addresses: list[object]) -> None:
+    def resolved(self, client: object, addresses: list[object], key: object = None) -> None:
         """
-        The target's name resolved for C{client}: open its session on
-        those addresses with what it sent meanwhile.
+        The target's name resolved for C{client} (its session's C{key},
+        if not the client itself): open its session on those addresses
+        with what it sent meanwhile.
         """
-        waiting = self.resolving.pop(client, None)
+        key = client if key is None else key
+        waiting = self.resolving.pop(key, None)
+        destination = self.destinations.pop(key, None)
         if waiting is None:
             return
         self.pendingBytes -= sum(map(len, waiting))
@@ -231,16 +171,24 @@ class DatagramRelay:
             self.dropped += len(waiting)
             self.warn("{route}Cannot resolve {target}; datagrams of new clients are dropped")
             return
-        self.open(client, found, waiting)
+        self.open(client, found, waiting, destination, key)
 
-    def open(self, client: object, addresses: list[tuple[int, object]], data: list[bytes]) -> None:
+    def open(
+        self,
+        client: object,
+        addresses: list[tuple[int, object]],
+        data: list[bytes],
+        destination: Destination | None = None,
+        key: object = None,
+    ) -> None:
         """
         Open C{client}'s session (on the first address that takes a
-        socket) and send it C{data}.
+        socket) and send it C{data}; its replies leave from C{destination}
+        when the listening socket is bound to a wildcard address.
         """
         while addresses:
             try:
-                session = Session(self, client, addresses)
+                session = Session(self, client, addresses, destination, key)
             except OSError as e:
                 addresses = addresses[1:]
                 why = e.strerror
@@ -272,6 +220,7 @@ class DatagramRelay:
         End every session (datagrams have nothing in flight to wait for).
         """
         self.resolving.clear()
+        self.destinations.clear()
         self.pendingBytes = 0
         for session in list(self.sessions.values()):
             session.end(how)
@@ -283,9 +232,10 @@ class _Resolution:
     Collects the addresses the target's name resolves to for one client.
     """
 
-    def __init__(self, relay: DatagramRelay, client: object) -> None:
+    def __init__(self, relay: DatagramRelay, client: object, key: object) -> None:
         self.relay = relay
         self.client = client
+        self.key = key
         self.addresses: list[object] = []
 
     def resolutionBegan(self, resolution: object) -> None:
@@ -295,4 +245,4 @@ class _Resolution:
         self.addresses.append(address)
 
     def resolutionComplete(self) -> None:
-        self.relay.resolved(self.client, self.addresses)
+        self.relay.resolved(self.client, self.addresses, self.key)

@@ -19,6 +19,7 @@ from .timespan import stillIdle
 
 if TYPE_CHECKING:
     from .datagram import DatagramRelay
+    from .destinations import Destination
 
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 BATCH = 64
@@ -37,11 +38,15 @@ class Session:
     the backend can answer), its counts, and when it last moved a datagram.
 
     @ivar counts: datagrams up, bytes up, datagrams down, bytes down.
+    @ivar key: what the relay knows it by: the client's address, with the
+        address it wrote to on a wildcard-bound listener.
+    @ivar replyControl: the control message that makes replies leave from
+        that address, if the listener is wildcard-bound.
     """
 
     __slots__ = (
         "relay", "client", "socket", "fileno", "counts", "started", "lastMoved", "timer",
-        "ending", "header", "alternatives",
+        "ending", "header", "alternatives", "replyControl", "key",
     )  # fmt: skip
 
     def __init__(
@@ -49,9 +54,13 @@ class Session:
         relay: DatagramRelay,
         client: object,
         addresses: list[tuple[int, object]],
+        destination: Destination | None = None,
+        key: object = None,
     ) -> None:
         self.relay = relay
         self.client = client
+        self.key = client if key is None else key
+        self.replyControl = destination.control if destination is not None else None
         self.alternatives = addresses[1:]
         self._connect(*addresses[0])
         self.counts = [0, 0, 0, 0]
@@ -61,10 +70,9 @@ class Session:
         self.header = b""
         if relay.settings.proxyProtocol is not None:
             family = relay.port.socket.family
-            self.header = headerV2(
-                socketAddress(family, client, "UDP"), relay.port.getHost(), datagram=True
-            )
-        relay.sessions[client] = self
+            local = destination.address if destination is not None else relay.port.getHost()
+            self.header = headerV2(socketAddress(family, client, "UDP"), local, datagram=True)
+        relay.sessions[self.key] = self
         relay.tracker.connectionOpened(self)
         reactor.addReader(self)
         self.timer = reactor.callLater(relay.idleTimeout, self._idleCheck)
@@ -142,7 +150,7 @@ class Session:
             except OSError:
                 self.end(Ending.RESET)
                 return
-            if relay.port.sendTo(bytes(receiveView[:size]), self.client):
+            if relay.port.sendTo(bytes(receiveView[:size]), self.client, self.replyControl):
                 counts[2] += 1
                 counts[3] += size
             else:
@@ -179,7 +187,7 @@ class Session:
         self.timer = None
         relay.reactor.removeReader(self)
         self.socket.close()
-        relay.sessions.pop(self.client, None)
+        relay.sessions.pop(self.key, None)
         relay.tracker.connectionClosed(self)
         if relay.recordsAddresses:
             up, upBytes, down, downBytes = self.counts
