@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from .addresses import describeAddress, socketAddress
 from .datagramport import DatagramPort
-from .destinations import Destination
+from .destinations import Control, Destination, destinationKey
 from .logs import debugEnabled, observer
 from .notices import Notice
 from .pump import Ending
@@ -104,13 +104,13 @@ class DatagramRelay:
         """
         return DatagramPort(self.reactor, sock, self)
 
-    def received(self, data: bytes, client: object, ancillary: list | None = None) -> None:
+    def received(self, data: bytes, client: object, ancillary: Control | None = None) -> None:
         """
         A datagram from C{client} (with C{ancillary} data that may say
         where it was sent): on to its session, opened if it has none and
         there is room. A client has a session per address it writes to.
         """
-        key = (client, ancillary[0][2]) if ancillary else client
+        key = client if ancillary is None else (client, destinationKey(ancillary))
         session = self.sessions.get(key)
         if session is not None:
             session.send(data)

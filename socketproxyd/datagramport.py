@@ -13,7 +13,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .addresses import socketAddress
-from .destinations import CONTROL_SPACE, Destination, destinationOf, receiveDestinations
+from .destinations import (
+    CONTROL_SPACE,
+    Control,
+    Destination,
+    destinationOf,
+    receiveDestinations,
+)
 from .logs import observer
 from .pump import Ending
 from .session import BATCH, receiveBuffer, receiveView
@@ -38,6 +44,7 @@ class DatagramPort:
         relay.port = self
         sock.setblocking(False)
         self.findsDestinations = receiveDestinations(sock)
+        self.portNumber = sock.getsockname()[1] if self.findsDestinations else 0
 
     def logPrefix(self) -> str:
         return "datagram"
@@ -76,13 +83,13 @@ class DatagramPort:
                 continue
             relay.received(bytes(receiveView[:size]), address, ancillary)
 
-    def destination(self, ancillary: list) -> Destination | None:
+    def destination(self, ancillary: Control) -> Destination | None:
         """
         The address a datagram that came with C{ancillary} was sent to.
         """
-        return destinationOf(self.socket.getsockname()[1], ancillary)
+        return destinationOf(self.socket.family, self.portNumber, ancillary)
 
-    def sendTo(self, data: bytes, address: object, control: list | None = None) -> bool:
+    def sendTo(self, data: bytes, address: object, control: Control | None = None) -> bool:
         """
         Send a reply to a client (from the address it wrote to, with
         C{control}); whether it went (a full buffer or an unreachable

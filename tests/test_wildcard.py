@@ -11,26 +11,36 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from socketproxyd.destinations import IP_PKTINFO, destinationKey, destinationOf
 from socketproxyd.proxyheader import V2_SIGNATURE
 
 from .helpers import commands
 
-TIMEOUT = 30.0
-# Runs in a fresh network namespace: lo up, an echo backend, the proxy on a
-# wildcard IPv4 socket (fd 3) and a wildcard dual-stack IPv6 one (fd 4),
-# then clients writing to several loopback addresses. Prints, per client
+TIMEOUT = 60.0
+# Runs in a fresh network namespace: lo up, a veth with 10.5.0.1/24, an echo
+# backend that says which source port it saw, the proxy on a wildcard IPv4
+# socket with timestamps on (fd 3, as Timestamping= would) and a wildcard
+# dual-stack IPv6 one (fd 4); then clients write to several addresses, one
+# of them three datagrams from one socket, and a broadcast. Prints, per
 # datagram, where it was sent, where the reply came from and the reply.
 NAMESPACE_SCRIPT = r"""
-import json, os, socket, subprocess, sys, threading
+import ctypes, json, os, signal, socket, subprocess, sys, threading
 
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(
+    "ip link set lo up && ip link add spx0 type veth peer name spx1 && "
+    "ip addr add 10.5.0.1/24 broadcast 10.5.0.255 dev spx0 && "
+    "ip link set spx1 up && ip link set spx0 up",
+    shell=True, check=True,
+)
 v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v4.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMP", 29), 1)
 v4.bind(("0.0.0.0", 0))
 v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -45,35 +55,36 @@ backend.bind(("127.0.0.1", 0))
 def echo():
     while True:
         data, peer = backend.recvfrom(65536)
-        backend.sendto(b"R:" + data, peer)
+        backend.sendto(b"R%d:" % peer[1] + data, peer)
 
 threading.Thread(target=echo, daemon=True).start()
 command = json.loads(sys.argv[1])
 target = "127.0.0.1:%d" % backend.getsockname()[1]
 env = dict(os.environ, LISTEN_FDS="2", LISTEN_FDNAMES="v4:v6")
+dieWithParent = lambda: ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
 proxy = subprocess.Popen(
     ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *command, target],
-    pass_fds=(3, 4), env=env, stderr=subprocess.PIPE,
+    pass_fds=(3, 4), env=env, stderr=subprocess.PIPE, preexec_fn=dieWithParent,
 )
 results = []
-for port, destinations in ((ports[0], ["127.0.0.2", "127.0.0.1"]),
-                           (ports[1], ["::1", "127.0.0.3"])):
-    for destination in destinations:
+try:
+    plan = [(ports[0], "127.0.0.2", 3), (ports[0], "127.0.0.1", 1), (ports[0], "10.5.0.255", 1),
+            (ports[1], "::1", 1), (ports[1], "127.0.0.3", 1), (ports[1], "10.5.0.255", 1)]
+    for port, destination, count in plan:
         family = socket.AF_INET6 if ":" in destination else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as client:
-            client.settimeout(0.2)
-            for _ in range(50):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            client.settimeout(5)
+            for _ in range(count):
                 client.sendto(b"hi", (destination, port))
                 try:
                     data, source = client.recvfrom(200)
-                    break
                 except TimeoutError:
-                    continue
-            else:
-                data, source = b"", ("", 0)
-            results.append([destination, port, source[0], source[1], data.hex()])
-proxy.terminate()
-_, errors = proxy.communicate(timeout=10)
+                    data, source = b"", ("", 0)
+                results.append([destination, port, source[0], source[1], data.hex()])
+finally:
+    proxy.terminate()
+    _, errors = proxy.communicate(timeout=10)
 print(json.dumps({"results": results, "status": proxy.returncode, "stderr": errors.decode()}))
 """
 
@@ -81,9 +92,11 @@ print(json.dumps({"results": results, "status": proxy.returncode, "stderr": erro
 class WildcardTests(SynchronousTestCase):
     """
     A client writing to any address of a wildcard-bound datagram listener
-    gets its reply from that address, on IPv4 and on a dual-stack IPv6
-    socket (an IPv4 client seen as mapped), with the PROXY v2 header
-    naming it as the destination.
+    gets its reply from that address (from the local address for a
+    broadcast), on IPv4 and on a dual-stack IPv6 socket (an IPv4 client
+    seen as mapped), with the PROXY v2 header naming it as the
+    destination; datagrams from one client to one address share a session
+    even with other control messages (timestamps) beside the destination.
     """
 
     def test_repliesFromTheAddressWrittenTo(self) -> None:
@@ -100,15 +113,79 @@ class WildcardTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         report = json.loads(done.stdout)
         self.assertEqual(report["status"], 0, report["stderr"])
-        for destination, port, source, sourcePort, reply in report["results"]:
-            self.assertEqual((source, sourcePort), (destination, port), report)
+        results = report["results"]
+        self.assertEqual(len(results), 8, report)
+        backendPorts = []
+        for destination, port, source, sourcePort, reply in results:
+            expected = "10.5.0.1" if destination == "10.5.0.255" else destination
+            self.assertEqual((source, sourcePort), (expected, port), report)
             data = bytes.fromhex(reply)
-            self.assertTrue(data.startswith(b"R:" + V2_SIGNATURE), data)
-            body = data[len(b"R:" + V2_SIGNATURE) + 4 :]
-            if ":" in destination:
-                self.assertEqual(body[16:32], ipaddress.ip_address(destination).packed)
-            else:
-                self.assertEqual(body[4:8], ipaddress.ip_address(destination).packed)
+            seen, _, data = data.partition(b":")
+            backendPorts.append(seen)
+            self.assertTrue(data.startswith(V2_SIGNATURE), data)
+            body = data[len(V2_SIGNATURE) + 4 :]
+            packed = ipaddress.ip_address(destination).packed
+            self.assertEqual(body[16:32] if ":" in destination else body[4:8], packed, report)
             self.assertEqual(struct.unpack("!H", body[-4:-2])[0], port)
             self.assertTrue(data.endswith(b"hi"))
-        self.assertEqual(len(report["results"]), 4)
+        self.assertEqual(len(set(backendPorts[:3])), 1, "one client, one address: one session")
+        self.assertEqual(len(set(backendPorts)), 6, "one session per client and address")
+
+
+class DestinationTests(SynchronousTestCase):
+    """
+    How the kernel's packet information becomes a session key, a PROXY
+    header address and the control message of a reply.
+    """
+
+    timestamp = (socket.SOL_SOCKET, 29, bytes(16))
+
+    def ipv4(self, local: str, destination: str, ifindex: int = 3) -> tuple[int, int, bytes]:
+        packed = struct.pack(
+            "=i4s4s", ifindex, socket.inet_aton(local), socket.inet_aton(destination)
+        )
+        return (socket.IPPROTO_IP, IP_PKTINFO, packed)
+
+    def test_keyIsTheDestinationWhateverComesFirst(self) -> None:
+        first = destinationKey([self.timestamp, self.ipv4("10.5.0.1", "10.5.0.255")])
+        again = destinationKey([self.ipv4("10.5.0.1", "10.5.0.255", ifindex=7)])
+        self.assertEqual(first, socket.inet_aton("10.5.0.255"))
+        self.assertEqual(first, again)
+        self.assertIsNone(destinationKey([self.timestamp]))
+
+    def test_ipv4RepliesFromTheLocalAddress(self) -> None:
+        found = destinationOf(socket.AF_INET, 53, [self.ipv4("10.5.0.1", "10.5.0.255")])
+        self.assertEqual((found.address.host, found.address.port), ("10.5.0.255", 53))
+        [(level, kind, control)] = found.control
+        self.assertEqual(
+            struct.unpack("=i4s4s", control), (0, socket.inet_aton("10.5.0.1"), bytes(4))
+        )
+
+    def test_queuedBeforeTheOption(self) -> None:
+        """
+        A datagram queued before C{IP_PKTINFO} was set has no local
+        address noted: a unicast destination is the answer, a multicast
+        one leaves the source to routing.
+        """
+        found = destinationOf(socket.AF_INET, 53, [self.ipv4("0.0.0.0", "127.0.0.2")])
+        self.assertEqual(found.control[0][2][4:8], socket.inet_aton("127.0.0.2"))
+        found = destinationOf(socket.AF_INET, 53, [self.ipv4("0.0.0.0", "239.1.2.3")])
+        self.assertIsNone(found.control)
+
+    def test_mappedOnDualStack(self) -> None:
+        found = destinationOf(socket.AF_INET6, 53, [self.ipv4("127.0.0.3", "127.0.0.3")])
+        self.assertEqual(found.address.host, "::ffff:127.0.0.3")
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 reply leaves from the destination with the interface left
+        to routing; from a multicast destination, routing picks the source.
+        """
+        info = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+        data = socket.inet_pton(socket.AF_INET6, "fd00::5") + struct.pack("=I", 4)
+        found = destinationOf(socket.AF_INET6, 53, [(*info, data)])
+        self.assertEqual(found.address.host, "fd00::5")
+        self.assertEqual(found.control[0][2], data[:16] + bytes(4))
+        data = socket.inet_pton(socket.AF_INET6, "ff15::1234") + struct.pack("=I", 4)
+        found = destinationOf(socket.AF_INET6, 53, [(*info, data)])
+        self.assertIsNone(found.control)
