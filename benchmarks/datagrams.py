@@ -4,6 +4,7 @@ Datagram forwarding, side by side: a direct path, socketproxyd and socat
 same run, with small (64 B) and large (1400 B) datagrams.
 
     python benchmarks/datagrams.py [--seconds 5] [--runs 3]
+    unshare --net sh -c 'ip link set lo up && python benchmarks/datagrams.py --wildcard'
 
 One iperf3 UDP stream at full speed (C{-u -b 0}) through each path: the
 datagrams the server received per second, and the forwarder's CPU seconds
@@ -14,6 +15,11 @@ socketproxyd forwards it through a stream socket of the same name (as
 C{ListenStream=} and C{ListenDatagram=} in one socket unit give), socat
 through a second socat. Each forwarder is pinned to one core, iperf3 to the
 other. Installs iperf3 and socat from Debian when they are missing.
+
+C{--wildcard} adds socketproxyd on a datagram socket bound to 0.0.0.0, as
+C{ListenDatagram=PORT} gives (each datagram's destination read with
+C{recvmsg}, each reply sent from it with C{sendmsg}); run it in a network
+namespace of its own, as above, so that the wildcard covers C{lo} only.
 """
 
 from __future__ import annotations
@@ -97,8 +103,12 @@ class SocketProxyd(Forwarder):
     """
     socketproxyd with a TCP and a UDP socket on one port, both named
     C{iperf}, as a socket unit with C{ListenStream=} and C{ListenDatagram=}
-    passes them.
+    passes them; the datagram socket bound to C{host}.
     """
+
+    def __init__(self, name: str, host: str = "127.0.0.1") -> None:
+        super().__init__(name)
+        self.host = host
 
     def start(self, server: int) -> int:
         stream = socket.socket()
@@ -106,7 +116,7 @@ class SocketProxyd(Forwarder):
         stream.listen(128)
         port = stream.getsockname()[1]
         dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        dgram.bind(("127.0.0.1", port))
+        dgram.bind((self.host, port))
         fds = [stream.fileno(), dgram.fileno()]
 
         def place() -> None:
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--wildcard", action="store_true", help="add a wildcard-bound listener")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("iperf3", "socat", "dnsperf") if not shutil.which(tool)]
     if not os.access("/usr/sbin/dnsmasq", os.X_OK):
@@ -245,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True)
     paths = [Forwarder("direct"), SocketProxyd("socketproxyd"), Socat("socat")]
+    if args.wildcard:
+        paths.insert(2, SocketProxyd("spx 0.0.0.0", "0.0.0.0"))
     rates: dict[tuple[int, str], list[float]] = {}
     cpus: dict[tuple[int, str], list[float]] = {}
 
