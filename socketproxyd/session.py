@@ -40,13 +40,14 @@ class Session:
     @ivar counts: datagrams up, bytes up, datagrams down, bytes down.
     @ivar key: what the relay knows it by: the client's address, with the
         address it wrote to on a wildcard-bound listener.
+    @ivar local: that address, if the listener is wildcard-bound.
     @ivar replyControl: the control message that makes replies leave from
-        that address, if the listener is wildcard-bound.
+        it.
     """
 
     __slots__ = (
         "relay", "client", "socket", "fileno", "counts", "started", "lastMoved", "timer",
-        "ending", "header", "alternatives", "replyControl", "key",
+        "ending", "header", "alternatives", "local", "replyControl", "key",
     )  # fmt: skip
 
     def __init__(
@@ -60,7 +61,9 @@ class Session:
         self.relay = relay
         self.client = client
         self.key = client if key is None else key
-        self.replyControl = destination.control if destination is not None else None
+        self.local = self.replyControl = None
+        if destination is not None:
+            self.local, self.replyControl = destination
         self.alternatives = addresses[1:]
         self._connect(*addresses[0])
         self.counts = [0, 0, 0, 0]
@@ -70,7 +73,7 @@ class Session:
         self.header = b""
         if relay.settings.proxyProtocol is not None:
             family = relay.port.socket.family
-            local = destination.address if destination is not None else relay.port.getHost()
+            local = self.local or relay.port.getHost()
             self.header = headerV2(socketAddress(family, client, "UDP"), local, datagram=True)
         relay.sessions[self.key] = self
         relay.tracker.connectionOpened(self)
@@ -195,7 +198,7 @@ class Session:
                 "{route}{listener} {client} -> {target}: {up} datagrams ({upBytes} bytes) up, "
                 "{down} datagrams ({downBytes} bytes) down, {duration:.3f}s, {how}",
                 route=relay.routePrefix,
-                listener=describeAddress(relay.port.getHost()),
+                listener=describeAddress(self.local or relay.port.getHost()),
                 client=relay.describe(self.client),
                 target=str(relay.target),
                 up=up,

@@ -102,7 +102,7 @@ class WildcardTests(SynchronousTestCase):
     def test_repliesFromTheAddressWrittenTo(self) -> None:
         if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
             raise SkipTest("needs root, unshare and ip for a network namespace of its own")
-        command = [*commands()["python -m"], "--proxy-protocol=v2"]
+        command = [*commands()["python -m"], "--proxy-protocol=v2", "--log-level=debug"]
         done = subprocess.run(
             ["unshare", "--net", sys.executable, "-c", NAMESPACE_SCRIPT, json.dumps(command)],
             capture_output=True,
@@ -130,6 +130,9 @@ class WildcardTests(SynchronousTestCase):
             self.assertTrue(data.endswith(b"hi"))
         self.assertEqual(len(set(backendPorts[:3])), 1, "one client, one address: one session")
         self.assertEqual(len(set(backendPorts)), 6, "one session per client and address")
+        closes = [line for line in report["stderr"].splitlines() if "datagrams (" in line]
+        self.assertEqual(len(closes), 6, report["stderr"])
+        self.assertTrue(any(f"127.0.0.2:{results[0][1]} " in line for line in closes), closes)
 
 
 class DestinationTests(SynchronousTestCase):
