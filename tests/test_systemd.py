@@ -69,6 +69,40 @@ while True:
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
+# A UDP echo server answering each datagram in upper case, ready (READY=1) once bound.
+DGRAM_BACKEND_SOURCE = """\
+import os, socket, sys
+
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind((sys.argv[1], int(sys.argv[2])))
+address = os.environ.get("NOTIFY_SOCKET", "")
+if address:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.sendto(b"READY=1", "\\0" + address[1:] if address[0] == "@" else address)
+while True:
+    data, peer = server.recvfrom(65536)
+    server.sendto(data.upper(), peer)
+"""
+DGRAM_BACKEND = "/srv/spx-test/dgram-backend.py"
+# Send argv[3] to argv[1]:argv[2] by UDP until answered (at most 10 tries, 1 s each); print
+# the answer and the address it came from.
+DGRAM_CLIENT = """\
+import socket, sys
+host, port, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.settimeout(1)
+    for _ in range(10):
+        s.sendto(payload, (host, port))
+        try:
+            data, source = s.recvfrom(65536)
+            break
+        except TimeoutError:
+            continue
+    else:
+        sys.exit("no reply")
+print(data.decode(), source[0])
+"""
+
 # Send argv[3], then with "hold": print the answer, wait for the end and say how it
 # ended; otherwise half-close and print everything answered.
 CLIENT_SOURCE = """\
@@ -116,7 +150,8 @@ class Scenario:
     A proxy unit pair per C{ExecStart=} form in C{forms}: C{NAME-FORM.socket}
     on 127.0.0.1 from C{port} on (one port per form, in order), and its
     Type=notify service running the form with C{arguments}, after
-    C{requires}, with C{unit} and C{service} lines added to its sections.
+    C{requires}, with C{unit} and C{service} lines added to its sections;
+    C{listen} is the socket unit's line.
     """
 
     port: int
@@ -125,6 +160,7 @@ class Scenario:
     requires: str = "backend.service"
     unit: str = ""
     service: str = ""
+    listen: str = "ListenStream=127.0.0.1:{port}"
 
     def portOf(self, form: str) -> int:
         """
@@ -153,6 +189,9 @@ SCENARIOS = {
         unit="JoinsNamespaceOf=backend-ns.service\n",
         service="PrivateNetwork=yes\n",
     ),
+    "dgram": Scenario(
+        8170, "127.0.0.1:8002", requires="dgram-backend.service", listen="ListenDatagram={port}"
+    ),
 }
 
 
@@ -164,7 +203,8 @@ def scenarioUnits() -> dict[str, str]:
     for name, scenario in SCENARIOS.items():
         for form in scenario.forms:
             path = f"etc/systemd/system/{name}-{form}"
-            units[f"{path}.socket"] = f"[Socket]\nListenStream=127.0.0.1:{scenario.portOf(form)}\n"
+            listen = scenario.listen.format(port=scenario.portOf(form))
+            units[f"{path}.socket"] = f"[Socket]\n{listen}\n"
             units[f"{path}.service"] = (
                 f"[Unit]\nRequires={scenario.requires}\nAfter={scenario.requires}\n"
                 f"{scenario.unit}\n[Service]\nType=notify\n{scenario.service}"
@@ -276,6 +316,10 @@ def treeFiles() -> dict[str, str]:
             f"ExecStart={PYTHON} {BACKEND} 127.0.0.1 8010\n"
         ),
         SLOW_SOURCE: SLOW_SOURCE_CODE,
+        DGRAM_BACKEND: DGRAM_BACKEND_SOURCE,
+        "etc/systemd/system/dgram-backend.service": (
+            f"[Service]\nType=notify\nExecStart={PYTHON} {DGRAM_BACKEND} 127.0.0.1 8002\n"
+        ),
         "etc/systemd/system/slow-source.service": f"[Service]\nExecStart={PYTHON} {SLOW_SOURCE}\n",
     }
 
@@ -642,6 +686,25 @@ class SystemdTests(SynchronousTestCase):
             self.assertEqual(self.readLine(download), f"{SLOW_SIZE} {expected}", form)
             shown = self.container.show(f"{unit}.service", "ActiveState", "Result")
             self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"}, form)
+
+    def test_datagrams(self) -> None:
+        """
+        C{ListenDatagram=PORT} (a wildcard dual-stack socket): the first
+        datagram starts the proxy and is answered, under both forms, and
+        every reply comes from the address the client wrote to, on IPv4
+        (127.0.0.2, not the routing table's 127.0.0.1) and on IPv6.
+        """
+        for form in BOTH:
+            unit, port = f"dgram-{form}", SCENARIOS["dgram"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            for host in ("127.0.0.2", "::1", "127.0.0.1"):
+                result = self.container.run([PYTHON, "-c", DGRAM_CLIENT, host, str(port), form])
+                self.assertEqual(
+                    (result.returncode, result.stdout.strip()),
+                    (0, f"{form.upper()} {host}"),
+                    f"{unit} {host}: {result.stderr}\n{self.journal(unit + '.service')}",
+                )
+            self.waitShow(f"{unit}.service", {"ActiveState": "active"})
 
     def readLine(self, process: subprocess.Popen[str]) -> str:
         """
