@@ -16,11 +16,16 @@ import struct
 import subprocess
 import sys
 
+from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from socketproxyd.datagram import DatagramPort, DatagramRelay
 from socketproxyd.destinations import IP_PKTINFO, destinationKey, destinationOf
+from socketproxyd.proxy import ProxySettings
 from socketproxyd.proxyheader import V2_SIGNATURE
+from socketproxyd.target import parseTarget
 
+from .fakes import FakeFDReactor
 from .helpers import commands
 
 TIMEOUT = 60.0
@@ -192,3 +197,63 @@ class DestinationTests(SynchronousTestCase):
         data = socket.inet_pton(socket.AF_INET6, "ff15::1234") + struct.pack("=I", 4)
         found = destinationOf(socket.AF_INET6, 53, [(*info, data)])
         self.assertIsNone(found.control)
+
+
+class _Tracker:
+    """
+    Room for every session, and nothing more.
+    """
+
+    def room(self) -> int:
+        return 10
+
+    def connectionOpened(self, session: object) -> None:
+        pass
+
+    def connectionClosed(self, session: object) -> None:
+        pass
+
+
+class _Resolver:
+    """
+    Keeps the resolution receivers, for the test to answer.
+    """
+
+    def __init__(self) -> None:
+        self.receivers: list[object] = []
+
+    def resolveHostName(self, receiver: object, host: str, port: int, **kwargs: object) -> None:
+        self.receivers.append(receiver)
+
+
+class ResolvingTests(SynchronousTestCase):
+    """
+    A named target's client waits for the name with where it wrote to, and
+    its session, once open, answers from there.
+    """
+
+    def test_destinationKeptWhileResolving(self) -> None:
+        reactor = FakeFDReactor()
+        reactor.nameResolver = _Resolver()
+        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        backend.bind(("127.0.0.1", 0))
+        self.addCleanup(backend.close)
+        listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listening.bind(("127.0.0.1", 0))
+        target = parseTarget(f"localhost:{backend.getsockname()[1]}")
+        relay = DatagramRelay(reactor, target, ProxySettings(), _Tracker())
+        port = DatagramPort(reactor, listening, relay)
+        self.addCleanup(port.stopListening)
+        client = ("127.0.0.1", 40000)
+        written = socket.inet_aton("127.0.0.2")
+        info = struct.pack("=i4s4s", 1, written, written)
+        relay.received(b"x", client, [(socket.IPPROTO_IP, IP_PKTINFO, info)])
+        [receiver] = reactor.nameResolver.receivers
+        receiver.addressResolved(IPv4Address("UDP", "127.0.0.1", backend.getsockname()[1]))
+        receiver.resolutionComplete()
+        [(key, session)] = relay.sessions.items()
+        self.assertEqual(key, (client, socket.inet_aton("127.0.0.2")))
+        self.assertEqual(session.local.host, "127.0.0.2")
+        self.assertEqual(session.replyControl[0][2][4:8], socket.inet_aton("127.0.0.2"))
+        self.assertEqual(backend.recvfrom(10)[0], b"x")
+        self.assertEqual((relay.resolving, relay.destinations), ({}, {}))
