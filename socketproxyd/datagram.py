@@ -30,10 +30,10 @@ from zope.interface import implementer
 from .addresses import describeAddress, socketAddress
 from .datagramport import DatagramPort
 from .destinations import Control, Destination, destinationKey
-from .logs import debugEnabled, observer
+from .logs import observer
 from .notices import Notice
 from .pump import Ending
-from .routes import prefixFor
+from .routes import RouteServer
 from .session import Session
 
 if TYPE_CHECKING:
@@ -51,19 +51,16 @@ sources send while the resolver is slow.
 """
 
 
-class DatagramRelay:
+class DatagramRelay(RouteServer):
     """
     The sessions of one datagram listener, all forwarded to one target: a
     literal address, or a name resolved (without blocking) for each new
     client, whose datagrams wait meanwhile (at most L{PENDING_MOST} each,
     L{PENDING_BYTES} in all).
 
-    @ivar route: the listener's name, if it has one.
     @ivar dropped: datagrams dropped (a full buffer, or over the limit).
     @ivar resolving: the datagrams of clients whose target is being
         resolved.
-    @ivar destinations: where those clients wrote to, on a wildcard-bound
-        listener.
     """
 
     log = Logger(observer=observer)
@@ -76,12 +73,7 @@ class DatagramRelay:
         tracker: ConnectionTracker,
         route: str | None = None,
     ) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.settings = settings
-        self.tracker = tracker
-        self.route = route
-        self.routePrefix = prefixFor(route)
+        super().__init__(reactor, target, settings, tracker, route)
         self.addresses = None
         if target.kind != "name":
             self.addresses = [target.socketAddress(socket.SOCK_DGRAM)]
@@ -90,12 +82,10 @@ class DatagramRelay:
         self.port: DatagramPort | None = None
         self.sessions: dict[object, Session] = {}
         self.resolving: dict[object, list[bytes]] = {}
-        self.destinations: dict[object, Destination | None] = {}
         self.pendingBytes = 0
         self.dropped = 0
         self.overLimit = Notice(reactor)
         self.trouble = Notice(reactor)
-        self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
 
     def listenOn(self, sock: socket.socket) -> DatagramPort:
         """
@@ -136,32 +126,31 @@ class DatagramRelay:
                     route=self.routePrefix,
                     dropped=self.dropped,
                 )
-        elif self.addresses is None:
-            if len(self.resolving) >= RESOLVING_MOST or self.pendingBytes >= PENDING_BYTES:
-                self.dropped += 1
-                return
+        elif self.addresses is not None:
+            self.open(client, key, self.port.destination(ancillary), self.addresses, [data])
+        elif len(self.resolving) >= RESOLVING_MOST or self.pendingBytes >= PENDING_BYTES:
+            self.dropped += 1
+        else:
             self.resolving[key] = [data]
             self.pendingBytes += len(data)
-            if ancillary:
-                self.destinations[key] = self.port.destination(ancillary)
-            receiver = _Resolution(self, client, key)
+            receiver = _Resolution(self, client, key, self.port.destination(ancillary))
             target = self.target
             self.reactor.nameResolver.resolveHostName(
                 receiver, target.host, target.port, transportSemantics="UDP"
             )
-        else:
-            destination = self.port.destination(ancillary) if ancillary else None
-            self.open(client, self.addresses, [data], destination, key)
 
-    def resolved(self, client: object, addresses: list[object], key: object = None) -> None:
+    def resolved(
+        self,
+        client: object,
+        key: object,
+        destination: Destination | None,
+        addresses: list[object],
+    ) -> None:
         """
-        The target's name resolved for C{client} (its session's C{key},
-        if not the client itself): open its session on those addresses
-        with what it sent meanwhile.
+        The target's name resolved for C{client}: open its session on
+        those addresses with what it sent meanwhile.
         """
-        key = client if key is None else key
         waiting = self.resolving.pop(key, None)
-        destination = self.destinations.pop(key, None)
         if waiting is None:
             return
         self.pendingBytes -= sum(map(len, waiting))
@@ -171,24 +160,25 @@ class DatagramRelay:
             self.dropped += len(waiting)
             self.warn("{route}Cannot resolve {target}; datagrams of new clients are dropped")
             return
-        self.open(client, found, waiting, destination, key)
+        self.open(client, key, destination, found, waiting)
 
     def open(
         self,
         client: object,
+        key: object,
+        destination: Destination | None,
         addresses: list[tuple[int, object]],
         data: list[bytes],
-        destination: Destination | None = None,
-        key: object = None,
     ) -> None:
         """
-        Open C{client}'s session (on the first address that takes a
-        socket) and send it C{data}; its replies leave from C{destination}
-        when the listening socket is bound to a wildcard address.
+        Open C{client}'s session, known by C{key} (on the first address
+        that takes a socket) and send it C{data}; its replies leave from
+        C{destination} when the listening socket is bound to a wildcard
+        address.
         """
         while addresses:
             try:
-                session = Session(self, client, addresses, destination, key)
+                session = Session(self, client, key, destination, addresses)
             except OSError as e:
                 addresses = addresses[1:]
                 why = e.strerror
@@ -220,7 +210,6 @@ class DatagramRelay:
         End every session (datagrams have nothing in flight to wait for).
         """
         self.resolving.clear()
-        self.destinations.clear()
         self.pendingBytes = 0
         for session in list(self.sessions.values()):
             session.end(how)
@@ -229,13 +218,17 @@ class DatagramRelay:
 @implementer(IResolutionReceiver)
 class _Resolution:
     """
-    Collects the addresses the target's name resolves to for one client.
+    Collects the addresses the target's name resolves to for one client,
+    which keeps its session's key and where it wrote to meanwhile.
     """
 
-    def __init__(self, relay: DatagramRelay, client: object, key: object) -> None:
+    def __init__(
+        self, relay: DatagramRelay, client: object, key: object, destination: Destination | None
+    ) -> None:
         self.relay = relay
         self.client = client
         self.key = key
+        self.destination = destination
         self.addresses: list[object] = []
 
     def resolutionBegan(self, resolution: object) -> None:
@@ -245,4 +238,4 @@ class _Resolution:
         self.addresses.append(address)
 
     def resolutionComplete(self) -> None:
-        self.relay.resolved(self.client, self.addresses, self.key)
+        self.relay.resolved(self.client, self.key, self.destination, self.addresses)

@@ -83,10 +83,13 @@ class DatagramPort:
                 continue
             relay.received(bytes(receiveView[:size]), address, ancillary)
 
-    def destination(self, ancillary: Control) -> Destination | None:
+    def destination(self, ancillary: Control | None) -> Destination | None:
         """
-        The address a datagram that came with C{ancillary} was sent to.
+        The address a datagram that came with C{ancillary} was sent to, if
+        the socket is wildcard-bound (otherwise there is none to say).
         """
+        if not ancillary:
+            return None
         return destinationOf(self.socket.family, self.portNumber, ancillary)
 
     def sendTo(self, data: bytes, address: object, control: Control | None = None) -> bool:

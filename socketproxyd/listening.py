@@ -108,24 +108,28 @@ def planListeners(
     for sock in inherited:
         label = sock.describe()
         factory = factoryFor(sock.name, label, sock.datagram)
-        opener = partial(_adoptDatagram if sock.datagram else adopt, reactor, sock, factory)
+        if sock.datagram:
+            opener = partial(_adoptDatagram, sock, factory)
+        else:
+            opener = partial(adopt, reactor, sock, factory)
         plan.append(PlannedListener(label, sock.name, factory, opener))
     for text in descriptions:
         name, description = splitListen(text)
         datagram = description.startswith("udp:")
         factory = factoryFor(name, f"--listen={text}", datagram)
-        opener = partial(_listenUDP if datagram else _listen, reactor, description, factory)
+        if datagram:
+            opener = partial(_listenUDP, description, factory)
+        else:
+            opener = partial(_listen, reactor, description, factory)
         plan.append(PlannedListener(text, name, factory, opener))
     return plan
 
 
-def _adoptDatagram(
-    reactor: object, inherited: InheritedSocket, relay: DatagramRelay
-) -> DatagramPort:
+def _adoptDatagram(inherited: InheritedSocket, relay: DatagramRelay) -> DatagramPort:
     return relay.listenOn(takeDatagramSocket(inherited))
 
 
-def _listenUDP(reactor: object, description: str, relay: DatagramRelay) -> DatagramPort:
+def _listenUDP(description: str, relay: DatagramRelay) -> DatagramPort:
     """
     Bind C{udp:PORT[:interface=ADDRESS]} (all IPv4 addresses by default).
     """

@@ -19,11 +19,11 @@ from twisted.logger import Logger
 
 from .addresses import socketAddress
 from .connection import Connection
-from .logs import debugEnabled, observer
+from .logs import observer
 from .notices import Notice
 from .pipes import PIPE_SIZE, PipeSweeper
 from .pipes import available as spliceAvailable
-from .routes import prefixFor
+from .routes import RouteServer
 from .splice import SplicePump
 from .timespan import formatTimespan
 from .transportpump import ClientProtocol, ServerProtocol
@@ -79,7 +79,7 @@ class ProxySettings:
     pipeSize: int = PIPE_SIZE
 
 
-class ProxyFactory(ServerFactory):
+class ProxyFactory(RouteServer, ServerFactory):
     """
     Builds a connection for every client accepted on the listeners of one
     route, all forwarded to its target.
@@ -88,8 +88,6 @@ class ProxyFactory(ServerFactory):
     (L{accepted}), or as protocols Twisted builds for a port it accepts on
     itself (L{buildProtocol}, e.g. a TLS C{--listen}).
 
-    @ivar route: the name of the listeners whose clients these are, if
-        they have one; C{routePrefix} puts it first in their log lines.
     @ivar sweeper: the pipe sweeper every route shares.
     @ivar endpoint: the target's client endpoint, shared by all connections.
     @ivar splices: whether accepted sockets go to the splice pump (the data
@@ -98,9 +96,6 @@ class ProxyFactory(ServerFactory):
         splice pump (see L{socketproxyd.bareconnect}), or C{None}.
     @ivar clientFactory: builds the L{ClientProtocol} of each connection
         made through L{endpoint}.
-    @ivar recordsAddresses: whether connections keep their addresses and
-        start time, which only a PROXY header and the debug close line use
-        (the log level is set before the factory is built).
     """
 
     protocol = ServerProtocol
@@ -116,18 +111,12 @@ class ProxyFactory(ServerFactory):
         sweeper: PipeSweeper | None = None,
         route: str | None = None,
     ) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.settings = settings
-        self.tracker = tracker
-        self.route = route
-        self.routePrefix = prefixFor(route)
+        super().__init__(reactor, target, settings, tracker, route)
         self.endpoint = target.endpoint(reactor, settings.connectTimeout)
         self.splices = settings.dataPath != "transport" and spliceAvailable()
         self.bareConnector = None
         if self.splices:
             self.bareConnector = target.bareConnector(reactor, self.endpoint)
-        self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False
         if sweeper is None:

@@ -54,13 +54,13 @@ class Session:
         self,
         relay: DatagramRelay,
         client: object,
+        key: object,
+        destination: Destination | None,
         addresses: list[tuple[int, object]],
-        destination: Destination | None = None,
-        key: object = None,
     ) -> None:
         self.relay = relay
         self.client = client
-        self.key = client if key is None else key
+        self.key = key
         self.local = self.replyControl = None
         if destination is not None:
             self.local, self.replyControl = destination

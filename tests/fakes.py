@@ -30,3 +30,22 @@ class FakeFDReactor(Clock):
 
     def removeWriter(self, writer: object) -> None:
         self.writers.discard(writer)
+
+
+class FakeTracker:
+    """
+    A connection tracker with room for every session, which records the
+    ones that closed.
+    """
+
+    def __init__(self) -> None:
+        self.closed: list[object] = []
+
+    def room(self) -> int:
+        return 10
+
+    def connectionOpened(self, session: object) -> None:
+        pass
+
+    def connectionClosed(self, session: object) -> None:
+        self.closed.append(session)

@@ -66,9 +66,8 @@ def targetInterpreter(path: str = CONTAINER_PATH) -> list[str]:
         raise KitUnavailable(f"cannot tell which Python {python} is: {e}") from e
     if name != "cpython":
         raise KitUnavailable(f"{python} is {name}, not CPython")
-    return ["--python-version", f"{major}.{minor}", "--implementation", "cp"] + [
-        "--abi", f"cp{major}{minor}"
-    ]  # fmt: skip
+    version = f"{major}.{minor}"
+    return ["--python-version", version, "--implementation", "cp", "--abi", f"cp{major}{minor}"]
 
 
 def buildKit(into: Path) -> None:

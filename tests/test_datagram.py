@@ -22,7 +22,7 @@ from socketproxyd.proxyheader import V2_SIGNATURE
 from socketproxyd.pump import Ending
 from socketproxyd.target import parseTarget
 
-from .fakes import FakeFDReactor
+from .fakes import FakeFDReactor, FakeTracker
 from .helpers import ProxyProcess, commands, unixPath, waitUntil
 from .test_integration import _ProxyTestMixin
 from .test_operations import NotifyListener
@@ -473,20 +473,7 @@ class SessionTimerTests(SynchronousTestCase):
         self.addCleanup(backend.close)
         listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         listening.bind(("127.0.0.1", 0))
-
-        class Tracker:
-            closed: list[object] = []
-
-            def room(self) -> int:
-                return 10
-
-            def connectionOpened(self, session: object) -> None:
-                pass
-
-            def connectionClosed(self, session: object) -> None:
-                self.closed.append(session)
-
-        tracker = Tracker()
+        tracker = FakeTracker()
         target = parseTarget(f"127.0.0.1:{backend.getsockname()[1]}")
         relay = DatagramRelay(reactor, target, ProxySettings(), tracker)
         port = DatagramPort(reactor, listening, relay)

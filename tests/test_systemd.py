@@ -50,7 +50,8 @@ def statusText(unit: str, count: int = 0) -> str:
     return f"{count} connections open (at most 256): {unit}.socket {count}"
 
 
-# An echo server answering each chunk in upper case, ready (READY=1) once listening.
+# An echo server answering each chunk (with a third argument "udp", each datagram) in upper
+# case, ready (READY=1) once listening.
 BACKEND_SOURCE = """\
 import os, socket, sys, threading
 
@@ -59,31 +60,24 @@ def serve(conn):
         while chunk := conn.recv(65536):
             conn.sendall(chunk.upper())
 
-server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+address = (sys.argv[1], int(sys.argv[2]))
+datagrams = sys.argv[3:] == ["udp"]
+if datagrams:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(address)
+else:
+    server = socket.create_server(address)
 address = os.environ.get("NOTIFY_SOCKET", "")
 if address:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.sendto(b"READY=1", "\\0" + address[1:] if address[0] == "@" else address)
+while datagrams:
+    data, peer = server.recvfrom(65536)
+    server.sendto(data.upper(), peer)
 while True:
     conn, _ = server.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
-
-# A UDP echo server answering each datagram in upper case, ready (READY=1) once bound.
-DGRAM_BACKEND_SOURCE = """\
-import os, socket, sys
-
-server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-server.bind((sys.argv[1], int(sys.argv[2])))
-address = os.environ.get("NOTIFY_SOCKET", "")
-if address:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.sendto(b"READY=1", "\\0" + address[1:] if address[0] == "@" else address)
-while True:
-    data, peer = server.recvfrom(65536)
-    server.sendto(data.upper(), peer)
-"""
-DGRAM_BACKEND = "/srv/spx-test/dgram-backend.py"
 # Send argv[3] to argv[1]:argv[2] by UDP until answered (at most 10 tries, 1 s each); print
 # the answer and the address it came from.
 DGRAM_CLIENT = """\
@@ -316,9 +310,8 @@ def treeFiles() -> dict[str, str]:
             f"ExecStart={PYTHON} {BACKEND} 127.0.0.1 8010\n"
         ),
         SLOW_SOURCE: SLOW_SOURCE_CODE,
-        DGRAM_BACKEND: DGRAM_BACKEND_SOURCE,
         "etc/systemd/system/dgram-backend.service": (
-            f"[Service]\nType=notify\nExecStart={PYTHON} {DGRAM_BACKEND} 127.0.0.1 8002\n"
+            f"[Service]\nType=notify\nExecStart={PYTHON} {BACKEND} 127.0.0.1 8002 udp\n"
         ),
         "etc/systemd/system/slow-source.service": f"[Service]\nExecStart={PYTHON} {SLOW_SOURCE}\n",
     }

@@ -25,7 +25,7 @@ from socketproxyd.proxy import ProxySettings
 from socketproxyd.proxyheader import V2_SIGNATURE
 from socketproxyd.target import parseTarget
 
-from .fakes import FakeFDReactor
+from .fakes import FakeFDReactor, FakeTracker
 from .helpers import commands
 
 TIMEOUT = 60.0
@@ -199,21 +199,6 @@ class DestinationTests(SynchronousTestCase):
         self.assertIsNone(found.control)
 
 
-class _Tracker:
-    """
-    Room for every session, and nothing more.
-    """
-
-    def room(self) -> int:
-        return 10
-
-    def connectionOpened(self, session: object) -> None:
-        pass
-
-    def connectionClosed(self, session: object) -> None:
-        pass
-
-
 class _Resolver:
     """
     Keeps the resolution receivers, for the test to answer.
@@ -241,7 +226,7 @@ class ResolvingTests(SynchronousTestCase):
         listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         listening.bind(("127.0.0.1", 0))
         target = parseTarget(f"localhost:{backend.getsockname()[1]}")
-        relay = DatagramRelay(reactor, target, ProxySettings(), _Tracker())
+        relay = DatagramRelay(reactor, target, ProxySettings(), FakeTracker())
         port = DatagramPort(reactor, listening, relay)
         self.addCleanup(port.stopListening)
         client = ("127.0.0.1", 40000)
@@ -256,4 +241,4 @@ class ResolvingTests(SynchronousTestCase):
         self.assertEqual(session.local.host, "127.0.0.2")
         self.assertEqual(session.replyControl[0][2][4:8], socket.inet_aton("127.0.0.2"))
         self.assertEqual(backend.recvfrom(10)[0], b"x")
-        self.assertEqual((relay.resolving, relay.destinations), ({}, {}))
+        self.assertEqual(relay.resolving, {})
