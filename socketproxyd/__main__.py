@@ -2,6 +2,6 @@
 C{python -m socketproxyd}: the C{socketproxyd} command without its script.
 """
 
-from .cli import main
+from socketproxyd.cli import main
 
 main()

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from twisted.logger import globalLogBeginner
 
-from .logs import textObserver
-from .tap import Options, makeService
+from socketproxyd.logs import textObserver
+from socketproxyd.tap import Options, makeService
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,17 +15,22 @@ from typing import IO
 import twisted
 from twisted.python import usage
 
-from . import __version__
-from .activation import InheritedSocket, inheritedSockets
-from .logs import LEVELS, journalForTwist, levelFromEnvironment, setLevel, useJournalIfThere
-from .notify import Notifier
-from .pipes import available as spliceAvailable
-from .pipes import parsePipeSize
-from .proxy import ProxySettings
-from .routes import RouteError, Routes, parseNamedTarget, splitListen
-from .service import ProxyService
-from .target import parseTarget
-from .timespan import parseTimespan
+from socketproxyd import __version__
+from socketproxyd.config.routes import RouteError, Routes, parseNamedTarget, splitListen
+from socketproxyd.config.settings import ProxySettings, parsePipeSize
+from socketproxyd.config.target import parseTarget
+from socketproxyd.config.timespan import parseTimespan
+from socketproxyd.logs import (
+    LEVELS,
+    journalForTwist,
+    levelFromEnvironment,
+    setLevel,
+    useJournalIfThere,
+)
+from socketproxyd.service.proxy import ProxyService
+from socketproxyd.stream.splice.pipes import available as spliceAvailable
+from socketproxyd.systemd.activation import InheritedSocket, inheritedSockets
+from socketproxyd.systemd.notify import Notifier
 
 PROGRAM = "socketproxyd"
 _DECIMAL = re.compile(r"\s*[0-9]+\s*")

@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.acceptor}: accepting no more clients than
+Unit tests for L{socketproxyd.stream.acceptor}: accepting no more clients than
 there is room for, and pausing instead of failing when descriptors run out.
 """
 
@@ -13,7 +13,7 @@ import socket
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from socketproxyd.acceptor import Acceptor, adoptable
+from socketproxyd.stream.acceptor import Acceptor, adoptable
 
 from .fakes import FakeFDReactor
 

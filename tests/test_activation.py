@@ -1,5 +1,5 @@
 """
-Tests for L{socketproxyd.activation}, with real sockets placed on
+Tests for L{socketproxyd.systemd.activation}, with real sockets placed on
 consecutive fds as a launcher would.
 """
 
@@ -11,7 +11,7 @@ import socket
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.activation import ActivationError, adopt, inheritedSockets
+from socketproxyd.systemd.activation import ActivationError, adopt, inheritedSockets
 
 START = 200
 

@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.bareconnect}: real loopback and UNIX sockets,
+Unit tests for L{socketproxyd.stream.splice.connector}: real loopback and UNIX sockets,
 and a fake reactor whose writability events are delivered by hand once
 C{select} says the socket is writable.
 """
@@ -17,7 +17,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.bareconnect import BareConnector, _PendingConnect, resetOnClose
+from socketproxyd.stream.splice.connector import BareConnector, _PendingConnect
+from socketproxyd.stream.splice.pump import resetOnClose
 
 from .fakes import FakeFDReactor
 

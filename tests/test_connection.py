@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.connection}: one L{Connection} per proxied
+Unit tests for L{socketproxyd.stream.connection}: one L{Connection} per proxied
 connection, driven through each of its pumps. No sleeps: the transport pump
 runs on a L{MemoryReactorClock} and string transports, the splice pump on
 real socket pairs whose reactor calls the tests make by hand.
@@ -21,13 +21,16 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd import logs, pipes
+from socketproxyd import logs
 from socketproxyd.addresses import describeAddress, socketAddress
-from socketproxyd.connection import Connection, Ending, Flow
-from socketproxyd.proxy import ProxyFactory, ProxySettings
-from socketproxyd.splice import SplicePump
-from socketproxyd.target import parseTarget
-from socketproxyd.transportpump import ClientProtocol
+from socketproxyd.config.target import parseTarget
+from socketproxyd.events import Ending
+from socketproxyd.stream.connection import Connection
+from socketproxyd.stream.factory import ProxyFactory, ProxySettings
+from socketproxyd.stream.pump import Flow
+from socketproxyd.stream.splice import pipes
+from socketproxyd.stream.splice.pump import SplicePump
+from socketproxyd.stream.transportpump import ClientProtocol
 
 from .fakes import FakeFDReactor
 
@@ -473,7 +476,7 @@ class ConnectionTestCase(SynchronousTestCase):
             formatEvent(event)
             for event in self.events
             if event.get("log_namespace", "").startswith(
-                ("socketproxyd.connection", "socketproxyd.proxy")
+                ("socketproxyd.stream.connection", "socketproxyd.stream.factory")
             )
             and event["log_level"] is level
         ]

@@ -16,11 +16,11 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.datagram import DatagramPort, DatagramRelay
-from socketproxyd.proxy import ProxySettings
+from socketproxyd.config.target import parseTarget
+from socketproxyd.datagram.relay import DatagramPort, DatagramRelay
+from socketproxyd.events import Ending
 from socketproxyd.proxyheader import V2_SIGNATURE
-from socketproxyd.pump import Ending
-from socketproxyd.target import parseTarget
+from socketproxyd.stream.factory import ProxySettings
 
 from .fakes import FakeFDReactor, FakeTracker
 from .helpers import ProxyProcess, commands, unixPath, waitUntil

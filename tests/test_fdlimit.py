@@ -1,12 +1,12 @@
 """
-Tests for L{socketproxyd.fdlimit}.
+Tests for L{socketproxyd.service.fdbudget}.
 """
 
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.fdlimit import PIPE_HEADROOM, RESERVE, FdBudget, openDescriptors
+from socketproxyd.service.fdbudget import PIPE_HEADROOM, RESERVE, FdBudget, openDescriptors
 
 
 class FdBudgetTests(SynchronousTestCase):

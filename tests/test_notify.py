@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.notify} with a real datagram socket and a
+Unit tests for L{socketproxyd.systemd.notify} with a real datagram socket and a
 L{Clock} for the watchdog.
 """
 
@@ -11,7 +11,7 @@ import socket
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.notify import Notifier
+from socketproxyd.systemd.notify import Notifier
 
 from .helpers import unixPath
 

@@ -1,5 +1,5 @@
 """
-Tests for L{socketproxyd.routes} and L{socketproxyd.listening}: each
+Tests for L{socketproxyd.config.routes} and L{socketproxyd.service.opening}: each
 listener's connections go to the target its name routes them to, and
 every way that cannot be done is one line and exit status 1.
 """
@@ -14,12 +14,12 @@ import sys
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.activation import InheritedSocket
-from socketproxyd.listeners import ListenerService
-from socketproxyd.proxy import ProxySettings
-from socketproxyd.routes import RouteError, Routes
-from socketproxyd.service import StatusService
-from socketproxyd.target import parseTarget
+from socketproxyd.config.routes import RouteError, Routes
+from socketproxyd.config.target import parseTarget
+from socketproxyd.service.listeners import ListenerService
+from socketproxyd.service.proxy import StatusService
+from socketproxyd.stream.factory import ProxySettings
+from socketproxyd.systemd.activation import InheritedSocket
 
 WEB, DB, DEFAULT = (parseTarget(t) for t in ("/run/web.sock", "127.0.0.1:5432", "127.0.0.1:80"))
 
@@ -57,7 +57,7 @@ class RoutesTests(SynchronousTestCase):
 
 class RecordingNotifier:
     """
-    Stands in for L{socketproxyd.notify.Notifier}: records STATUS.
+    Stands in for L{socketproxyd.systemd.notify.Notifier}: records STATUS.
     """
 
     address = "/run/notify"

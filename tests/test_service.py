@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.service} on a memory reactor: the exact
+Unit tests for L{socketproxyd.service.proxy} on a memory reactor: the exact
 connection limit, the idle exit, and stopping with or without a drain.
 """
 
@@ -14,11 +14,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.connection import Ending
-from socketproxyd.listening import Listener
-from socketproxyd.proxy import ProxySettings
-from socketproxyd.service import ProxyService
-from socketproxyd.target import parseTarget
+from socketproxyd.config.target import parseTarget
+from socketproxyd.events import Ending
+from socketproxyd.service.opening import Listener
+from socketproxyd.service.proxy import ProxyService
+from socketproxyd.stream.factory import ProxySettings
 
 
 class FakePort:
@@ -46,7 +46,7 @@ class FakePort:
 
 class FakeConnection:
     """
-    Stands in for a L{socketproxyd.connection.Connection}: records how it
+    Stands in for a L{socketproxyd.stream.connection.Connection}: records how it
     was ended.
     """
 

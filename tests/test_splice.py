@@ -1,7 +1,7 @@
 """
-Unit tests for L{socketproxyd.splice}: real socket pairs and pipes, a fake
+Unit tests for L{socketproxyd.stream.splice.pump}: real socket pairs and pipes, a fake
 reactor that records registrations, the reactor's calls made by hand, and a
-recording stand-in for the pump's L{socketproxyd.connection.Connection}.
+recording stand-in for the pump's L{socketproxyd.stream.connection.Connection}.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd import pipes, splice
-from socketproxyd.fdlimit import FdBudget
-from socketproxyd.pipes import PipeSweeper
-from socketproxyd.pump import DOWNSTREAM, UPSTREAM
-from socketproxyd.splice import SplicePump
+from socketproxyd.config.settings import PIPE_SIZE, pipeMaxSize
+from socketproxyd.events import DOWNSTREAM, UPSTREAM
+from socketproxyd.service.fdbudget import FdBudget
+from socketproxyd.stream.splice import pipes
+from socketproxyd.stream.splice import pump as splice
+from socketproxyd.stream.splice.pipes import PipeSweeper
+from socketproxyd.stream.splice.pump import SplicePump
 
 from .fakes import FakeFDReactor
 
 
 class RecordingConnection:
     """
-    Stands in for the L{socketproxyd.connection.Connection} of a pump:
+    Stands in for the L{socketproxyd.stream.connection.Connection} of a pump:
     records every report, and answers as the real one does: an end of
     stream is forwarded at once (unless C{forwardEnds} is false), both
     directions shut close the pump, a failure aborts it.
@@ -535,7 +537,7 @@ class SplicePumpTests(SynchronousTestCase):
         below the copy buffer's included, and bulk goes through them whole.
         """
         for size in (4096, 65536, 1 << 20):
-            if size > pipes.pipeMaxSize():
+            if size > pipeMaxSize():
                 continue
             self.sweeper.pipeSize = size
             data = bytes(range(256)) * (3 * splice.COPY_SIZE // 256)
@@ -598,7 +600,7 @@ class SplicePumpTests(SynchronousTestCase):
         opened: list[object] = []
 
         def countingPipe(size: int) -> object:
-            self.assertEqual(size, pipes.PIPE_SIZE)
+            self.assertEqual(size, PIPE_SIZE)
             pipe = realPipe(4096)
             opened.append(pipe)
             return pipe

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from socketproxyd.config.target import Target
 from socketproxyd.tap import Options
-from socketproxyd.target import Target
 
 MANUAL = Path(__file__).resolve().parent.parent / "man" / "socketproxyd.8"
 
@@ -124,7 +124,7 @@ class OptionsTests(SynchronousTestCase):
         C{--listen=NAME=ENDPOINT} names the listener; an endpoint's own C{=}
         (after a C{:}) does not.
         """
-        from socketproxyd.routes import splitListen
+        from socketproxyd.config.routes import splitListen
 
         self.assertEqual(splitListen("web=tcp:80:interface=::1"), ("web", "tcp:80:interface=::1"))
         self.assertEqual(splitListen("tcp:80:interface=::1"), (None, "tcp:80:interface=::1"))
@@ -140,7 +140,7 @@ class OptionsTests(SynchronousTestCase):
         """
         C{--pipe-size} takes bytes or K/M, from 4 KiB to fs.pipe-max-size.
         """
-        from socketproxyd.pipes import pipeMaxSize
+        from socketproxyd.config.settings import pipeMaxSize
 
         self.assertEqual(self.parse("--pipe-size=64K", "x:1").settings().pipeSize, 65536)
         self.assertEqual(self.parse("--pipe-size=4096", "x:1")["pipe-size"], 4096)
@@ -297,6 +297,6 @@ class ImportTests(SynchronousTestCase):
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
         )
         loaded = done.stdout
-        self.assertIn("'socketproxyd.listening'", loaded)
-        self.assertNotIn("'socketproxyd.datagram'", loaded)
-        self.assertNotIn("'socketproxyd.session'", loaded)
+        self.assertIn("'socketproxyd.service.opening'", loaded)
+        self.assertNotIn("'socketproxyd.datagram.relay'", loaded)
+        self.assertNotIn("'socketproxyd.datagram.session'", loaded)

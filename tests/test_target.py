@@ -1,5 +1,5 @@
 """
-Tests for L{socketproxyd.target}.
+Tests for L{socketproxyd.config.target}.
 """
 
 import socket
@@ -13,7 +13,8 @@ from twisted.internet.endpoints import (
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.target import Target, parseTarget
+from socketproxyd.config.target import Target, parseTarget
+from socketproxyd.stream.splice.connector import BareConnector
 
 
 class ParseTargetTests(SynchronousTestCase):
@@ -111,12 +112,14 @@ class EndpointTests(SynchronousTestCase):
         ]
         for text, family, address in cases:
             target = parseTarget(text)
-            endpoint = target.bareConnector(reactor, target.endpoint(reactor, 7))
+            endpoint = BareConnector.forTarget(reactor, target, target.endpoint(reactor, 7))
             self.assertEqual((endpoint.family, endpoint.address), (family, address))
             self.assertIsInstance(endpoint.fallback, type(parseTarget(text).endpoint(reactor, 7)))
         fallback = parseTarget("127.0.0.1:1").endpoint(reactor, 7)
-        self.assertIsNone(parseTarget("localhost:1").bareConnector(reactor, fallback))
-        self.assertIsNone(parseTarget("[fe80::1%nosuch0]:1").bareConnector(reactor, fallback))
+        self.assertIsNone(BareConnector.forTarget(reactor, parseTarget("localhost:1"), fallback))
+        self.assertIsNone(
+            BareConnector.forTarget(reactor, parseTarget("[fe80::1%nosuch0]:1"), fallback)
+        )
 
 
 class _NullFactory:

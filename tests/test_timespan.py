@@ -1,12 +1,12 @@
 """
-Tests for L{socketproxyd.timespan}.
+Tests for L{socketproxyd.config.timespan}.
 """
 
 import math
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.timespan import formatTimespan, parseTimespan
+from socketproxyd.config.timespan import formatTimespan, parseTimespan
 
 
 class ParseTimespanTests(SynchronousTestCase):

@@ -19,11 +19,11 @@ import sys
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.datagram import DatagramPort, DatagramRelay
-from socketproxyd.destinations import IP_PKTINFO, destinationKey, destinationOf
-from socketproxyd.proxy import ProxySettings
+from socketproxyd.config.target import parseTarget
+from socketproxyd.datagram.packetinfo import IP_PKTINFO, destinationKey, destinationOf
+from socketproxyd.datagram.relay import DatagramPort, DatagramRelay
 from socketproxyd.proxyheader import V2_SIGNATURE
-from socketproxyd.target import parseTarget
+from socketproxyd.stream.factory import ProxySettings
 
 from .fakes import FakeFDReactor, FakeTracker
 from .helpers import commands

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_datagram -*-
 """
 L{DatagramPort}: a listening datagram socket read by the proxy itself (see
-L{socketproxyd.datagram}), and the socket replies to its clients leave by.
+L{socketproxyd.datagram.relay}), and the socket replies to its clients leave by.
 """
 
 from __future__ import annotations
@@ -12,20 +12,28 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .addresses import socketAddress
-from .destinations import (
+from socketproxyd.addresses import socketAddress
+from socketproxyd.datagram.packetinfo import (
     CONTROL_SPACE,
     Control,
     Destination,
     destinationOf,
     receiveDestinations,
 )
-from .logs import observer
-from .pump import Ending
-from .session import BATCH, receiveBuffer, receiveView
+from socketproxyd.events import Ending
+from socketproxyd.logs import observer
 
 if TYPE_CHECKING:
-    from .datagram import DatagramRelay
+    from socketproxyd.datagram.relay import DatagramRelay
+
+
+BATCH = 64
+"""
+Datagrams read per wake-up from one socket, so one busy client cannot
+starve the others.
+"""
+receiveBuffer = bytearray(256 * 1024)
+receiveView = memoryview(receiveBuffer)
 
 
 class DatagramPort:

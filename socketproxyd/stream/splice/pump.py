@@ -5,16 +5,16 @@ splice(2) through a pipe, without passing through Python, as the C original
 does.
 
 A L{SplicePump} is a connection's data path on two bare sockets: the
-client's, accepted by L{socketproxyd.acceptor.Acceptor}, and the target's,
-connected by L{socketproxyd.bareconnect.BareConnector} (or, for a target
+client's, accepted by L{socketproxyd.stream.acceptor.Acceptor}, and the target's,
+connected by L{socketproxyd.stream.splice.connector.BareConnector} (or, for a target
 reached through a Twisted endpoint, the socket of a paused transport the
 pump borrows and hands back to close). A
-L{socketproxyd.spliceend.SpliceEnd} per socket stands in the reactor for
+L{socketproxyd.stream.splice.end.SpliceEnd} per socket stands in the reactor for
 it and moves the bytes that leave by it; the pump owns the pair: attaching,
 pipes, closing and resets. It only moves bytes and reports to its
-L{socketproxyd.connection.Connection}.
+L{socketproxyd.stream.connection.Connection}.
 
-Pipes exist only while data flows (see L{socketproxyd.pipes}), so an idle
+Pipes exist only while data flows (see L{socketproxyd.stream.splice.pipes}), so an idle
 connection holds just its two sockets.
 """
 
@@ -22,19 +22,32 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from twisted.internet import error
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
 
-from .addresses import socketAddress
-from .bareconnect import resetOnClose
-from .connection import Connection
-from .pipes import Pipe, PipeSweeper
-from .pump import DOWNSTREAM, UPSTREAM
-from .spliceend import COPY_SIZE, SpliceEnd
+from socketproxyd.addresses import socketAddress
+from socketproxyd.events import DOWNSTREAM, UPSTREAM
+from socketproxyd.stream.connection import Connection
+from socketproxyd.stream.splice.end import COPY_SIZE, SpliceEnd
+from socketproxyd.stream.splice.pipes import Pipe, PipeSweeper
 
-__all__ = ["COPY_SIZE", "SplicePump"]
+__all__ = ["COPY_SIZE", "SplicePump", "resetOnClose"]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def resetOnClose(sock: socket.socket) -> None:
+    """
+    Make closing C{sock} send a TCP RST instead of a FIN, so its peer sees
+    a failure rather than a normal end of stream.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
 
 
 class SplicePump:

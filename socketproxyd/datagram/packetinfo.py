@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from twisted.internet.interfaces import IAddress
 
-from .addresses import socketAddress
+from socketproxyd.addresses import socketAddress
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 CONTROL_SPACE = 256

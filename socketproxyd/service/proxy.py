@@ -17,14 +17,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from .activation import InheritedSocket
-from .listeners import ListenerService
-from .logs import observer, runnerObserver
-from .notify import Notifier
-from .proxy import ProxySettings
-from .routes import Routes
-from .target import Target
-from .timespan import formatTimespan
+from socketproxyd.config.routes import Routes
+from socketproxyd.config.settings import ProxySettings
+from socketproxyd.config.target import Target
+from socketproxyd.config.timespan import formatTimespan
+from socketproxyd.logs import observer, runnerObserver
+from socketproxyd.service.listeners import ListenerService
+from socketproxyd.systemd.activation import InheritedSocket
+from socketproxyd.systemd.notify import Notifier
 
 
 def installSignalHandlers(reactor: object, log: Logger) -> None:

@@ -17,26 +17,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IProtocolFactory, IReactorFDSet
+from twisted.internet.interfaces import IProtocolFactory, IReactorFDSet, IStreamClientEndpoint
 from twisted.python.failure import Failure
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-def resetOnClose(sock: socket.socket) -> None:
-    """
-    Make closing C{sock} send a TCP RST instead of a FIN, so its peer sees
-    a failure rather than a normal end of stream.
-    """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except OSError:
-        pass
-
+from socketproxyd.config.target import Target
 
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -103,6 +90,26 @@ class BareConnector:
         self.family = family
         self.address = address
         self.fallback = fallback
+
+    @classmethod
+    def forTarget(
+        cls, reactor: IReactorFDSet, target: Target, fallback: IStreamClientEndpoint
+    ) -> BareConnector | None:
+        """
+        A connector for C{target}, or C{None} for a name (resolving and
+        trying several addresses is left to Twisted's C{HostnameEndpoint}).
+        The socket address is worked out once, here; an address the system
+        cannot use is left to the ordinary endpoint, which reports it on
+        each connect.
+
+        @param fallback: the target's ordinary endpoint, for what a bare
+            socket cannot do.
+        """
+        try:
+            family, address = target.socketAddress(socket.SOCK_STREAM)
+        except ValueError:
+            return None
+        return cls(reactor, family, address, fallback)
 
     def attempt(self, fallbackFactory: IProtocolFactory) -> socket.socket | Deferred:
         """

@@ -2,31 +2,31 @@
 """
 L{ProxyFactory}: what every connection of the proxy shares (the target,
 the settings, the counting of connections), and where each accepted
-client becomes a L{socketproxyd.connection.Connection} on the data path
+client becomes a L{socketproxyd.stream.connection.Connection} on the data path
 the settings choose.
 """
 
 from __future__ import annotations
 
-import math
 import socket
-from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
-from .addresses import socketAddress
-from .connection import Connection
-from .logs import observer
-from .notices import Notice
-from .pipes import PIPE_SIZE, PipeSweeper
-from .pipes import available as spliceAvailable
-from .routes import RouteServer
-from .splice import SplicePump
-from .timespan import formatTimespan
-from .transportpump import ClientProtocol, ServerProtocol
+from socketproxyd.addresses import socketAddress
+from socketproxyd.config.routes import RouteServer
+from socketproxyd.config.settings import ProxySettings
+from socketproxyd.config.timespan import formatTimespan
+from socketproxyd.logs import observer
+from socketproxyd.notices import Notice
+from socketproxyd.stream.connection import Connection
+from socketproxyd.stream.splice.connector import BareConnector
+from socketproxyd.stream.splice.pipes import PipeSweeper
+from socketproxyd.stream.splice.pipes import available as spliceAvailable
+from socketproxyd.stream.splice.pump import SplicePump
+from socketproxyd.stream.transportpump import ClientProtocol, ServerProtocol
 
 
 class ConnectionTracker(TypingProtocol):
@@ -52,33 +52,6 @@ class ConnectionTracker(TypingProtocol):
         """
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    """
-    The per-connection behaviour chosen on the command line.
-
-    @ivar connectTimeout: seconds to reach the target, all addresses together.
-    @ivar idleTimeout: seconds without a byte either way before closing;
-        C{math.inf} for never.
-    @ivar keepalive: whether to enable TCP keepalive on both sockets.
-    @ivar proxyProtocol: C{None}, C{"v1"} or C{"v2"}.
-    @ivar dataPath: C{"auto"} or C{"splice"} (the splice pump where the
-        platform has splice(2)), or C{"transport"} (Twisted transports).
-    @ivar connectRetry: seconds after a client arrives during which a
-        target that refuses or does not exist yet is tried again; 0 for
-        never.
-    @ivar pipeSize: the pipe size the splice pump asks for.
-    """
-
-    connectTimeout: float = 30.0
-    idleTimeout: float = math.inf
-    keepalive: bool = False
-    proxyProtocol: str | None = None
-    dataPath: str = "auto"
-    connectRetry: float = 0.0
-    pipeSize: int = PIPE_SIZE
-
-
 class ProxyFactory(RouteServer, ServerFactory):
     """
     Builds a connection for every client accepted on the listeners of one
@@ -93,7 +66,7 @@ class ProxyFactory(RouteServer, ServerFactory):
     @ivar splices: whether accepted sockets go to the splice pump (the data
         path allows it and the platform has splice(2)).
     @ivar bareConnector: connects the target with bare sockets for the
-        splice pump (see L{socketproxyd.bareconnect}), or C{None}.
+        splice pump (see L{socketproxyd.stream.splice.connector}), or C{None}.
     @ivar clientFactory: builds the L{ClientProtocol} of each connection
         made through L{endpoint}.
     """
@@ -116,7 +89,7 @@ class ProxyFactory(RouteServer, ServerFactory):
         self.splices = settings.dataPath != "transport" and spliceAvailable()
         self.bareConnector = None
         if self.splices:
-            self.bareConnector = target.bareConnector(reactor, self.endpoint)
+            self.bareConnector = BareConnector.forTarget(reactor, target, self.endpoint)
         self.clientFactory = Factory.forProtocol(ClientProtocol)
         self.clientFactory.noisy = False
         if sweeper is None:

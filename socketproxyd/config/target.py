@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_target -*-
 """
-The TARGET argument: its grammar, its validation at start-up, the client
-endpoint that reaches it, and which failures to reach it mean it is not
+The TARGET argument: its grammar, its validation at start-up, its socket
+address, the client endpoint that reaches it, and which failures to reach it mean it is not
 ready yet.
 """
 
@@ -22,8 +22,6 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-
-from .bareconnect import BareConnector
 
 DEFAULT_PORT = 80
 NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
@@ -67,26 +65,6 @@ class Target:
         if self.kind == "ipv6":
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
-
-    def bareConnector(
-        self, reactor: object, fallback: IStreamClientEndpoint
-    ) -> BareConnector | None:
-        """
-        A connector whose connections are bare sockets for the splice pump,
-        or C{None} for a name (resolving and trying several addresses is
-        left to Twisted's L{HostnameEndpoint}). The socket address is worked
-        out once, here (an IPv6 scope such as C{%eth0} becomes its interface
-        index); an address the system cannot use is left to the ordinary
-        endpoint, which reports it on each connect.
-
-        @param fallback: this target's ordinary endpoint (L{endpoint}), for
-            what a bare socket cannot do.
-        """
-        try:
-            family, address = self.socketAddress(socket.SOCK_STREAM)
-        except ValueError:
-            return None
-        return BareConnector(reactor, family, address, fallback)
 
     def socketAddress(self, kind: int) -> tuple[int, object]:
         """

@@ -1,21 +1,17 @@
 """
-What a data path is to a L{socketproxyd.connection.Connection}: a L{Pump}
-moves the bytes of the two directions, L{UPSTREAM} (client to target) and
-L{DOWNSTREAM} (target to client), reports what happened and carries out
-what the connection decides; each direction is a L{Flow}, and how the
-connection ended an L{Ending}.
+What a data path is to a L{socketproxyd.stream.connection.Connection}: a L{Pump}
+moves the bytes of the two directions (L{socketproxyd.events.UPSTREAM} and
+L{socketproxyd.events.DOWNSTREAM}), reports what happened and carries out
+what the connection decides; each direction is a L{Flow}.
 """
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .connection import Connection
-
-UPSTREAM = 0
-DOWNSTREAM = 1
+    from socketproxyd.stream.connection import Connection
 
 
 class Flow(IntEnum):
@@ -26,20 +22,6 @@ class Flow(IntEnum):
     OPEN = 0
     ENDED = 1
     SHUT = 2
-
-
-class Ending(Enum):
-    """
-    How a connection ended, as its close line says it.
-    """
-
-    DONE = "done"
-    RESET = "reset"
-    CONNECT_FAILED = "connect failed"
-    CONNECT_TIMEOUT = "connect timeout"
-    IDLE_TIMEOUT = "idle timeout"
-    SHUTDOWN = "shutdown"
-    REFUSED = "refused"
 
 
 class Pump(Protocol):

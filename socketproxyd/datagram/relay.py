@@ -27,18 +27,19 @@ from twisted.internet.interfaces import IResolutionReceiver
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .addresses import describeAddress, socketAddress
-from .datagramport import DatagramPort
-from .destinations import Control, Destination, destinationKey
-from .logs import observer
-from .notices import Notice
-from .pump import Ending
-from .routes import RouteServer
-from .session import Session
+from socketproxyd.addresses import describeAddress, socketAddress
+from socketproxyd.config.routes import RouteServer
+from socketproxyd.datagram.packetinfo import Control, Destination, destinationKey
+from socketproxyd.datagram.port import DatagramPort
+from socketproxyd.datagram.session import Session
+from socketproxyd.events import Ending
+from socketproxyd.logs import observer
+from socketproxyd.notices import Notice
 
 if TYPE_CHECKING:
-    from .proxy import ConnectionTracker, ProxySettings
-    from .target import Target
+    from socketproxyd.config.settings import ProxySettings
+    from socketproxyd.config.target import Target
+    from socketproxyd.stream.factory import ConnectionTracker
 
 SESSION_IDLE_TIMEOUT = 60.0
 PENDING_MOST = 16

@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from .fdlimit import FDS_PER_PIPE_PAIR, FdBudget
+from socketproxyd.config.settings import PIPE_SIZE
+from socketproxyd.service.fdbudget import FDS_PER_PIPE_PAIR, FdBudget
 
 if TYPE_CHECKING:
-    from .splice import SplicePump
-
-PIPE_SIZE = 256 * 1024
-MIN_PIPE_SIZE = 4096
-_SIZE = re.compile(r"([0-9]+)([KMG]?)", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    from socketproxyd.stream.splice.pump import SplicePump
 
 
 def available() -> bool:
@@ -33,36 +28,6 @@ def available() -> bool:
     Whether this platform has splice(2) (Linux, Python 3.10+).
     """
     return hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
-
-
-def pipeMaxSize() -> int:
-    """
-    The largest pipe an unprivileged process may ask for
-    (C{fs.pipe-max-size}); 1 MiB, the kernel's default, where unknown.
-    """
-    try:
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-def parsePipeSize(text: str) -> int:
-    """
-    A C{--pipe-size}: bytes, or with a binary K, M or G suffix, from 4 KiB
-    to L{pipeMaxSize}.
-
-    @raise ValueError: saying what is accepted.
-    """
-    match = _SIZE.fullmatch(text.strip())
-    limit = pipeMaxSize()
-    size = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
-    if not MIN_PIPE_SIZE <= size <= limit:
-        raise ValueError(
-            f"--pipe-size={text!r}: give a size from 4K to {limit} bytes "
-            f"(fs.pipe-max-size), e.g. 64K or 1M"
-        )
-    return size
 
 
 class Pipe:

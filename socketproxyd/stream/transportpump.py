@@ -4,7 +4,7 @@ The transport pump: the design card's data path. A L{ServerProtocol} for
 the client and a L{ClientProtocol} for the target, each transport the
 other's streaming producer (a slow reader pauses the far side), both
 half-closeable. The protocols only relay bytes and report to their
-L{socketproxyd.connection.Connection}; it decides everything else.
+L{socketproxyd.stream.connection.Connection}; it decides everything else.
 
 Each side registers the other I{protocol} as its producer, which pauses
 and resumes its own transport: a transport that is lost stops its
@@ -20,8 +20,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .connection import Connection, Ending
-from .pump import DOWNSTREAM, UPSTREAM
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending
+from socketproxyd.stream.connection import Connection
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)

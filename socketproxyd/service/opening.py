@@ -23,18 +23,25 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .acceptor import Acceptor, adoptable
-from .activation import HOW_TO_PASS, ActivationError, InheritedSocket, adopt, takeDatagramSocket
-from .addresses import describeAddress
-from .logs import observer
-from .pipes import PipeSweeper
-from .proxy import ConnectionTracker, ProxyFactory, ProxySettings
-from .pump import Ending
-from .routes import UNNAMED, RouteError, Routes, splitListen
-from .target import Target
+from socketproxyd.addresses import describeAddress
+from socketproxyd.config.routes import UNNAMED, RouteError, Routes, splitListen
+from socketproxyd.config.settings import ProxySettings
+from socketproxyd.config.target import Target
+from socketproxyd.events import Ending
+from socketproxyd.logs import observer
+from socketproxyd.stream.acceptor import Acceptor, adoptable
+from socketproxyd.stream.factory import ConnectionTracker, ProxyFactory
+from socketproxyd.stream.splice.pipes import PipeSweeper
+from socketproxyd.systemd.activation import (
+    HOW_TO_PASS,
+    ActivationError,
+    InheritedSocket,
+    adopt,
+    takeDatagramSocket,
+)
 
 if TYPE_CHECKING:
-    from .datagram import DatagramPort, DatagramRelay
+    from socketproxyd.datagram.relay import DatagramPort, DatagramRelay
 
 
 class StartupError(Exception):
@@ -251,7 +258,7 @@ class Listeners:
     def _relay(self, target: Target, label: str, route: str | None) -> DatagramRelay:
         if self.settings.proxyProtocol == "v1":
             raise RouteError(f"{label}: a datagram listener takes --proxy-protocol=v2, not v1")
-        from .datagram import DatagramRelay
+        from socketproxyd.datagram.relay import DatagramRelay
 
         try:
             return DatagramRelay(self.reactor, target, self.settings, self.tracker, route)

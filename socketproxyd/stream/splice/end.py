@@ -10,7 +10,7 @@ written is in flight, in its pipe (C{pending} bytes) or, before the
 direction has a pipe, in C{backlog}. A direction whose destination cannot
 take what is in flight stops reading its source until the destination is
 writable again. What the bytes do to the connection is reported through
-the owning L{socketproxyd.splice.SplicePump}.
+the owning L{socketproxyd.stream.splice.pump.SplicePump}.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from .pipes import Pipe
+from socketproxyd.stream.splice.pipes import Pipe
 
 if TYPE_CHECKING:
-    from .splice import SplicePump
+    from socketproxyd.stream.splice.pump import SplicePump
 
 ROUNDS = 8
 COPY_ROUNDS = (1, 2)

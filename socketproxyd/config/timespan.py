@@ -1,16 +1,12 @@
 # -*- test-case-name: tests.test_timespan -*-
 """
-systemd time spans (systemd.time(7)), the unit of every duration option,
-and the one way an idle timer is kept.
+systemd time spans (systemd.time(7)), the unit of every duration option.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 _UNITS: dict[str, float] = {}
 for _names, _seconds in [
@@ -67,15 +63,3 @@ def formatTimespan(seconds: float) -> str:
     if seconds >= 1 or seconds == 0:
         return f"{seconds:g}s"
     return f"{seconds * 1000:g}ms"
-
-
-def stillIdle(clock: IReactorTime, due: float, check: Callable[[], None]) -> IDelayedCall | None:
-    """
-    An idle timer's check: C{check} is called again at C{due} (the last
-    activity plus the timeout) if that is still to come, as a new delayed
-    call; C{None} when the time is up.
-    """
-    now = clock.seconds()
-    if now < due:
-        return clock.callLater(due - now, check)
-    return None

@@ -20,16 +20,22 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from .activation import ActivationError, InheritedSocket
-from .connection import Connection, Ending
-from .fdlimit import FDS_PER_CONNECTION, FdBudget, openDescriptors, raiseSoftLimit
-from .listening import Listeners, StartupError, exitAtStartup
-from .logs import observer
-from .notices import Notice
-from .pipes import PipeSweeper
-from .proxy import ProxySettings
-from .routes import Routes
-from .target import Target
+from socketproxyd.config.routes import Routes
+from socketproxyd.config.settings import ProxySettings
+from socketproxyd.config.target import Target
+from socketproxyd.events import Ending
+from socketproxyd.logs import observer
+from socketproxyd.notices import Notice
+from socketproxyd.service.fdbudget import (
+    FDS_PER_CONNECTION,
+    FdBudget,
+    openDescriptors,
+    raiseSoftLimit,
+)
+from socketproxyd.service.opening import Listeners, StartupError, exitAtStartup
+from socketproxyd.stream.connection import Connection
+from socketproxyd.stream.splice.pipes import PipeSweeper
+from socketproxyd.systemd.activation import ActivationError, InheritedSocket
 
 
 class ConnectionWatcher(Protocol):

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_datagram -*-
 """
 L{Session}: one client of a datagram listener, with a socket of its own
-connected to the target (see L{socketproxyd.datagram}).
+connected to the target (see L{socketproxyd.datagram.relay}).
 """
 
 from __future__ import annotations
@@ -12,23 +12,16 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from .addresses import describeAddress, socketAddress
-from .proxyheader import headerV2
-from .pump import Ending
-from .timespan import stillIdle
+from socketproxyd.addresses import describeAddress, socketAddress
+from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
+from socketproxyd.events import Ending, stillIdle
+from socketproxyd.proxyheader import headerV2
 
 if TYPE_CHECKING:
-    from .datagram import DatagramRelay
-    from .destinations import Destination
+    from socketproxyd.datagram.packetinfo import Destination
+    from socketproxyd.datagram.relay import DatagramRelay
 
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-BATCH = 64
-"""
-Datagrams read per wake-up from one socket, so one busy client cannot
-starve the others.
-"""
-receiveBuffer = bytearray(256 * 1024)
-receiveView = memoryview(receiveBuffer)
 
 
 class Session:

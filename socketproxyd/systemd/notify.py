@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .logs import observer
+from socketproxyd.logs import observer
 
 
 class Notifier:

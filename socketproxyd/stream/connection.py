@@ -23,9 +23,9 @@ that; a reset anywhere aborts both sides; the connection ends once both
 directions are shut, or at once on a reset, a timeout or a shutdown, and
 says how in a fixed L{Ending}.
 
-Pumps (L{socketproxyd.pump.Pump}, where L{Flow} and L{Ending} live too) are
-L{socketproxyd.transportpump.TransportPump} (Twisted transports) and
-L{socketproxyd.splice.SplicePump} (splice(2) on bare sockets).
+Pumps (L{socketproxyd.stream.pump.Pump}, where L{Flow} and L{Ending} live too) are
+L{socketproxyd.stream.transportpump.TransportPump} (Twisted transports) and
+L{socketproxyd.stream.splice.pump.SplicePump} (splice(2) on bare sockets).
 """
 
 from __future__ import annotations
@@ -39,15 +39,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .addresses import describeAddress
-from .logs import observer
-from .proxyheader import HEADERS
-from .pump import DOWNSTREAM, UPSTREAM, Ending, Flow, Pump
-from .target import notReady
-from .timespan import formatTimespan, stillIdle
+from socketproxyd.addresses import describeAddress
+from socketproxyd.config.target import notReady
+from socketproxyd.config.timespan import formatTimespan
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, stillIdle
+from socketproxyd.logs import observer
+from socketproxyd.proxyheader import HEADERS
+from socketproxyd.stream.pump import Flow, Pump
 
 if TYPE_CHECKING:
-    from .proxy import ProxyFactory
+    from socketproxyd.stream.factory import ProxyFactory
 
 _OPEN, _CLOSING, _ABORTING = range(3)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)

@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .logs import debugEnabled
-from .target import Target, parseTarget
+from socketproxyd.config.target import Target, parseTarget
+from socketproxyd.logs import debugEnabled
 
 if TYPE_CHECKING:
-    from .proxy import ConnectionTracker, ProxySettings
+    from socketproxyd.config.settings import ProxySettings
+    from socketproxyd.stream.factory import ConnectionTracker
 
 UNNAMED = "unknown"
 """

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorFDSet
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .logs import observer
+from socketproxyd.logs import observer
 
 OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 """

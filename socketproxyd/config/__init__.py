@@ -1,0 +1,3 @@
+"""
+What the command line configures: TARGET, routes, settings, time spans (no I/O).
+"""

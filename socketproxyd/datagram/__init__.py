@@ -1,0 +1,3 @@
+"""
+The datagram path: relay, listening port, sessions and packet info.
+"""

@@ -1,0 +1,3 @@
+"""
+The application: the MultiService and its one-job services.
+"""

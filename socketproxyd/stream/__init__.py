@@ -1,0 +1,3 @@
+"""
+The stream data path: accepting, the connection state machine and its pumps.
+"""
