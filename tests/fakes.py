@@ -39,13 +39,13 @@ class FakeTracker:
     """
 
     def __init__(self) -> None:
-        self.closed: list[object] = []
+        self.closes: list[object] = []
 
     def room(self) -> int:
         return 10
 
-    def connectionOpened(self, session: object) -> None:
+    def opened(self, session: object) -> None:
         pass
 
-    def connectionClosed(self, session: object) -> None:
-        self.closed.append(session)
+    def closed(self, session: object) -> None:
+        self.closes.append(session)

@@ -23,10 +23,12 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd import logs
 from socketproxyd.addresses import describeAddress, socketAddress
+from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.events import Ending
+from socketproxyd.service.closelog import CloseLog
 from socketproxyd.stream.connection import Connection
-from socketproxyd.stream.factory import ProxyFactory, ProxySettings
+from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.stream.pump import Flow
 from socketproxyd.stream.splice import pipes
 from socketproxyd.stream.splice.pump import SplicePump
@@ -41,26 +43,31 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 
 class Tracker:
     """
-    Records what the factory's connections report.
+    Records what the factory's connections report, and logs each close as
+    the service does at debug level (its L{CloseLog} consumer).
     """
 
     def __init__(self) -> None:
         self.exhausted = 0
-        self.waiting: list[Connection] = []
-        self.opened: list[Connection] = []
-        self.closed: list[Connection] = []
+        self.waiting: list[Callable[[], None]] = []
+        self.opens: list[Connection] = []
+        self.closes: list[Connection] = []
 
-    def connectionOpened(self, connection: Connection) -> None:
-        self.opened.append(connection)
+    def opened(self, connection: Connection) -> None:
+        self.opens.append(connection)
 
-    def connectionClosed(self, connection: Connection) -> None:
-        self.closed.append(connection)
+    def closed(self, connection: Connection) -> None:
+        self.closes.append(connection)
+        CloseLog(connection.server.reactor).closed(connection)
+
+    def room(self) -> int:
+        return 10
 
     def fdsExhausted(self) -> None:
         self.exhausted += 1
 
-    def waitForDescriptors(self, connection: Connection) -> None:
-        self.waiting.append(connection)
+    def waitForDescriptors(self, again: Callable[[], None]) -> None:
+        self.waiting.append(again)
 
 
 class RelayTransport(StringTransport):
@@ -476,7 +483,11 @@ class ConnectionTestCase(SynchronousTestCase):
             formatEvent(event)
             for event in self.events
             if event.get("log_namespace", "").startswith(
-                ("socketproxyd.stream.connection", "socketproxyd.stream.factory")
+                (
+                    "socketproxyd.stream.connection",
+                    "socketproxyd.stream.factory",
+                    "socketproxyd.service.closelog",
+                )
             )
             and event["log_level"] is level
         ]
@@ -498,11 +509,11 @@ class PumpBehaviour:
 
     def assertOpen(self, harness: TransportHarness | SpliceHarness) -> None:
         self.assertEqual((harness.clientSees(), harness.targetSees()), ("open", "open"))
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
         self.assertIsNone(harness.connection.ending)
 
     def assertEnded(self, harness: TransportHarness | SpliceHarness, how: Ending) -> None:
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertIs(harness.connection.ending, how)
 
     def test_bytesBothWays(self) -> None:
@@ -563,7 +574,7 @@ class PumpBehaviour:
         self.assertEqual(harness.targetReceived(), b"request")
         self.assertEqual((harness.clientSees(), harness.targetSees()), ("open", "eof"))
         self.assertEqual(harness.connection.flows, [Flow.SHUT, Flow.OPEN])
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
         harness.targetSends(b"reply")
         self.assertEqual(harness.clientReceived(), b"reply")
         self.assertEqual(harness.connection.counts, [7, 5])
@@ -584,7 +595,7 @@ class PumpBehaviour:
         self.assertEqual(harness.clientReceived(), b"banner")
         self.assertEqual((harness.clientSees(), harness.targetSees()), ("eof", "open"))
         self.assertEqual(harness.connection.flows, [Flow.OPEN, Flow.SHUT])
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
         harness.clientSends(b"more")
         self.assertEqual(harness.targetReceived(), b"more")
         harness.clientEof()
@@ -746,7 +757,7 @@ class TransportConnectTests(ConnectionTestCase):
         harness = self.accept()
         self.assertEqual(harness.serverTransport.producerState, "paused")
         self.assertEqual(harness.reactor.tcpClients[0][:2], ("127.0.0.1", 8080))
-        self.assertEqual(self.tracker.opened, [harness.connection])
+        self.assertEqual(self.tracker.opens, [harness.connection])
         harness.completeConnect()
         self.assertEqual(len(harness.reactor.tcpClients), 1)
         self.assertIsInstance(harness.client, ClientProtocol)
@@ -772,9 +783,9 @@ class TransportConnectTests(ConnectionTestCase):
         self.failConnect(harness, error.ConnectionRefusedError())
         self.assertTrue(harness.serverTransport.disconnecting)
         self.assertFalse(harness.serverTransport.aborted)
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
         harness.settle()
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertIs(harness.connection.ending, Ending.CONNECT_FAILED)
         self.assertEqual(self.tracker.exhausted, 0)
         self.assertEqual(
@@ -803,7 +814,7 @@ class TransportConnectTests(ConnectionTestCase):
         self.assertIsNone(harness.connection.peer)
         self.failConnect(harness, error.ConnectionRefusedError())
         harness.settle()
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertEqual(
             self.lines(LogLevel.warn),
             [
@@ -824,7 +835,7 @@ class TransportConnectTests(ConnectionTestCase):
         self.failConnect(harness, error.getConnectError(outOfFds))
         harness.settle()
         self.assertEqual(self.tracker.exhausted, 1)
-        self.assertEqual(self.tracker.waiting, [harness.connection])
+        self.assertEqual(self.tracker.waiting, [harness.connection.connectAgain])
         self.assertIsNone(harness.connection.ending)
         self.assertEqual(harness.serverTransport.sees(), "open")
         self.assertEqual(self.lines(LogLevel.warn), [])
@@ -837,7 +848,7 @@ class TransportConnectTests(ConnectionTestCase):
         harness.clientSends(b"late")
         self.assertEqual(harness.targetReceived(), b"late")
         self.assertEqual(harness.reactor.getDelayedCalls(), [])
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
 
     def test_connectTimeoutOfLiteral(self) -> None:
         """
@@ -854,7 +865,7 @@ class TransportConnectTests(ConnectionTestCase):
         self.assertTrue(harness.reactor.connectors[0].stoppedConnecting)
         self.assertTrue(harness.serverTransport.disconnecting)
         self.assertIs(harness.connection.ending, Ending.CONNECT_TIMEOUT)
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertEqual(
             self.lines(LogLevel.warn),
             ["Failed to connect to 127.0.0.1:8080 for 192.0.2.1:4000: no answer within 5s"],
@@ -870,7 +881,7 @@ class TransportConnectTests(ConnectionTestCase):
         self.failConnect(harness, error.TimeoutError())
         harness.settle()
         self.assertIs(harness.connection.ending, Ending.CONNECT_TIMEOUT)
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertEqual(
             self.lines(LogLevel.warn),
             ["Failed to connect to 127.0.0.1:8080 for 192.0.2.1:4000: no answer within 5s"],
@@ -889,7 +900,7 @@ class TransportConnectTests(ConnectionTestCase):
         self.assertTrue(harness.serverTransport.disconnecting)
         self.assertTrue(harness.reactor.connectors[0].stoppedConnecting)
         self.assertIs(harness.connection.ending, Ending.CONNECT_TIMEOUT)
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertEqual(
             self.lines(LogLevel.warn),
             ["Failed to connect to localhost:8080 for 192.0.2.1:4000: no answer within 5s"],
@@ -905,11 +916,11 @@ class TransportConnectTests(ConnectionTestCase):
         harness = self.accept()
         harness.clientResets()
         self.assertTrue(harness.reactor.connectors[0].stoppedConnecting)
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertIs(harness.connection.ending, Ending.RESET)
         self.assertEqual(harness.reactor.getDelayedCalls(), [])
         self.failConnect(harness, error.UserError())
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertEqual(self.lines(LogLevel.warn), [])
         self.assertEqual(
             self.lines(LogLevel.debug),
@@ -967,7 +978,7 @@ class ConnectRetryTests(ConnectionTestCase):
             ],
         )
         self.assertIn("127.0.0.1:8080 is ready", self.lines(LogLevel.info))
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
 
     def test_givesUpAfterTheSpan(self) -> None:
         """
@@ -985,7 +996,7 @@ class ConnectRetryTests(ConnectionTestCase):
         self.assertEqual(delays[:7], [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64])
         self.assertEqual(set(delays[7:-1]), {1.0})
         self.assertAlmostEqual(harness.reactor.seconds(), 5.0)
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertIs(harness.connection.ending, Ending.CONNECT_FAILED)
         warnings = self.lines(LogLevel.warn)
         self.assertEqual(len(warnings), 2, warnings)
@@ -1034,7 +1045,7 @@ class ConnectRetryTests(ConnectionTestCase):
         harness.settle()
         self.assertFalse(harness.factory.notReady.said)
         self.assertEqual(harness.reactor.getDelayedCalls(), [])
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertEqual(len(harness.reactor.tcpClients), 1)
 
 
@@ -1079,13 +1090,13 @@ class TransportHalfCloseTests(ConnectionTestCase):
         harness.client.readConnectionLost()
         self.assertEqual(harness.serverTransport.writeCloses, 1)
         self.assertFalse(harness.serverTransport.disconnecting)
-        self.assertEqual(self.tracker.closed, [])
+        self.assertEqual(self.tracker.closes, [])
         harness.deliverOne()
         self.assertTrue(harness.serverTransport.lost)
         self.assertTrue(harness.clientTransport.lost)
         self.assertFalse(harness.serverTransport.aborted or harness.clientTransport.aborted)
         self.assertEqual(harness.deliveries, [])
-        self.assertEqual(self.tracker.closed, [harness.connection])
+        self.assertEqual(self.tracker.closes, [harness.connection])
         self.assertIs(harness.connection.ending, Ending.DONE)
 
     def test_secondEofIgnored(self) -> None:

@@ -113,7 +113,7 @@ class NotifyTests(_Service):
         with connect(address) as held:
             held.sendall(b"x")
             self.assertEqual(held.recv(1), b"x")
-            notify.waitFor("STATUS=1 connections open (at most 256)")
+            notify.waitFor("STATUS=1 connection open (at most 256)")
         proxy.popen.send_signal(signal.SIGTERM)
         notify.waitFor("STOPPING=1")
         self.assertEqual(proxy.wait(), 0)

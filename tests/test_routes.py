@@ -15,10 +15,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.config.routes import RouteError, Routes
+from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.service.listeners import ListenerService
-from socketproxyd.service.proxy import StatusService
-from socketproxyd.stream.factory import ProxySettings
+from socketproxyd.service.proxy import ProxyService
+from socketproxyd.service.status import StatusService
 from socketproxyd.systemd.activation import InheritedSocket
 
 WEB, DB, DEFAULT = (parseTarget(t) for t in ("/run/web.sock", "127.0.0.1:5432", "127.0.0.1:80"))
@@ -110,9 +111,10 @@ class ListenerRoutingTests(SynchronousTestCase):
     def listeners(
         self, routes: Routes, inherited: list[InheritedSocket] = (), listen: tuple[str, ...] = ()
     ) -> ListenerService:
-        service = ListenerService(
+        self.proxy = ProxyService(
             self.reactor, routes, ProxySettings(), findInherited=lambda: inherited, listen=listen
         )
+        service = self.proxy.listeners
         service.startService()
         self.addCleanup(service.stopService)
         return service
@@ -200,7 +202,8 @@ class ListenerRoutingTests(SynchronousTestCase):
             Routes(DEFAULT, {"web": WEB}), self.inherited("web"), ("db=tcp:0",)
         )
         notifier = RecordingNotifier()
-        status = StatusService(self.reactor, notifier, service)
+        proxy = self.proxy
+        status = StatusService(self.reactor, notifier, proxy.ledger, proxy.limit, service.listening)
         status.startService()
         self.assertEqual(notifier.statuses, [])
         self.reactor.run()

@@ -166,7 +166,7 @@ class RoutingTests(_Service):
         with connect(addresses[0]) as held:
             held.sendall(b"x")
             self.assertTrue(backends["web"].waitFor(lambda: backends["web"].accepted == 1))
-            notify.waitFor("STATUS=1 connections open (at most 256): db 0, other 0, web 1")
+            notify.waitFor("STATUS=1 connection open (at most 256): db 0, other 0, web 1")
 
 
 class TwistdRoutingTests(RoutingTests):

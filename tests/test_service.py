@@ -14,11 +14,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.events import Ending
 from socketproxyd.service.opening import Listener
 from socketproxyd.service.proxy import ProxyService
-from socketproxyd.stream.factory import ProxySettings
 
 
 class FakePort:
@@ -50,15 +50,18 @@ class FakeConnection:
     was ended.
     """
 
+    datagrams = None
+    server = None
+
     def __init__(self, service: ProxyService) -> None:
-        self.service = service.listeners
+        self.ledger = service.ledger
         self.ended: Ending | None = None
         self.reset: bool | None = None
 
-    def end(self, how: Ending, reset: bool = False) -> None:
-        self.ended = how
-        self.reset = reset
-        self.service.connectionClosed(self)
+    def shutdown(self) -> None:
+        self.ended = Ending.SHUTDOWN
+        self.reset = True
+        self.ledger.closed(self)
 
 
 class ServiceTestCase(SynchronousTestCase):
@@ -69,7 +72,7 @@ class ServiceTestCase(SynchronousTestCase):
         ports = [FakePort(), FakePort()]
         listening = service.listeners.listening
         for i, port in enumerate(ports):
-            listening.add(Listener(port, f"test {i}", None, listening.factoryFor(None, "test")))
+            listening.add(Listener(port, f"test {i}", listening.factoryFor(None, "test")))
         return service, ports
 
 
@@ -82,11 +85,11 @@ class LimitTests(ServiceTestCase):
         service, ports = self.service(connectionsMax=2)
         service.startService()
         first, second = FakeConnection(service), FakeConnection(service)
-        service.listeners.connectionOpened(first)
+        service.ledger.opened(first)
         self.assertEqual([p.reading for p in ports], [True, True])
-        service.listeners.connectionOpened(second)
+        service.ledger.opened(second)
         self.assertEqual([p.reading for p in ports], [False, False])
-        service.listeners.connectionClosed(first)
+        service.ledger.closed(first)
         self.assertEqual([p.reading for p in ports], [True, True])
 
     def test_roomFollowsTheSoftLimit(self) -> None:
@@ -96,16 +99,16 @@ class LimitTests(ServiceTestCase):
         """
         service, ports = self.service(connectionsMax=100)
         limit = [100]
-        service.listeners.budget.free, service.listeners.budget.limit = 40, 100
-        service.listeners.budget.readLimit = lambda: limit[0]
+        service.limit.budget.free, service.limit.budget.limit = 40, 100
+        service.limit.budget.readLimit = lambda: limit[0]
         service.startService()
-        self.assertEqual(service.listeners.room(), 20)
-        service.listeners.connectionOpened(FakeConnection(service))
-        self.assertEqual(service.listeners.room(), 19)
+        self.assertEqual(service.ledger.room(), 20)
+        service.ledger.opened(FakeConnection(service))
+        self.assertEqual(service.ledger.room(), 19)
         limit[0] = 80
-        self.assertEqual(service.listeners.room(), 9)
+        self.assertEqual(service.ledger.room(), 9)
         limit[0] = 60
-        self.assertEqual(service.listeners.room(), 0)
+        self.assertEqual(service.ledger.room(), 0)
 
     def test_exhaustionPausesUntilAClose(self) -> None:
         """
@@ -118,11 +121,11 @@ class LimitTests(ServiceTestCase):
         service, ports = self.service()
         service.startService()
         connection = FakeConnection(service)
-        service.listeners.connectionOpened(connection)
+        service.ledger.opened(connection)
         for _ in range(3):
-            service.listeners.fdsExhausted()
+            service.ledger.fdsExhausted()
         self.assertEqual([p.reading for p in ports], [False, False])
-        service.listeners.connectionClosed(connection)
+        service.ledger.closed(connection)
         self.assertEqual([p.reading for p in ports], [True, True])
         formats = [e.get("log_format", "") for e in events]
         self.assertEqual(len([f for f in formats if f.startswith("Out of file")]), 1)
@@ -135,9 +138,9 @@ class LimitTests(ServiceTestCase):
         """
         service, ports = self.service()
         service.startService()
-        service.listeners.fdsExhausted()
+        service.ledger.fdsExhausted()
         self.assertEqual([p.reading for p in ports], [False, False])
-        self.reactor.advance(service.listeners.exhaustionBackoff)
+        self.reactor.advance(service.limit.exhaustionBackoff)
         self.assertEqual([p.reading for p in ports], [True, True])
 
     def test_noListener(self) -> None:
@@ -173,10 +176,10 @@ class IdleExitTests(ServiceTestCase):
         service.startService()
         connection = FakeConnection(service)
         self.reactor.advance(0.5)
-        service.listeners.connectionOpened(connection)
+        service.ledger.opened(connection)
         self.reactor.advance(10)
         self.assertFalse(self.reactor.hasStopped)
-        service.listeners.connectionClosed(connection)
+        service.ledger.closed(connection)
         self.reactor.advance(0.999)
         self.assertFalse(self.reactor.hasStopped)
         self.reactor.advance(0.001)
@@ -198,7 +201,7 @@ class StopTests(ServiceTestCase):
         service, ports = self.service()
         service.startService()
         connection = FakeConnection(service)
-        service.listeners.connectionOpened(connection)
+        service.ledger.opened(connection)
         stopped = service.stopService()
         self.assertEqual([p.stopped for p in ports], [True, True])
         self.assertEqual((connection.ended, connection.reset), (Ending.SHUTDOWN, True))
@@ -208,12 +211,12 @@ class StopTests(ServiceTestCase):
         service, ports = self.service(drainTimeout=5.0)
         service.startService()
         finishing, lingering = FakeConnection(service), FakeConnection(service)
-        service.listeners.connectionOpened(finishing)
-        service.listeners.connectionOpened(lingering)
+        service.ledger.opened(finishing)
+        service.ledger.opened(lingering)
         stopped = service.stopService()
         self.assertNoResult(stopped)
         self.reactor.advance(2)
-        service.listeners.connectionClosed(finishing)
+        service.ledger.closed(finishing)
         self.assertNoResult(stopped)
         self.assertIsNone(lingering.ended)
         self.reactor.advance(3)
@@ -226,9 +229,9 @@ class StopTests(ServiceTestCase):
         service, ports = self.service(drainTimeout=5.0)
         service.startService()
         connection = FakeConnection(service)
-        service.listeners.connectionOpened(connection)
+        service.ledger.opened(connection)
         stopped = service.stopService()
-        service.listeners.connectionClosed(connection)
+        service.ledger.closed(connection)
         self.successResultOf(stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
@@ -246,10 +249,10 @@ class LimitLogTests(ServiceTestCase):
         service.startService()
         for _ in range(5):
             connection = FakeConnection(service)
-            service.listeners.connectionOpened(connection)
-            service.listeners.connectionClosed(connection)
+            service.ledger.opened(connection)
+            service.ledger.closed(connection)
         self.reactor.advance(60)
-        service.listeners.connectionOpened(FakeConnection(service))
+        service.ledger.opened(FakeConnection(service))
         reached = [e for e in events if "limit" in e.get("log_format", "")]
         self.assertEqual([e["hits"] for e in reached], [1, 5])
         self.assertEqual(
@@ -273,11 +276,9 @@ class WaitingForDescriptorsTests(ServiceTestCase):
         service.startService()
         retried = []
         connection = FakeConnection(service)
-        connection.closing = 0
-        connection.connect = lambda: retried.append(True)
-        listeners = service.listeners
-        listeners.connectionOpened(connection)
-        listeners.fdsExhausted()
-        listeners.waitForDescriptors(connection)
-        self.reactor.advance(listeners.exhaustionBackoff)
+        ledger = service.ledger
+        ledger.opened(connection)
+        ledger.fdsExhausted()
+        ledger.waitForDescriptors(lambda: retried.append(True))
+        self.reactor.advance(service.limit.exhaustionBackoff)
         self.assertEqual(retried, [True])

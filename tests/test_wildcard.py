@@ -19,11 +19,12 @@ import sys
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.datagram.packetinfo import IP_PKTINFO, destinationKey, destinationOf
-from socketproxyd.datagram.relay import DatagramPort, DatagramRelay
+from socketproxyd.datagram.port import DatagramPort
+from socketproxyd.datagram.relay import DatagramRelay
 from socketproxyd.proxyheader import V2_SIGNATURE
-from socketproxyd.stream.factory import ProxySettings
 
 from .fakes import FakeFDReactor, FakeTracker
 from .helpers import commands

@@ -13,14 +13,8 @@ listener no C{--target} names. Names follow systemd's rule for fd names:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from socketproxyd.config.target import Target, parseTarget
-from socketproxyd.logs import debugEnabled
-
-if TYPE_CHECKING:
-    from socketproxyd.config.settings import ProxySettings
-    from socketproxyd.stream.factory import ConnectionTracker
 
 UNNAMED = "unknown"
 """
@@ -34,36 +28,6 @@ def prefixFor(route: str | None) -> str:
     What leads the log lines about a route's connections: its name.
     """
     return f"{route}: " if route is not None else ""
-
-
-class RouteServer:
-    """
-    What serving one route takes, for its stream factory and its datagram
-    relay alike: the reactor, the target, the settings, the tracker that
-    counts connections, and the route's name.
-
-    @ivar route: the name of the listeners whose clients these are, if
-        they have one; C{routePrefix} puts it first in their log lines.
-    @ivar recordsAddresses: whether connections keep their addresses and
-        start time, which only a PROXY header and the debug close line use
-        (the log level is set before the route is served).
-    """
-
-    def __init__(
-        self,
-        reactor: object,
-        target: Target,
-        settings: ProxySettings,
-        tracker: ConnectionTracker,
-        route: str | None = None,
-    ) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.settings = settings
-        self.tracker = tracker
-        self.route = route
-        self.routePrefix = prefixFor(route)
-        self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
 
 
 class RouteError(ValueError):

@@ -28,18 +28,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from socketproxyd.addresses import describeAddress, socketAddress
-from socketproxyd.config.routes import RouteServer
 from socketproxyd.datagram.packetinfo import Control, Destination, destinationKey
 from socketproxyd.datagram.port import DatagramPort
 from socketproxyd.datagram.session import Session
-from socketproxyd.events import Ending
+from socketproxyd.events import Ending, Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
+from socketproxyd.routeserver import RouteServer
 
 if TYPE_CHECKING:
     from socketproxyd.config.settings import ProxySettings
     from socketproxyd.config.target import Target
-    from socketproxyd.stream.factory import ConnectionTracker
 
 SESSION_IDLE_TIMEOUT = 60.0
 PENDING_MOST = 16
@@ -71,7 +70,7 @@ class DatagramRelay(RouteServer):
         reactor: object,
         target: Target,
         settings: ProxySettings,
-        tracker: ConnectionTracker,
+        tracker: Tracker,
         route: str | None = None,
     ) -> None:
         super().__init__(reactor, target, settings, tracker, route)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_datagram -*-
 """
 L{Session}: one client of a datagram listener, with a socket of its own
-connected to the target (see L{socketproxyd.datagram.relay}).
+connected to the target (see L{socketproxyd.datagram.server}).
 """
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ import errno
 import socket
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
-from socketproxyd.addresses import describeAddress, socketAddress
+from socketproxyd.addresses import socketAddress
 from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
-from socketproxyd.events import Ending, stillIdle
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, stillIdle
 from socketproxyd.proxyheader import headerV2
 
 if TYPE_CHECKING:
     from socketproxyd.datagram.packetinfo import Destination
-    from socketproxyd.datagram.relay import DatagramRelay
+    from socketproxyd.datagram.server import DatagramRelay
 
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -30,8 +31,9 @@ class Session:
     target (on a UNIX target, bound to an automatic abstract address so
     the backend can answer), its counts, and when it last moved a datagram.
 
-    @ivar counts: datagrams up, bytes up, datagrams down, bytes down.
-    @ivar key: what the relay knows it by: the client's address, with the
+    @ivar counts: bytes moved, indexed by direction.
+    @ivar datagrams: datagrams moved, indexed by direction.
+    @ivar key: what the server knows it by: the client's address, with the
         address it wrote to on a wildcard-bound listener.
     @ivar local: that address, if the listener is wildcard-bound.
     @ivar replyControl: the control message that makes replies leave from
@@ -39,19 +41,20 @@ class Session:
     """
 
     __slots__ = (
-        "relay", "client", "socket", "fileno", "counts", "started", "lastMoved", "timer",
+        "server", "client", "socket", "fileno", "counts", "datagrams", "started",
+        "lastMoved", "timer",
         "ending", "header", "alternatives", "local", "replyControl", "key",
     )  # fmt: skip
 
     def __init__(
         self,
-        relay: DatagramRelay,
+        server: DatagramRelay,
         client: object,
         key: object,
         destination: Destination | None,
         addresses: list[tuple[int, object]],
     ) -> None:
-        self.relay = relay
+        self.server = server
         self.client = client
         self.key = key
         self.local = self.replyControl = None
@@ -59,19 +62,20 @@ class Session:
             self.local, self.replyControl = destination
         self.alternatives = addresses[1:]
         self._connect(*addresses[0])
-        self.counts = [0, 0, 0, 0]
-        reactor = relay.reactor
+        self.counts = [0, 0]
+        self.datagrams = [0, 0]
+        reactor = server.reactor
         self.started = self.lastMoved = reactor.seconds()
         self.ending: Ending | None = None
         self.header = b""
-        if relay.settings.proxyProtocol is not None:
-            family = relay.port.socket.family
-            local = self.local or relay.port.getHost()
+        if server.settings.proxyProtocol is not None:
+            family = server.port.socket.family
+            local = self.local or server.port.getHost()
             self.header = headerV2(socketAddress(family, client, "UDP"), local, datagram=True)
-        relay.sessions[self.key] = self
-        relay.tracker.connectionOpened(self)
+        server.sessions[self.key] = self
+        server.tracker.opened(self)
         reactor.addReader(self)
-        self.timer = reactor.callLater(relay.idleTimeout, self._idleCheck)
+        self.timer = reactor.callLater(server.idleTimeout, self._idleCheck)
 
     def _connect(self, family: int, address: object) -> None:
         sock = socket.socket(family, _NONBLOCKING_DGRAM)
@@ -91,8 +95,8 @@ class Session:
         address is tried while none has answered, as for streams; else the
         session ends.
         """
-        while self.alternatives and not self.counts[2]:
-            reactor = self.relay.reactor
+        while self.alternatives and not self.datagrams[DOWNSTREAM]:
+            reactor = self.server.reactor
             reactor.removeReader(self)
             old = self.socket
             try:
@@ -103,10 +107,6 @@ class Session:
             reactor.addReader(self)
             return
         self.end(Ending.REFUSED)
-
-    @property
-    def factory(self) -> DatagramRelay:
-        return self.relay
 
     def logPrefix(self) -> str:
         return "session"
@@ -119,22 +119,21 @@ class Session:
         try:
             self.socket.send(self.header + data if self.header else data)
         except BlockingIOError:
-            self.relay.dropped += 1
+            self.server.dropped += 1
             return
         except ConnectionRefusedError:
             self._refused()
             return
         except OSError:
-            self.relay.dropped += 1
+            self.server.dropped += 1
             return
-        counts = self.counts
-        counts[0] += 1
-        counts[1] += len(data)
-        self.lastMoved = self.relay.reactor.seconds()
+        self.datagrams[UPSTREAM] += 1
+        self.counts[UPSTREAM] += len(data)
+        self.lastMoved = self.server.reactor.seconds()
 
     def doRead(self) -> None:
-        receive, relay = self.socket.recv_into, self.relay
-        counts = self.counts
+        receive, server = self.socket.recv_into, self.server
+        counts, datagrams = self.counts, self.datagrams
         for _ in range(BATCH):
             try:
                 size = receive(receiveBuffer)
@@ -146,12 +145,12 @@ class Session:
             except OSError:
                 self.end(Ending.RESET)
                 return
-            if relay.port.sendTo(bytes(receiveView[:size]), self.client, self.replyControl):
-                counts[2] += 1
-                counts[3] += size
+            if server.port.sendTo(bytes(receiveView[:size]), self.client, self.replyControl):
+                datagrams[DOWNSTREAM] += 1
+                counts[DOWNSTREAM] += size
             else:
-                relay.dropped += 1
-        self.lastMoved = relay.reactor.seconds()
+                server.dropped += 1
+        self.lastMoved = server.reactor.seconds()
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -165,39 +164,40 @@ class Session:
             self.end(Ending.RESET)
 
     def _idleCheck(self) -> None:
-        relay = self.relay
-        self.timer = stillIdle(relay.reactor, self.lastMoved + relay.idleTimeout, self._idleCheck)
+        server = self.server
+        self.timer = stillIdle(server.reactor, self.lastMoved + server.idleTimeout, self._idleCheck)
         if self.timer is None:
             self.end(Ending.IDLE_TIMEOUT)
 
-    def end(self, how: Ending, reset: bool = False) -> None:
+    def shutdown(self) -> None:
+        """
+        The proxy stops: end the session now.
+        """
+        self.end(Ending.SHUTDOWN)
+
+    def addresses(self) -> tuple[IAddress, IAddress] | None:
+        """
+        The address the client wrote to and the client's, when the route
+        records them.
+        """
+        server = self.server
+        if not server.recordsAddresses:
+            return None
+        peer = socketAddress(server.port.socket.family, self.client, "UDP")
+        return self.local or server.port.getHost(), peer
+
+    def end(self, how: Ending) -> None:
         """
         Close the session's socket and free its slot.
         """
         if self.ending is not None:
             return
         self.ending = how
-        relay = self.relay
+        server = self.server
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-        relay.reactor.removeReader(self)
+        server.reactor.removeReader(self)
         self.socket.close()
-        relay.sessions.pop(self.key, None)
-        relay.tracker.connectionClosed(self)
-        if relay.recordsAddresses:
-            up, upBytes, down, downBytes = self.counts
-            self.relay.log.debug(
-                "{route}{listener} {client} -> {target}: {up} datagrams ({upBytes} bytes) up, "
-                "{down} datagrams ({downBytes} bytes) down, {duration:.3f}s, {how}",
-                route=relay.routePrefix,
-                listener=describeAddress(self.local or relay.port.getHost()),
-                client=relay.describe(self.client),
-                target=str(relay.target),
-                up=up,
-                upBytes=upBytes,
-                down=down,
-                downBytes=downBytes,
-                duration=relay.reactor.seconds() - self.started,
-                how=how.value,
-            )
+        server.sessions.pop(self.key, None)
+        server.tracker.closed(self)

@@ -1,9 +1,16 @@
 # -*- test-case-name: tests.test_service -*-
 """
 L{ProxyService}: the whole proxy as Twisted applications compose one, a
-L{MultiService} of small services with one job each: the listeners and the
-limit (L{ListenerService}), the idle exit (L{IdleExitService}), the drain
-on stop (L{DrainService}) and sd_notify (L{StatusService}).
+L{MultiService} of small services with one job each: the connection limit
+(L{ConnectionLimit}), the listeners (L{ListenerService}), the drain on stop
+(L{DrainService}), the idle exit (L{IdleExitService}) and sd_notify
+(L{StatusService}).
+
+Every connection and datagram session is reported to one L{Ledger}, which
+passes each opened and closed event on to the consumers that have
+something to do: the limit always, the close line at debug level, the idle
+exit when there is one, STATUS when there is a notify socket, the drain
+while one is under way.
 """
 
 from __future__ import annotations
@@ -11,23 +18,28 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from socketproxyd.config.routes import Routes
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
-from socketproxyd.config.timespan import formatTimespan
-from socketproxyd.logs import observer, runnerObserver
+from socketproxyd.logs import debugEnabled, observer, runnerObserver
+from socketproxyd.service.closelog import CloseLog
+from socketproxyd.service.drain import DrainService
+from socketproxyd.service.idleexit import IdleExitService
+from socketproxyd.service.ledger import Ledger
+from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listeners import ListenerService
+from socketproxyd.service.status import StatusService
 from socketproxyd.systemd.activation import InheritedSocket
 from socketproxyd.systemd.notify import Notifier
 
 
-def installSignalHandlers(reactor: object, log: Logger) -> None:
+def installSignalHandlers(reactor: Any, log: Logger) -> None:
     """
     Once the reactor runs (after Twisted installs its own handlers): stop
     on SIGTERM and SIGINT, and log and otherwise ignore SIGHUP.
@@ -53,162 +65,20 @@ def installSignalHandlers(reactor: object, log: Logger) -> None:
     reactor.callWhenRunning(install)
 
 
-class IdleExitService(Service):
-    """
-    Stops the reactor once no connection has been open for C{exitIdleTime},
-    counting from start-up too.
-    """
-
-    log = Logger(observer=observer)
-
-    def __init__(self, reactor: object, exitIdleTime: float) -> None:
-        self.reactor = reactor
-        self.exitIdleTime = exitIdleTime
-        self._timer = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.connectionsChanged(0)
-
-    def connectionsChanged(self, count: int) -> None:
-        """
-        Arm the timer when the last connection closed; disarm it otherwise.
-        """
-        self._cancel()
-        if count == 0 and self.running and not math.isinf(self.exitIdleTime):
-            self._timer = self.reactor.callLater(self.exitIdleTime, self._exit)
-
-    def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _exit(self) -> None:
-        self._timer = None
-        self.log.info("No connection for {span}, exiting", span=formatTimespan(self.exitIdleTime))
-        self.reactor.stop()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self._cancel()
-
-
-class DrainService(Service):
-    """
-    On stop, lets the open connections finish for up to C{drainTimeout},
-    then closes the rest (at once when it is 0, as the original does).
-    """
-
-    log = Logger(observer=observer)
-
-    def __init__(self, reactor: object, listeners: ListenerService, drainTimeout: float) -> None:
-        self.reactor = reactor
-        self.listeners = listeners
-        self.drainTimeout = drainTimeout
-        self._drained: Deferred | None = None
-
-    def connectionsChanged(self, count: int) -> None:
-        """
-        The last connection closed: the drain is over.
-        """
-        if count == 0 and self._drained is not None:
-            drained, self._drained = self._drained, None
-            drained.callback(None)
-
-    def stopService(self) -> Deferred | None:
-        super().stopService()
-        self.listeners.listening.endSessions()
-        count = len(self.listeners.connections)
-        if not count:
-            return None
-        self._drained = drained = Deferred()
-        self.listeners.watchers.append(self)
-        if self.drainTimeout > 0:
-            self.log.info(
-                "Stopping: waiting up to {span} for {count} connections",
-                span=formatTimespan(self.drainTimeout),
-                count=count,
-            )
-            deadline = self.reactor.callLater(self.drainTimeout, self.listeners.closeAll)
-            drained.addBoth(lambda result: deadline.active() and deadline.cancel())
-        else:
-            self.listeners.closeAll()
-        return drained
-
-
-class StatusService(Service):
-    """
-    Tells the service manager the proxy is ready, how many connections are
-    open (at most every C{statusInterval}), that it is alive (the
-    watchdog) and that it is stopping.
-    """
-
-    statusInterval = 0.5
-
-    def __init__(self, reactor: object, notifier: Notifier, listeners: ListenerService) -> None:
-        self.reactor = reactor
-        self.notifier = notifier
-        self.listeners = listeners
-        self._call = None
-
-    def _status(self) -> str:
-        listeners = self.listeners
-        count = len(listeners.connections)
-        status = f"{count} connections open (at most {listeners.capacity}"
-        if sessions := listeners.listening.sessions():
-            status += f"; streams {count - sessions}, datagram sessions {sessions}"
-        status += ")"
-        routes = listeners.listening.routeNames()
-        if routes:
-            counts = listeners.countsByRoute()
-            status += ": " + ", ".join(f"{route} {counts[route]}" for route in routes)
-        return status
-
-    def startService(self) -> None:
-        super().startService()
-        self.reactor.callWhenRunning(self._ready)
-
-    def _ready(self) -> None:
-        """
-        READY=1 once the reactor runs, when clients are accepted and
-        Twisted has opened its own descriptors.
-        """
-        if self.running:
-            self.notifier.ready(self._status())
-            self.notifier.startWatchdog()
-
-    def connectionsChanged(self, count: int) -> None:
-        """
-        Send the new count soon, with whatever else changes meanwhile.
-        """
-        if self._call is None and self.running and self.notifier.address is not None:
-            self._call = self.reactor.callLater(self.statusInterval, self._send)
-
-    def _send(self) -> None:
-        self._call = None
-        self.notifier.status(self._status())
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        self.notifier.stopping()
-        self.notifier.stopWatchdog()
-
-
 class ProxyService(MultiService):
     """
-    The whole proxy (see the module docstring). Only the services with
-    something to do follow the connection count (an idle exit, a notify
-    socket, a drain under way): it changes twice a connection.
+    The whole proxy (see the module docstring).
 
-    @ivar listeners: the L{ListenerService}, which tracks the connections.
+    @ivar ledger: what is served now; the tracker of every connection.
+    @ivar limit: C{--connections-max} and the descriptor budget.
+    @ivar listeners: the service that opens and closes the listeners.
     """
+
+    log = Logger(observer=observer)
 
     def __init__(
         self,
-        reactor: object,
+        reactor: Any,
         routes: Routes | Target,
         settings: ProxySettings,
         connectionsMax: int = 256,
@@ -221,21 +91,26 @@ class ProxyService(MultiService):
     ) -> None:
         super().__init__()
         self.reactor = reactor
+        self.limit = ConnectionLimit(reactor, connectionsMax)
+        self.ledger = ledger = Ledger(self.limit)
         self.listeners = ListenerService(
-            reactor, routes, settings, connectionsMax, findInherited, listen, limitsDescriptors
+            reactor, routes, settings, ledger, self.limit, findInherited, listen, limitsDescriptors
         )
+        listening = self.listeners.listening
         notifier = notifier if notifier is not None else Notifier(reactor, {})
-        drain = DrainService(reactor, self.listeners, drainTimeout)
-        idleExit = IdleExitService(reactor, exitIdleTime)
-        status = StatusService(reactor, notifier, self.listeners)
-        for service in (self.listeners, drain, idleExit, status):
+        drain = DrainService(reactor, ledger, listening, drainTimeout)
+        idleExit = IdleExitService(reactor, ledger, exitIdleTime)
+        status = StatusService(reactor, notifier, ledger, self.limit, listening)
+        for service in (self.listeners, self.limit, drain, idleExit, status):
             service.setServiceParent(self)
+        if debugEnabled():
+            ledger.consumers.append(CloseLog(reactor))
         if not math.isinf(exitIdleTime):
-            self.listeners.watchers.append(idleExit)
+            ledger.consumers.append(idleExit)
         if notifier.address is not None:
-            self.listeners.watchers.append(status)
+            ledger.consumers.append(status)
 
-    def setServiceParent(self, parent: object) -> None:
+    def setServiceParent(self, parent: IServiceCollection) -> None:
         """
         Under twistd, which asks the application for an C{ILogObserver}
         component before it starts logging: when stderr is the journal,
@@ -249,5 +124,5 @@ class ProxyService(MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
-        installSignalHandlers(self.reactor, self.listeners.log)
+        installSignalHandlers(self.reactor, self.log)
         super().startService()

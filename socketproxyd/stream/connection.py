@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_connection -*-
 """
-One proxied connection, from accept to its close line: the one place that
-owns a connection's behaviour, whichever data path moves its bytes.
+One proxied connection, from accept to close: the one place that owns a
+connection's behaviour, whichever data path moves its bytes. Its opening
+and closing are reported to the route's L{socketproxyd.events.Tracker}.
 
 A L{Connection} connects to the target (bounded by the connect timeout),
 hands both sides to its pump, and from then on only hears what the pump
@@ -13,7 +14,7 @@ reports and tells it what to do:
     readEnded(direction)              -> pump.shutdownWrite(direction)
     writeShut(direction)              both shut -> pump.close()
     failed()                          -> pump.abort() (resets both sides)
-    closed()                          the slot is free, the close line
+    closed()                          tracker.closed(connection)
 
 A direction (L{UPSTREAM}: client to target, L{DOWNSTREAM}: target to
 client) is L{Flow.OPEN}, then L{Flow.ENDED} once its source sent its end of
@@ -23,7 +24,7 @@ that; a reset anywhere aborts both sides; the connection ends once both
 directions are shut, or at once on a reset, a timeout or a shutdown, and
 says how in a fixed L{Ending}.
 
-Pumps (L{socketproxyd.stream.pump.Pump}, where L{Flow} and L{Ending} live too) are
+Pumps (L{socketproxyd.stream.pump.Pump}, where L{Flow} lives too) are
 L{socketproxyd.stream.transportpump.TransportPump} (Twisted transports) and
 L{socketproxyd.stream.splice.pump.SplicePump} (splice(2) on bare sockets).
 """
@@ -32,10 +33,12 @@ from __future__ import annotations
 
 import errno
 import math
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -50,7 +53,18 @@ from socketproxyd.stream.pump import Flow, Pump
 if TYPE_CHECKING:
     from socketproxyd.stream.factory import ProxyFactory
 
-_OPEN, _CLOSING, _ABORTING = range(3)
+
+class Closing(IntEnum):
+    """
+    How far a connection is in closing: a reset goes further than a
+    normal close, and may follow one.
+    """
+
+    OPEN = 0
+    CLOSING = 1
+    ABORTING = 2
+
+
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 RETRY_FIRST = 0.01
 RETRY_MOST = 1.0
@@ -60,37 +74,40 @@ class Connection:
     """
     The state machine of one proxied connection (see the module docstring).
 
-    @ivar factory: the L{ProxyFactory}: reactor, settings, target and the
+    @ivar server: the L{ProxyFactory}: reactor, settings, target and the
         tracker that counts connections.
     @ivar pump: the data path.
     @ivar peer: the client's address, or C{None} when nothing needs it.
     @ivar host: the address the client connected to, likewise.
     @ivar counts: bytes moved, indexed by direction.
+    @ivar datagrams: C{None}: a stream moves no datagrams.
     @ivar flows: each direction's L{Flow}.
     @ivar ending: how the connection ends, once that is decided.
     @ivar lastMoved: when a byte last moved, if an idle timeout is set.
     """
 
+    datagrams = None
+
     __slots__ = (
-        "factory", "pump", "peer", "host", "started", "counts", "flows",
+        "server", "pump", "peer", "host", "started", "counts", "flows",
         "ending", "closing", "connecting", "timer", "lastMoved", "retrying",
     )  # fmt: skip
 
     log = Logger(observer=observer)
 
     def __init__(
-        self, factory: ProxyFactory, pump: Pump, peer: object = None, host: object = None
+        self, server: ProxyFactory, pump: Pump, peer: object = None, host: object = None
     ) -> None:
-        self.factory = factory
+        self.server = server
         self.pump = pump
         pump.connection = self
         self.peer = peer
         self.host = host
-        self.started = factory.reactor.seconds() if host is not None else 0.0
+        self.started = server.reactor.seconds() if host is not None else 0.0
         self.counts = [0, 0]
         self.flows = [Flow.OPEN, Flow.OPEN]
         self.ending: Ending | None = None
-        self.closing = _OPEN
+        self.closing = Closing.OPEN
         self.connecting: Deferred | None = None
         self.timer = None
         self.lastMoved: float | None = None
@@ -100,7 +117,7 @@ class Connection:
         """
         Count the connection and connect to the target.
         """
-        self.factory.tracker.connectionOpened(self)
+        self.server.tracker.opened(self)
         self.connect()
 
     def connect(self) -> None:
@@ -109,15 +126,15 @@ class Connection:
         runs from the first try, or from this one after a target that was
         not ready).
         """
-        factory = self.factory
-        attempt = factory.connectTarget(self.pump.takesSockets)
+        server = self.server
+        attempt = server.connectTarget(self.pump.takesSockets)
         if not isinstance(attempt, Deferred):
             self._connected(attempt)
             return
         self.connecting = attempt
-        timeout = factory.settings.connectTimeout
+        timeout = server.settings.connectTimeout
         if self.timer is None and not math.isinf(timeout):
-            self.timer = factory.reactor.callLater(timeout, self._connectTimedOut)
+            self.timer = server.reactor.callLater(timeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
 
     def _connected(self, target: object) -> None:
@@ -125,14 +142,14 @@ class Connection:
         self._cancelTimer()
         if self.retrying is not None:
             self.retrying = None
-            self.factory.targetReady()
-        settings = self.factory.settings
+            self.server.targetReady()
+        settings = self.server.settings
         preamble = b""
         if settings.proxyProtocol is not None:
             preamble = HEADERS[settings.proxyProtocol](self.peer, self.host)
         if not math.isinf(settings.idleTimeout):
-            self.lastMoved = self.factory.reactor.seconds()
-            self.timer = self.factory.reactor.callLater(settings.idleTimeout, self._idleCheck)
+            self.lastMoved = self.server.reactor.seconds()
+            self.timer = self.server.reactor.callLater(settings.idleTimeout, self._idleCheck)
         self.pump.attach(target, preamble)
 
     def _connectTimedOut(self) -> None:
@@ -150,8 +167,9 @@ class Connection:
             and isinstance(reason.value, error.ConnectError)
             and reason.value.osError in _OUT_OF_FDS
         ):
-            self.factory.tracker.fdsExhausted()
-            self.factory.tracker.waitForDescriptors(self)
+            tracker = self.server.tracker
+            tracker.fdsExhausted()
+            tracker.waitForDescriptors(self.connectAgain)
             return
         self._cancelTimer()
         if self.ending is None and self._retryLater(reason):
@@ -159,7 +177,7 @@ class Connection:
         if isinstance(reason.value, error.TimeoutError):
             self.ending = Ending.CONNECT_TIMEOUT
         if self.ending is Ending.CONNECT_TIMEOUT:
-            why = f"no answer within {formatTimespan(self.factory.settings.connectTimeout)}"
+            why = f"no answer within {formatTimespan(self.server.settings.connectTimeout)}"
         elif self.ending is None:
             self.ending = Ending.CONNECT_FAILED
             why = reason.getErrorMessage()
@@ -167,8 +185,8 @@ class Connection:
             return
         self.log.warn(
             "{route}Failed to connect to {target} for {peer}: {why}",
-            route=self.factory.routePrefix,
-            target=str(self.factory.target),
+            route=self.server.routePrefix,
+            target=str(self.server.target),
             peer=describeAddress(self.peer if self.peer is not None else self.pump.clientAddress()),
             why=why,
         )
@@ -181,21 +199,21 @@ class Connection:
         C{--connect-retry} after the first failure allows, the delay
         growing from L{RETRY_FIRST} to L{RETRY_MOST}.
         """
-        span = self.factory.settings.connectRetry
+        span = self.server.settings.connectRetry
         if not span or not notReady(reason.value):
             return False
-        now = self.factory.reactor.seconds()
+        now = self.server.reactor.seconds()
         if self.retrying is None:
             deadline, delay = now + span, RETRY_FIRST
-            self.factory.targetNotReady(reason.getErrorMessage())
+            self.server.targetNotReady(reason.getErrorMessage())
         else:
             deadline, delay = self.retrying
         if now >= deadline:
             self.retrying = None
-            self.factory.targetGivenUp()
+            self.server.targetGivenUp()
             return False
         self.retrying = (deadline, min(delay * 2, RETRY_MOST))
-        self.timer = self.factory.reactor.callLater(min(delay, deadline - now), self._retry)
+        self.timer = self.server.reactor.callLater(min(delay, deadline - now), self._retry)
         return True
 
     def _retry(self) -> None:
@@ -208,7 +226,7 @@ class Connection:
         """
         self.counts[direction] += count
         if self.lastMoved is not None:
-            self.lastMoved = self.factory.reactor.seconds()
+            self.lastMoved = self.server.reactor.seconds()
 
     def readEnded(self, direction: int) -> None:
         """
@@ -244,8 +262,8 @@ class Connection:
             self.ending = how
         if self.retrying is not None:
             self.retrying = None
-            self.factory.targetGivenUp()
-        closing = _ABORTING if reset else _CLOSING
+            self.server.targetGivenUp()
+        closing = Closing.ABORTING if reset else Closing.CLOSING
         if self.closing >= closing:
             return
         self.closing = closing
@@ -259,9 +277,9 @@ class Connection:
             self.pump.close()
 
     def _idleCheck(self) -> None:
-        factory = self.factory
-        due = self.lastMoved + factory.settings.idleTimeout
-        self.timer = stillIdle(factory.reactor, due, self._idleCheck)
+        server = self.server
+        due = self.lastMoved + server.settings.idleTimeout
+        self.timer = stillIdle(server.reactor, due, self._idleCheck)
         if self.timer is None:
             self.end(Ending.IDLE_TIMEOUT)
 
@@ -273,24 +291,32 @@ class Connection:
 
     def closed(self) -> None:
         """
-        The pump closed both sides: free the slot and log the close line.
+        The pump closed both sides: the connection is over.
         """
         self._cancelTimer()
         if self.ending is None:
             self.ending = Ending.DONE
-        factory = self.factory
-        factory.tracker.connectionClosed(self)
-        if self.host is None:
-            return
-        self.log.debug(
-            "{route}{listener} {peer} -> {target}: {up} bytes up, {down} bytes down, "
-            "{duration:.3f}s, {how}",
-            route=factory.routePrefix,
-            listener=describeAddress(self.host),
-            peer=describeAddress(self.peer),
-            target=str(factory.target),
-            up=self.counts[UPSTREAM],
-            down=self.counts[DOWNSTREAM],
-            duration=factory.reactor.seconds() - self.started,
-            how=self.ending.value,
-        )
+        self.server.tracker.closed(self)
+
+    def connectAgain(self) -> None:
+        """
+        Descriptors are free again after a connect failed for want of
+        them: try again, unless the connection ended meanwhile.
+        """
+        if not self.closing:
+            self.connect()
+
+    def shutdown(self) -> None:
+        """
+        The proxy stops: reset both sides now.
+        """
+        self.end(Ending.SHUTDOWN, reset=True)
+
+    def addresses(self) -> tuple[IAddress, IAddress] | None:
+        """
+        The address the client connected to and the client's, when the
+        route records them.
+        """
+        if self.host is None or self.peer is None:
+            return None
+        return self.host, self.peer

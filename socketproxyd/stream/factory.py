@@ -1,55 +1,32 @@
 # -*- test-case-name: tests.test_connection -*-
 """
-L{ProxyFactory}: what every connection of the proxy shares (the target,
-the settings, the counting of connections), and where each accepted
-client becomes a L{socketproxyd.stream.connection.Connection} on the data path
-the settings choose.
+L{ProxyFactory}: what the connections of one route share (the target, the
+settings, the tracker they report to), and where each accepted client
+becomes a L{socketproxyd.stream.connection.Connection} on the data path the
+settings choose.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
 from socketproxyd.addresses import socketAddress
-from socketproxyd.config.routes import RouteServer
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.timespan import formatTimespan
+from socketproxyd.events import Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
+from socketproxyd.routeserver import RouteServer
 from socketproxyd.stream.connection import Connection
 from socketproxyd.stream.splice.connector import BareConnector
 from socketproxyd.stream.splice.pipes import PipeSweeper
 from socketproxyd.stream.splice.pipes import available as spliceAvailable
 from socketproxyd.stream.splice.pump import SplicePump
 from socketproxyd.stream.transportpump import ClientProtocol, ServerProtocol
-
-
-class ConnectionTracker(TypingProtocol):
-    """
-    What the factory reports each proxied connection's start and end to.
-    """
-
-    def connectionOpened(self, connection: Connection) -> None: ...
-
-    def connectionClosed(self, connection: Connection) -> None: ...
-
-    def fdsExhausted(self) -> None: ...
-
-    def room(self) -> int:
-        """
-        How many more connections (or datagram sessions) fit now.
-        """
-
-    def waitForDescriptors(self, connection: Connection) -> None:
-        """
-        C{connection} could not connect for want of descriptors: call its
-        C{connect} again once some are free.
-        """
 
 
 class ProxyFactory(RouteServer, ServerFactory):
@@ -80,7 +57,7 @@ class ProxyFactory(RouteServer, ServerFactory):
         reactor: object,
         target: object,
         settings: ProxySettings,
-        tracker: ConnectionTracker,
+        tracker: Tracker,
         sweeper: PipeSweeper | None = None,
         route: str | None = None,
     ) -> None:

@@ -127,7 +127,7 @@ class TransportPump:
         target.destination = serverTransport
         if preamble:
             clientTransport.write(preamble)
-        if self.connection.factory.settings.keepalive:
+        if self.connection.server.settings.keepalive:
             for transport in (serverTransport, clientTransport):
                 setKeepAlive = getattr(transport, "setTcpKeepAlive", None)
                 if setKeepAlive is not None:

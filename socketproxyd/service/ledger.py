@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+L{Ledger}: the proxy's L{Tracker}. It keeps what is served now, passes
+every opened and closed event on to its consumers in order, and answers
+the data paths' questions about room from the limit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from socketproxyd.events import Consumer, Served
+from socketproxyd.service.limit import ConnectionLimit
+
+
+class Ledger:
+    """
+    What is served now (see the module docstring).
+
+    @ivar open: every connection and session open now.
+    @ivar limit: the connection limit, the first consumer of every event.
+    @ivar consumers: told of every event after the limit, in order.
+    """
+
+    def __init__(self, limit: ConnectionLimit) -> None:
+        self.open: set[Served] = set()
+        self.limit = limit
+        self.consumers: list[Consumer] = [limit]
+
+    def opened(self, served: Served) -> None:
+        self.open.add(served)
+        for consumer in self.consumers:
+            consumer.opened(served)
+
+    def closed(self, served: Served) -> None:
+        if served not in self.open:
+            return
+        self.open.discard(served)
+        for consumer in self.consumers:
+            consumer.closed(served)
+
+    def room(self) -> int:
+        return self.limit.room()
+
+    def fdsExhausted(self) -> None:
+        self.limit.fdsExhausted()
+
+    def waitForDescriptors(self, again: Callable[[], None]) -> None:
+        self.limit.waitForDescriptors(again)
+
+    def count(self) -> int:
+        """
+        How many connections and sessions are open.
+        """
+        return len(self.open)
+
+    def sessions(self) -> int:
+        """
+        How many of them are datagram sessions.
+        """
+        return sum(1 for served in self.open if served.datagrams is not None)
+
+    def countsByRoute(self) -> Counter[str]:
+        """
+        How many are open per named listener.
+        """
+        return Counter(s.server.route for s in self.open if s.server.route is not None)
+
+    def shutdownAll(self) -> None:
+        """
+        End everything served now, at once (streams with a reset).
+        """
+        for served in list(self.open):
+            served.shutdown()
