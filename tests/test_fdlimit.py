@@ -1,12 +1,12 @@
 """
-Tests for L{socketproxyd.service.fdbudget}.
+Tests for L{socketproxyd.fdbudget}.
 """
 
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.service.fdbudget import PIPE_HEADROOM, RESERVE, FdBudget, openDescriptors
+from socketproxyd.fdbudget import PIPE_HEADROOM, RESERVE, FdBudget, openDescriptors
 
 
 class FdBudgetTests(SynchronousTestCase):

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.config.settings import PIPE_SIZE, pipeMaxSize
 from socketproxyd.events import DOWNSTREAM, UPSTREAM
-from socketproxyd.service.fdbudget import FdBudget
+from socketproxyd.fdbudget import FdBudget
 from socketproxyd.stream.splice import pipes
 from socketproxyd.stream.splice import pump as splice
 from socketproxyd.stream.splice.pipes import PipeSweeper

@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from socketproxyd.events import Served
+from socketproxyd.fdbudget import FDS_PER_CONNECTION, FdBudget, openDescriptors
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
-from socketproxyd.service.fdbudget import FDS_PER_CONNECTION, FdBudget, openDescriptors
 
 
 class Switch(Protocol):

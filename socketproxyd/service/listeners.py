@@ -17,7 +17,7 @@ from socketproxyd.config.routes import Routes
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.events import Tracker
-from socketproxyd.service.fdbudget import raiseSoftLimit
+from socketproxyd.fdbudget import raiseSoftLimit
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
 from socketproxyd.service.opening import StartupError, exitAtStartup

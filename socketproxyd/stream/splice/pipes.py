@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from socketproxyd.config.settings import PIPE_SIZE
-from socketproxyd.service.fdbudget import FDS_PER_PIPE_PAIR, FdBudget
+from socketproxyd.fdbudget import FDS_PER_PIPE_PAIR, FdBudget
 
 if TYPE_CHECKING:
     from socketproxyd.stream.splice.pump import SplicePump
