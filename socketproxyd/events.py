@@ -138,3 +138,13 @@ class Consumer(Protocol):
     def opened(self, served: Served) -> None: ...
 
     def closed(self, served: Served) -> None: ...
+
+
+def cancelled(call: IDelayedCall | None) -> None:
+    """
+    Cancel C{call} if it is still to come; what a timer's holder assigns
+    in its place (C{self.timer = cancelled(self.timer)}).
+    """
+    if call is not None and call.active():
+        call.cancel()
+    return None

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from socketproxyd.addresses import socketAddress
 from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
-from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, stillIdle
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillIdle
 from socketproxyd.proxyheader import headerV2
 
 if TYPE_CHECKING:
@@ -194,9 +194,7 @@ class Session:
             return
         self.ending = how
         server = self.server
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self.timer = cancelled(self.timer)
         server.reactor.removeReader(self)
         self.socket.close()
         server.sessions.pop(self.key, None)

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from socketproxyd.config.timespan import formatTimespan
-from socketproxyd.events import Served
+from socketproxyd.events import Served, cancelled
 from socketproxyd.logs import observer
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.listenerset import ListenerSet
@@ -62,7 +62,7 @@ class DrainService(Service):
                 count=count,
             )
             deadline = self.reactor.callLater(self.drainTimeout, self.ledger.shutdownAll)
-            drained.addBoth(lambda result: deadline.active() and deadline.cancel())
+            drained.addBoth(lambda result: cancelled(deadline))
         else:
             self.ledger.shutdownAll()
         return drained

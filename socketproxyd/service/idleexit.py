@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from socketproxyd.config.timespan import formatTimespan
-from socketproxyd.events import Served
+from socketproxyd.events import Served, cancelled
 from socketproxyd.logs import observer
 from socketproxyd.service.ledger import Ledger
 
@@ -51,9 +51,7 @@ class IdleExitService(Service):
             self._timer = self.reactor.callLater(self.exitIdleTime, self._exit)
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer = cancelled(self._timer)
 
     def _exit(self) -> None:
         self._timer = None

@@ -19,7 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from socketproxyd.events import Served
+from socketproxyd.events import Served, cancelled
 from socketproxyd.fdbudget import FDS_PER_CONNECTION, FdBudget, openDescriptors
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
@@ -181,9 +181,7 @@ class ConnectionLimit(Service):
             self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
 
     def _cancelBackoff(self) -> None:
-        if self._backoffCall is not None and self._backoffCall.active():
-            self._backoffCall.cancel()
-        self._backoffCall = None
+        self._backoffCall = cancelled(self._backoffCall)
 
     def _lookAgain(self) -> None:
         """

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 
-from socketproxyd.events import Served
+from socketproxyd.events import Served, cancelled
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
@@ -92,8 +92,6 @@ class StatusService(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._call = cancelled(self._call)
         self.notifier.stopping()
         self.notifier.stopWatchdog()
