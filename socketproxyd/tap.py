@@ -157,37 +157,26 @@ class Options(usage.Options):
 
     def getUsage(self, width: int | None = None) -> str:
         """
-        Twisted's option list, with a placeholder after each C{=} saying
-        what the option takes (C{--connections-max=N}), re-wrapped.
+        The option list, laid out by Twisted's C{docMakeChunks} from the
+        declared options, with a placeholder after each C{=} saying what
+        the option takes (C{--connections-max=N}) and each default kept on
+        one line.
         """
-        text = super().getUsage(width)
-        head, _, rest = text.partition("\n")
-        entries: list[list[str]] = []
-        lines = rest.split("\n")
-        for index, line in enumerate(lines):
-            match = re.match(r"  (-\w, |    )(--[\w-]+=?)\s+(.*)", line)
-            if match is None:
-                if entries and line.strip() and line.startswith("    "):
-                    entries[-1][2] += " " + line.strip()
-                    continue
-                tail = "\n".join(lines[index:])
-                break
-            short, option, doc = match.groups()
-            if option.endswith("="):
-                option += self.placeholders.get(option[2:-1], "VALUE")
-            entries.append([short, option, doc])
-        else:
-            tail = ""
-        column = 2 + 4 + max(len(option) for _, option, _ in entries) + 2
-        out = [head]
-        for short, option, doc in entries:
-            whole = doc.replace("[default: ", "[default:\xa0")
-            wrapped = [
-                line.replace("\xa0", " ") for line in textwrap.wrap(whole, (width or 80) - column)
-            ] or [""]
-            out.append(f"  {short}{option}".ljust(column) + wrapped[0])
-            out.extend(" " * column + line for line in wrapped[1:])
-        return "\n".join(out) + ("\n" + tail if tail else "\n")
+        width = width or 80
+        shortOf = {long: short for short, long in self.synonyms.items() if len(short) == 1}
+        entries = []
+        for declared in self.longOpt:
+            name = declared.removesuffix("=")
+            doc = self.docs[name].strip()
+            if declared.endswith("="):
+                if (default := self.defaults.get(name)) is not None:
+                    doc += f" [default: {default}]"
+                declared = f"{name}={self.placeholders.get(name, 'VALUE')}"
+            doc = doc.replace("[default: ", "[default:\xa0")
+            entries.append({"long": declared, "short": shortOf.get(name), "doc": doc})
+        options = "".join(usage.docMakeChunks(entries, width)).replace("\xa0", " ")
+        longdesc = "\n".join(textwrap.wrap(self.longdesc, width))
+        return f"Options:\n{options}\n{longdesc}\n"
 
     def getSynopsis(self) -> str:
         """
