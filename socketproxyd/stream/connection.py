@@ -103,7 +103,7 @@ class Connection:
         pump.connection = self
         self.peer = peer
         self.host = host
-        self.started = server.reactor.seconds() if host is not None else 0.0
+        self.started = server.reactor.seconds() if server.recordsAddresses else 0.0
         self.counts = [0, 0]
         self.flows = [Flow.OPEN, Flow.OPEN]
         self.ending: Ending | None = None
@@ -317,6 +317,6 @@ class Connection:
         The address the client connected to and the client's, when the
         route records them.
         """
-        if self.host is None or self.peer is None:
+        if not self.server.recordsAddresses or self.host is None or self.peer is None:
             return None
         return self.host, self.peer
