@@ -68,9 +68,13 @@ class Served(Protocol):
     @ivar ending: how it ended, once that is decided.
     """
 
-    server: RouteServer
+    @property
+    def server(self) -> RouteServer: ...
+
+    @property
+    def datagrams(self) -> list[int] | None: ...
+
     counts: list[int]
-    datagrams: list[int] | None
     started: float
     ending: Ending | None
 
@@ -142,9 +146,8 @@ class Consumer(Protocol):
 
 def cancelled(call: IDelayedCall | None) -> None:
     """
-    Cancel C{call} if it is still to come; what a timer's holder assigns
-    in its place (C{self.timer = cancelled(self.timer)}).
+    Cancel C{call} if it is still to come (a timer that may have fired or
+    never been set).
     """
     if call is not None and call.active():
         call.cancel()
-    return None

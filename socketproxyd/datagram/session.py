@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_datagram -*-
 """
 L{Session}: one client of a datagram listener, with a socket of its own
-connected to the target (see L{socketproxyd.datagram.server}).
+connected to the target (see L{socketproxyd.datagram.relay}).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from socketproxyd.proxyheader import headerV2
 
 if TYPE_CHECKING:
     from socketproxyd.datagram.packetinfo import Destination
-    from socketproxyd.datagram.server import DatagramRelay
+    from socketproxyd.datagram.relay import DatagramRelay
 
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -33,7 +33,7 @@ class Session:
 
     @ivar counts: bytes moved, indexed by direction.
     @ivar datagrams: datagrams moved, indexed by direction.
-    @ivar key: what the server knows it by: the client's address, with the
+    @ivar key: what the relay knows it by: the client's address, with the
         address it wrote to on a wildcard-bound listener.
     @ivar local: that address, if the listener is wildcard-bound.
     @ivar replyControl: the control message that makes replies leave from
@@ -194,7 +194,8 @@ class Session:
             return
         self.ending = how
         server = self.server
-        self.timer = cancelled(self.timer)
+        cancelled(self.timer)
+        self.timer = None
         server.reactor.removeReader(self)
         self.socket.close()
         server.sessions.pop(self.key, None)

@@ -53,7 +53,7 @@ class DrainService(Service):
         count = self.ledger.count()
         if not count:
             return None
-        self._drained = drained = Deferred()
+        self._drained = drained = Deferred[None]()
         self.ledger.consumers.append(self)
         if self.drainTimeout > 0:
             self.log.info(

@@ -51,7 +51,8 @@ class IdleExitService(Service):
             self._timer = self.reactor.callLater(self.exitIdleTime, self._exit)
 
     def _cancel(self) -> None:
-        self._timer = cancelled(self._timer)
+        cancelled(self._timer)
+        self._timer = None
 
     def _exit(self) -> None:
         self._timer = None

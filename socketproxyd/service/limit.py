@@ -100,7 +100,7 @@ class ConnectionLimit(Service):
         if self.running and not full and not self._exhausted and self.budget.connections() < 1:
             self.fdsExhausted()
             return
-        accepting = self.running and not self._exhausted and not full
+        accepting = bool(self.running) and not self._exhausted and not full
         if accepting == self._accepting:
             return
         self._accepting = accepting
@@ -181,7 +181,8 @@ class ConnectionLimit(Service):
             self._backoffCall = self.reactor.callLater(self.exhaustionBackoff, self._lookAgain)
 
     def _cancelBackoff(self) -> None:
-        self._backoffCall = cancelled(self._backoffCall)
+        cancelled(self._backoffCall)
+        self._backoffCall = None
 
     def _lookAgain(self) -> None:
         """

@@ -92,6 +92,7 @@ class StatusService(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        self._call = cancelled(self._call)
+        cancelled(self._call)
+        self._call = None
         self.notifier.stopping()
         self.notifier.stopWatchdog()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -96,7 +96,11 @@ class Connection:
     log = Logger(observer=observer)
 
     def __init__(
-        self, server: ProxyFactory, pump: Pump, peer: object = None, host: object = None
+        self,
+        server: ProxyFactory,
+        pump: Pump,
+        peer: IAddress | None = None,
+        host: IAddress | None = None,
     ) -> None:
         self.server = server
         self.pump = pump
@@ -108,8 +112,8 @@ class Connection:
         self.flows = [Flow.OPEN, Flow.OPEN]
         self.ending: Ending | None = None
         self.closing = Closing.OPEN
-        self.connecting: Deferred | None = None
-        self.timer = None
+        self.connecting: Deferred[object] | None = None
+        self.timer: IDelayedCall | None = None
         self.lastMoved: float | None = None
         self.retrying: tuple[float, float] | None = None
 
