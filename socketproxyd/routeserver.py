@@ -5,13 +5,12 @@ and the datagram relay.
 
 from __future__ import annotations
 
-from typing import Any
-
 from socketproxyd.config.routes import prefixFor
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.events import Tracker
 from socketproxyd.logs import debugEnabled
+from socketproxyd.reactors import ProxyReactor
 
 
 class RouteServer:
@@ -29,7 +28,7 @@ class RouteServer:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ProxyReactor,
         target: Target,
         settings: ProxySettings,
         tracker: Tracker,

@@ -10,7 +10,7 @@ import re
 import sys
 import textwrap
 from collections.abc import Callable
-from typing import IO
+from typing import IO, cast
 
 import twisted
 from twisted.python import usage
@@ -27,6 +27,7 @@ from socketproxyd.logs import (
     setLevel,
     useJournalIfThere,
 )
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.proxy import ProxyService
 from socketproxyd.stream.splice.pipes import available as spliceAvailable
 from socketproxyd.systemd.activation import InheritedSocket, inheritedSockets
@@ -247,7 +248,7 @@ class Options(usage.Options):
 
 def makeService(
     config: Options,
-    reactor: object | None = None,
+    reactor: ProxyReactor | None = None,
     findInherited: Callable[[], list[InheritedSocket]] = inheritedSockets,
 ) -> ProxyService:
     """
@@ -258,7 +259,9 @@ def makeService(
     rather than a traceback, under every runner.
     """
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as installed
+
+        reactor = cast(ProxyReactor, installed)
     setLevel(config["log-level"])
     useJournalIfThere()
     journalForTwist(config.parent)

@@ -34,6 +34,7 @@ from socketproxyd.datagram.session import Session
 from socketproxyd.events import Ending, Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.routeserver import RouteServer
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class DatagramRelay(RouteServer):
 
     def __init__(
         self,
-        reactor: object,
+        reactor: ProxyReactor,
         target: Target,
         settings: ProxySettings,
         tracker: Tracker,

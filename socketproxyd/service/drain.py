@@ -5,10 +5,9 @@ L{DrainService}: C{--drain-timeout}, a consumer of the proxy's events.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from socketproxyd.config.timespan import formatTimespan
@@ -28,7 +27,7 @@ class DrainService(Service):
     log = Logger(observer=observer)
 
     def __init__(
-        self, reactor: Any, ledger: Ledger, listeners: ListenerSet, drainTimeout: float
+        self, reactor: IReactorTime, ledger: Ledger, listeners: ListenerSet, drainTimeout: float
     ) -> None:
         self.reactor = reactor
         self.ledger = ledger

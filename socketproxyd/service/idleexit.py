@@ -6,7 +6,6 @@ L{IdleExitService}: C{--exit-idle-time}, a consumer of the proxy's events.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
@@ -15,6 +14,7 @@ from twisted.logger import Logger
 from socketproxyd.config.timespan import formatTimespan
 from socketproxyd.events import Served, cancelled
 from socketproxyd.logs import observer
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.ledger import Ledger
 
 
@@ -26,7 +26,7 @@ class IdleExitService(Service):
 
     log = Logger(observer=observer)
 
-    def __init__(self, reactor: Any, ledger: Ledger, exitIdleTime: float) -> None:
+    def __init__(self, reactor: ProxyReactor, ledger: Ledger, exitIdleTime: float) -> None:
         self.reactor = reactor
         self.ledger = ledger
         self.exitIdleTime = exitIdleTime

@@ -13,10 +13,10 @@ passed; connections whose connect failed for want of one wait meanwhile.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from socketproxyd.events import Served, cancelled
@@ -47,7 +47,7 @@ class ConnectionLimit(Service):
     limitLogInterval = 60.0
     exhaustionBackoff = 1.0
 
-    def __init__(self, reactor: Any, connectionsMax: int = 256) -> None:
+    def __init__(self, reactor: IReactorTime, connectionsMax: int = 256) -> None:
         self.reactor = reactor
         self.connectionsMax = connectionsMax
         self.capacity = connectionsMax

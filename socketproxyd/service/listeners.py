@@ -8,7 +8,6 @@ the limit allows, and closes them when it stops.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -18,6 +17,7 @@ from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.events import Tracker
 from socketproxyd.fdbudget import raiseSoftLimit
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
 from socketproxyd.service.opening import StartupError, exitAtStartup
@@ -35,7 +35,7 @@ class ListenerService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ProxyReactor,
         routes: Routes | Target,
         settings: ProxySettings,
         tracker: Tracker,

@@ -11,7 +11,7 @@ stream-only proxy's first client waits for nothing it does not use.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
@@ -23,6 +23,7 @@ from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.events import Ending, Tracker
 from socketproxyd.logs import observer
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.opening import Listener, StartupError, openListeners, planListeners
 from socketproxyd.stream.acceptor import Acceptor, adoptable
 from socketproxyd.stream.factory import ProxyFactory
@@ -49,7 +50,7 @@ class ListenerSet:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ProxyReactor,
         routes: Routes,
         settings: ProxySettings,
         tracker: Tracker,

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from socketproxyd.config.routes import splitListen
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.systemd.activation import (
     ActivationError,
@@ -86,7 +87,7 @@ class PlannedListener:
 
 
 def planListeners(
-    reactor: object,
+    reactor: ProxyReactor,
     inherited: Sequence[InheritedSocket],
     descriptions: Sequence[str],
     factoryFor: FactoryFor,
@@ -166,7 +167,7 @@ def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
     return opened
 
 
-def _listen(reactor: object, description: str, factory: ProxyFactory) -> IListeningPort:
+def _listen(reactor: ProxyReactor, description: str, factory: ProxyFactory) -> IListeningPort:
     try:
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:

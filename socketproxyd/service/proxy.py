@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import ILogObserver, Logger
@@ -28,6 +27,7 @@ from socketproxyd.config.routes import Routes
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.logs import debugEnabled, observer, runnerObserver
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.closelog import CloseLog
 from socketproxyd.service.drain import DrainService
 from socketproxyd.service.idleexit import IdleExitService
@@ -39,7 +39,7 @@ from socketproxyd.systemd.activation import InheritedSocket
 from socketproxyd.systemd.notify import Notifier
 
 
-def installSignalHandlers(reactor: Any, log: Logger) -> None:
+def installSignalHandlers(reactor: ProxyReactor, log: Logger) -> None:
     """
     Once the reactor runs (after Twisted installs its own handlers): stop
     on SIGTERM and SIGINT, and log and otherwise ignore SIGHUP.
@@ -78,7 +78,7 @@ class ProxyService(MultiService):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ProxyReactor,
         routes: Routes | Target,
         settings: ProxySettings,
         connectionsMax: int = 256,

@@ -6,12 +6,11 @@ consumer of the proxy's events for STATUS.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 
 from socketproxyd.events import Served, cancelled
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
@@ -29,7 +28,7 @@ class StatusService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ProxyReactor,
         notifier: Notifier,
         ledger: Ledger,
         limit: ConnectionLimit,

@@ -16,10 +16,12 @@ from twisted.logger import Logger
 
 from socketproxyd.addresses import socketAddress
 from socketproxyd.config.settings import ProxySettings
+from socketproxyd.config.target import Target
 from socketproxyd.config.timespan import formatTimespan
 from socketproxyd.events import Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.routeserver import RouteServer
 from socketproxyd.stream.connection import Connection
 from socketproxyd.stream.splice.connector import BareConnector
@@ -54,8 +56,8 @@ class ProxyFactory(RouteServer, ServerFactory):
 
     def __init__(
         self,
-        reactor: object,
-        target: object,
+        reactor: ProxyReactor,
+        target: Target,
         settings: ProxySettings,
         tracker: Tracker,
         sweeper: PipeSweeper | None = None,
