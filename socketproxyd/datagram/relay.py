@@ -23,14 +23,14 @@ import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IResolutionReceiver
+from twisted.internet.interfaces import IAddress, IResolutionReceiver
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from socketproxyd.addresses import describeAddress, socketAddress
 from socketproxyd.datagram.packetinfo import Control, Destination, destinationKey
 from socketproxyd.datagram.port import DatagramPort
-from socketproxyd.datagram.session import Session
+from socketproxyd.datagram.session import Session, SocketAddress
 from socketproxyd.events import Ending, Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
@@ -65,6 +65,7 @@ class DatagramRelay(RouteServer):
     """
 
     log = Logger(observer=observer)
+    port: DatagramPort
 
     def __init__(
         self,
@@ -75,12 +76,11 @@ class DatagramRelay(RouteServer):
         route: str | None = None,
     ) -> None:
         super().__init__(reactor, target, settings, tracker, route)
-        self.addresses = None
+        self.addresses: list[SocketAddress] | None = None
         if target.kind != "name":
             self.addresses = [target.socketAddress(socket.SOCK_DGRAM)]
         timeout = settings.idleTimeout
         self.idleTimeout = SESSION_IDLE_TIMEOUT if math.isinf(timeout) else timeout
-        self.port: DatagramPort | None = None
         self.sessions: dict[object, Session] = {}
         self.resolving: dict[object, list[bytes]] = {}
         self.pendingBytes = 0
@@ -136,6 +136,7 @@ class DatagramRelay(RouteServer):
             self.pendingBytes += len(data)
             receiver = _Resolution(self, client, key, self.port.destination(ancillary))
             target = self.target
+            assert target.port is not None, "a named target has a port"
             self.reactor.nameResolver.resolveHostName(
                 receiver, target.host, target.port, transportSemantics="UDP"
             )
@@ -145,7 +146,7 @@ class DatagramRelay(RouteServer):
         client: object,
         key: object,
         destination: Destination | None,
-        addresses: list[object],
+        addresses: list[IAddress],
     ) -> None:
         """
         The target's name resolved for C{client}: open its session on
@@ -156,7 +157,11 @@ class DatagramRelay(RouteServer):
             return
         self.pendingBytes -= sum(map(len, waiting))
         families = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6}
-        found = [(families[type(a)], (a.host, a.port)) for a in addresses if type(a) in families]
+        found: list[SocketAddress] = [
+            (families[type(a)], (a.host, a.port))
+            for a in addresses
+            if isinstance(a, (IPv4Address, IPv6Address))
+        ]
         if not found:
             self.dropped += len(waiting)
             self.warn("{route}Cannot resolve {target}; datagrams of new clients are dropped")
@@ -168,7 +173,7 @@ class DatagramRelay(RouteServer):
         client: object,
         key: object,
         destination: Destination | None,
-        addresses: list[tuple[int, object]],
+        addresses: list[SocketAddress],
         data: list[bytes],
     ) -> None:
         """
@@ -182,7 +187,7 @@ class DatagramRelay(RouteServer):
                 session = Session(self, client, key, destination, addresses)
             except OSError as e:
                 addresses = addresses[1:]
-                why = e.strerror
+                why = e.strerror or str(e)
                 continue
             for datagram in data:
                 session.send(datagram)
@@ -230,12 +235,12 @@ class _Resolution:
         self.client = client
         self.key = key
         self.destination = destination
-        self.addresses: list[object] = []
+        self.addresses: list[IAddress] = []
 
     def resolutionBegan(self, resolution: object) -> None:
         pass
 
-    def addressResolved(self, address: object) -> None:
+    def addressResolved(self, address: IAddress) -> None:
         self.addresses.append(address)
 
     def resolutionComplete(self) -> None:

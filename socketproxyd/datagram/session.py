@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReadDescriptor
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from socketproxyd.addresses import socketAddress
 from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
@@ -19,12 +20,18 @@ from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillId
 from socketproxyd.proxyheader import headerV2
 
 if TYPE_CHECKING:
-    from socketproxyd.datagram.packetinfo import Destination
+    from socketproxyd.datagram.packetinfo import Control, Destination
     from socketproxyd.datagram.relay import DatagramRelay
 
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
+SocketAddress = tuple[int, "str | tuple[Any, ...]"]
+"""
+A socket family and an address of it, as C{socket.connect} takes it.
+"""
 
+
+@implementer(IReadDescriptor)
 class Session:
     """
     One client of a datagram listener: its own socket connected to the
@@ -52,12 +59,13 @@ class Session:
         client: object,
         key: object,
         destination: Destination | None,
-        addresses: list[tuple[int, object]],
+        addresses: list[SocketAddress],
     ) -> None:
         self.server = server
         self.client = client
         self.key = key
-        self.local = self.replyControl = None
+        self.local: IAddress | None = None
+        self.replyControl: Control | None = None
         if destination is not None:
             self.local, self.replyControl = destination
         self.alternatives = addresses[1:]
@@ -75,9 +83,9 @@ class Session:
         server.sessions[self.key] = self
         server.tracker.opened(self)
         reactor.addReader(self)
-        self.timer = reactor.callLater(server.idleTimeout, self._idleCheck)
+        self.timer: IDelayedCall | None = reactor.callLater(server.idleTimeout, self._idleCheck)
 
-    def _connect(self, family: int, address: object) -> None:
+    def _connect(self, family: int, address: str | tuple[Any, ...]) -> None:
         sock = socket.socket(family, _NONBLOCKING_DGRAM)
         try:
             if family == socket.AF_UNIX:

@@ -204,7 +204,7 @@ class Connection:
         growing from L{RETRY_FIRST} to L{RETRY_MOST}.
         """
         span = self.server.settings.connectRetry
-        if not span or not notReady(reason.value):
+        if not span or reason.value is None or not notReady(reason.value):
             return False
         now = self.server.reactor.seconds()
         if self.retrying is None:
@@ -282,6 +282,7 @@ class Connection:
 
     def _idleCheck(self) -> None:
         server = self.server
+        assert self.lastMoved is not None, "an idle timer runs only with an idle timeout"
         due = self.lastMoved + server.settings.idleTimeout
         self.timer = stillIdle(server.reactor, due, self._idleCheck)
         if self.timer is None:
