@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.events import Ending
-from socketproxyd.service.opening import Listener
+from socketproxyd.service.opening import StreamListener
 from socketproxyd.service.proxy import ProxyService
 
 
@@ -72,7 +72,7 @@ class ServiceTestCase(SynchronousTestCase):
         ports = [FakePort(), FakePort()]
         listening = service.listeners.listening
         for i, port in enumerate(ports):
-            listening.add(Listener(port, f"test {i}", listening.factoryFor(None, "test")))
+            listening.add(StreamListener(port, f"test {i}", listening.factoryFor(None, "test")))
         return service, ports
 
 

@@ -11,7 +11,7 @@ stream-only proxy's first client waits for nothing it does not use.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
@@ -20,11 +20,16 @@ from twisted.logger import Logger
 from socketproxyd.addresses import describeAddress
 from socketproxyd.config.routes import UNNAMED, RouteError, Routes
 from socketproxyd.config.settings import ProxySettings
-from socketproxyd.config.target import Target
 from socketproxyd.events import Ending, Tracker
 from socketproxyd.logs import observer
 from socketproxyd.reactors import ProxyReactor
-from socketproxyd.service.opening import Listener, StartupError, openListeners, planListeners
+from socketproxyd.service.opening import (
+    DatagramListener,
+    Listener,
+    StartupError,
+    openListeners,
+    planListeners,
+)
 from socketproxyd.stream.acceptor import Acceptor, adoptable
 from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.stream.splice.pipes import PipeSweeper
@@ -33,6 +38,17 @@ from socketproxyd.systemd.activation import HOW_TO_PASS, InheritedSocket
 if TYPE_CHECKING:
     from socketproxyd.datagram.port import DatagramPort
     from socketproxyd.datagram.relay import DatagramRelay
+
+
+class Readable(Protocol):
+    """
+    What accepts clients on a listener: an L{Acceptor}, or a Twisted port
+    that reads for itself.
+    """
+
+    def startReading(self) -> None: ...
+
+    def stopReading(self) -> None: ...
 
 
 class ListenerSet:
@@ -65,40 +81,43 @@ class ListenerSet:
         self.relays: list[DatagramRelay] = []
         self.names: set[str | None] = set()
         self.ports: list[IListeningPort | DatagramPort] = []
-        self.acceptors: list[Acceptor | IListeningPort] = []
+        self.acceptors: list[Readable] = []
 
-    def factoryFor(
-        self, name: str | None, label: str, datagram: bool = False
-    ) -> ProxyFactory | DatagramRelay:
+    def factoryFor(self, name: str | None, label: str) -> ProxyFactory:
         """
-        The one factory of the stream listeners called C{name} (or a relay
-        of its own for each datagram listener: replies leave by the socket
-        the client wrote to), on the target their route gives.
+        The one factory of the stream listeners called C{name}, on the
+        target their route gives.
         """
         self.names.add(name)
-        if not datagram and name in self.factories:
+        if name in self.factories:
             return self.factories[name]
         target = self.routes.targetFor(name, label)
         route = name if name != UNNAMED else None
-        if datagram:
-            relay = self._relay(target, label, route)
-            self.relays.append(relay)
-            return relay
         factory = ProxyFactory(
             self.reactor, target, self.settings, self.tracker, self.sweeper, route=route
         )
         self.factories[name] = factory
         return factory
 
-    def _relay(self, target: Target, label: str, route: str | None) -> DatagramRelay:
+    def relayFor(self, name: str | None, label: str) -> DatagramRelay:
+        """
+        A relay of its own for a datagram listener called C{name} (replies
+        leave by the socket the client wrote to), on the target its route
+        gives.
+        """
+        self.names.add(name)
+        target = self.routes.targetFor(name, label)
+        route = name if name != UNNAMED else None
         if self.settings.proxyProtocol == "v1":
             raise RouteError(f"{label}: a datagram listener takes --proxy-protocol=v2, not v1")
         from socketproxyd.datagram.relay import DatagramRelay
 
         try:
-            return DatagramRelay(self.reactor, target, self.settings, self.tracker, route)
+            relay = DatagramRelay(self.reactor, target, self.settings, self.tracker, route)
         except ValueError as e:
             raise RouteError(f"{label}: the target cannot take datagrams ({e})") from None
+        self.relays.append(relay)
+        return relay
 
     def routeNames(self) -> list[str]:
         """
@@ -122,7 +141,7 @@ class ListenerSet:
             is none; nothing is left open.
         """
         try:
-            plan = planListeners(self.reactor, inherited, descriptions, self.factoryFor)
+            plan = planListeners(self.reactor, inherited, descriptions, self)
             self.routes.checkUsed(self.names)
         except RouteError as e:
             raise StartupError(str(e)) from None
@@ -136,20 +155,22 @@ class ListenerSet:
         Serve an open listener: accept on it through an L{Acceptor} where
         the port allows, once told to accept.
         """
-        port, factory = listener.port, listener.factory
-        self.ports.append(port)
-        if factory in self.relays:
-            port.startReading()
-        elif adoptable(port, factory):
-            self.acceptors.append(Acceptor(self.reactor, port, self.tracker, factory.accepted))
-        elif hasattr(port, "stopReading"):
+        self.ports.append(listener.port)
+        if isinstance(listener, DatagramListener):
+            listener.port.startReading()
+        elif adoptable(listener.port, listener.factory):
+            accepted = listener.factory.accepted
+            self.acceptors.append(Acceptor(self.reactor, listener.port, self.tracker, accepted))
+        elif hasattr(listener.port, "stopReading"):
+            # A Twisted port that reads for itself (TLS): a FileDescriptor.
+            port = cast(Readable, listener.port)
             port.stopReading()
             self.acceptors.append(port)
         self.log.info(
             "Listening on {address} ({label}) for {target}",
-            address=describeAddress(port.getHost()),
+            address=describeAddress(listener.port.getHost()),
             label=listener.label,
-            target=str(factory.target),
+            target=str(listener.factory.target),
         )
 
     def accept(self, accepting: bool) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -52,45 +52,68 @@ def exitAtStartup(reason: str) -> NoReturn:
 
 
 @dataclass(frozen=True)
-class Listener:
+class StreamListener:
     """
-    One open listener: its port, how log lines call it and the factory of
-    its route.
+    One open stream listener: its port, how log lines call it and the
+    factory of its route.
     """
 
-    port: IListeningPort | DatagramPort
+    port: IListeningPort
     label: str
-    factory: ProxyFactory | DatagramRelay
+    factory: ProxyFactory
 
 
-FactoryFor = Callable[[str | None, str, bool], "ProxyFactory | DatagramRelay"]
-"""
-Gives the factory (or, for datagram listeners, the relay) for the
-listeners of a name, given a label to name the listener in an error
-(L{RouteError} when no route serves it).
-"""
+@dataclass(frozen=True)
+class DatagramListener:
+    """
+    One open datagram listener: its port, how log lines call it and its
+    relay.
+    """
+
+    port: DatagramPort
+    label: str
+    factory: DatagramRelay
+
+
+Listener = StreamListener | DatagramListener
+
+
+class Router(Protocol):
+    """
+    Gives the factory of the stream listeners of a name, or the relay of a
+    datagram listener, given a label to name the listener in an error.
+    """
+
+    def factoryFor(self, name: str | None, label: str) -> ProxyFactory:
+        """
+        @raise RouteError: when no route serves it.
+        """
+
+    def relayFor(self, name: str | None, label: str) -> DatagramRelay:
+        """
+        @raise RouteError: when no route serves it, or it cannot take
+            datagrams.
+        """
 
 
 @dataclass(frozen=True)
 class PlannedListener:
     """
-    A listener to open: how log lines call it, the factory of its route,
-    and what opens it.
+    A listener to open: how log lines call it and what opens it.
     """
 
     label: str
-    factory: ProxyFactory | DatagramRelay
-    opener: Callable[[], IListeningPort | DatagramPort]
+    opener: Callable[[], Listener]
 
     def open(self) -> Listener:
-        return Listener(self.opener(), self.label, self.factory)
+        return self.opener()
 
 
 def planListeners(
     reactor: ProxyReactor,
     inherited: Sequence[InheritedSocket],
     descriptions: Sequence[str],
-    factoryFor: FactoryFor,
+    router: Router,
 ) -> list[PlannedListener]:
     """
     Route every inherited socket and C{[NAME=]ENDPOINT} of C{descriptions}
@@ -99,31 +122,40 @@ def planListeners(
     @raise RouteError: naming the listener no route serves, or a bad name.
     """
     plan = []
+    opener: Callable[[], Listener]
     for sock in inherited:
         label = sock.describe()
-        factory = factoryFor(sock.name, label, sock.datagram)
         if sock.datagram:
-            opener = partial(_adoptDatagram, sock, factory)
+            relay = router.relayFor(sock.name, label)
+            opener = partial(_adoptDatagram, sock, label, relay)
         else:
-            opener = partial(adopt, reactor, sock, factory)
-        plan.append(PlannedListener(label, factory, opener))
+            factory = router.factoryFor(sock.name, label)
+            opener = partial(_adoptStream, reactor, sock, label, factory)
+        plan.append(PlannedListener(label, opener))
     for text in descriptions:
         name, description = splitListen(text)
-        datagram = description.startswith("udp:")
-        factory = factoryFor(name, f"--listen={text}", datagram)
-        if datagram:
-            opener = partial(_listenUDP, description, factory)
+        label = f"--listen={text}"
+        if description.startswith("udp:"):
+            relay = router.relayFor(name, label)
+            opener = partial(_listenUDP, description, text, relay)
         else:
-            opener = partial(_listen, reactor, description, factory)
-        plan.append(PlannedListener(text, factory, opener))
+            factory = router.factoryFor(name, label)
+            opener = partial(_listen, reactor, description, text, factory)
+        plan.append(PlannedListener(text, opener))
     return plan
 
 
-def _adoptDatagram(inherited: InheritedSocket, relay: DatagramRelay) -> DatagramPort:
-    return relay.listenOn(takeDatagramSocket(inherited))
+def _adoptStream(
+    reactor: ProxyReactor, inherited: InheritedSocket, label: str, factory: ProxyFactory
+) -> StreamListener:
+    return StreamListener(adopt(reactor, inherited, factory), label, factory)
 
 
-def _listenUDP(description: str, relay: DatagramRelay) -> DatagramPort:
+def _adoptDatagram(inherited: InheritedSocket, label: str, relay: DatagramRelay) -> Listener:
+    return DatagramListener(relay.listenOn(takeDatagramSocket(inherited)), label, relay)
+
+
+def _listenUDP(description: str, label: str, relay: DatagramRelay) -> Listener:
     """
     Bind C{udp:PORT[:interface=ADDRESS]} (all IPv4 addresses by default).
     """
@@ -146,7 +178,7 @@ def _listenUDP(description: str, relay: DatagramRelay) -> DatagramPort:
     except OSError as e:
         sock.close()
         raise StartupError(f"--listen={description}: cannot listen: {e.strerror}") from None
-    return relay.listenOn(sock)
+    return DatagramListener(relay.listenOn(sock), label, relay)
 
 
 def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
@@ -167,7 +199,9 @@ def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
     return opened
 
 
-def _listen(reactor: ProxyReactor, description: str, factory: ProxyFactory) -> IListeningPort:
+def _listen(
+    reactor: ProxyReactor, description: str, label: str, factory: ProxyFactory
+) -> StreamListener:
     try:
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
@@ -177,11 +211,11 @@ def _listen(reactor: ProxyReactor, description: str, factory: ProxyFactory) -> I
             f"--listen={description}: not a server endpoint{why}; "
             f"use e.g. tcp:8080:interface=127.0.0.1, unix:/run/app.sock or udp:53"
         ) from None
-    outcome: list[object] = []
+    outcome: list[IListeningPort | Failure] = []
     endpoint.listen(factory).addBoth(outcome.append)
     if not outcome:
         raise StartupError(f"--listen={description}: did not bind at once")
     if isinstance(outcome[0], Failure):
         reason = outcome[0].getErrorMessage()
         raise StartupError(f"--listen={description}: cannot listen: {reason}")
-    return outcome[0]
+    return StreamListener(outcome[0], label, factory)
