@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connection -*-
+# -*- test-case-name: tests.unit.test_connection_factory -*-
 """
 L{ProxyFactory}: what every connection of the proxy shares (the target,
 the settings, the counting of connections), and where each accepted

@@ -21,11 +21,16 @@ from socketproxyd.datagram.relay import DatagramPort, DatagramRelay
 from socketproxyd.events import Ending
 from socketproxyd.proxyheader import V2_SIGNATURE
 from socketproxyd.stream.factory import ProxySettings
-
-from .fakes import FakeFDReactor, FakeTracker
-from .helpers import ProxyProcess, commands, unixPath, waitUntil
-from .test_integration import _ProxyTestMixin
-from .test_operations import NotifyListener
+from tests.support import (
+    FakeFDReactor,
+    FakeTracker,
+    NotifyListener,
+    ProxyProcess,
+    ProxyTestMixin,
+    commands,
+    unixPath,
+    waitUntil,
+)
 
 TIMEOUT = 5.0
 
@@ -86,7 +91,7 @@ def udpSocket(family: int = socket.AF_INET) -> tuple[socket.socket, tuple]:
     return sock, sock.getsockname()
 
 
-class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
+class DatagramTests(ProxyTestMixin, SynchronousTestCase):
     """
     Inherited datagram sockets: sessions, replies, limits and errors.
     """
@@ -398,7 +403,7 @@ def dnsmasqPath() -> str | None:
     return found if os.access(found, os.X_OK) else None
 
 
-class DigTests(_ProxyTestMixin, SynchronousTestCase):
+class DigTests(ProxyTestMixin, SynchronousTestCase):
     """
     C{dig} (and C{kdig} where installed) through the proxy to dnsmasq, over
     UDP and over TCP through one process.
