@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connection -*-
+# -*- test-case-name: tests.unit.test_addresses -*-
 """
 Addresses as the proxy shows them in log lines and builds them for the
 PROXY header.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.integration.test_tap_commands -*-
 """
 The C{socketproxyd} command: a drop-in for C{systemd-socket-proxyd} in an
 C{ExecStart=} line, running the same service as the twistd plugin.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fdlimit -*-
+# -*- test-case-name: tests.unit.test_fdlimit -*-
 """
 The file-descriptor budget: how many connections fit under RLIMIT_NOFILE,
 so the proxy stops accepting before it runs out instead of spinning on

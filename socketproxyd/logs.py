@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.unit.test_logs -*-
 """
 Logging: one threshold for the proxy's own events under every runner, and
 lines that journald files at the right priority.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxyheader -*-
+# -*- test-case-name: tests.unit.test_proxyheader -*-
 """
 PROXY protocol headers (haproxy's proxy-protocol.txt, versions 1 and 2), so a
 backend behind the proxy learns the real client address.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap_options -*-
 """
 The command line (L{Options}) and L{makeService}, shared by the
 C{socketproxyd} command and the twistd/twist C{socketproxy} plugin.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routes -*-
+# -*- test-case-name: tests.unit.test_routes -*-
 """
 Routes: which target the connections of each listener go to.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_target -*-
+# -*- test-case-name: tests.unit.test_target -*-
 """
 The TARGET argument: its grammar, its validation at start-up, its socket
 address, the client endpoint that reaches it, and which failures to reach it mean it is not

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_timespan -*-
+# -*- test-case-name: tests.unit.test_timespan -*-
 """
 systemd time spans (systemd.time(7)), the unit of every duration option.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wildcard -*-
+# -*- test-case-name: tests.unit.test_wildcard_destination -*-
 """
 Which address a datagram on a wildcard-bound socket was sent to, and the
 control message that makes a reply leave from the right address.

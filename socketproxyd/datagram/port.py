@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_datagram -*-
+# -*- test-case-name: tests.integration.test_datagram -*-
 """
 L{DatagramPort}: a listening datagram socket read by the proxy itself (see
 L{socketproxyd.datagram.relay}), and the socket replies to its clients leave by.

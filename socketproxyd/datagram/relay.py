@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_datagram -*-
+# -*- test-case-name: tests.integration.test_datagram -*-
 """
 Datagram forwarding (C{ListenDatagram=} sockets and C{--listen=udp:...}).
 

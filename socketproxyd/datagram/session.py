@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_datagram -*-
+# -*- test-case-name: tests.integration.test_datagram -*-
 """
 L{Session}: one client of a datagram listener, with a socket of its own
 connected to the target (see L{socketproxyd.datagram.relay}).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{CloseLog}: the debug line that closes every connection and datagram
 session, a consumer of the proxy's events.

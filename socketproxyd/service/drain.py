@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{DrainService}: C{--drain-timeout}, a consumer of the proxy's events.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{IdleExitService}: C{--exit-idle-time}, a consumer of the proxy's events.
 """

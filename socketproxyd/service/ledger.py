@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{Ledger}: the proxy's L{Tracker}. It keeps what is served now, passes
 every opened and closed event on to its consumers in order, and answers

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{ConnectionLimit}: C{--connections-max} and the descriptor budget.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{ListenerService}: opens the listening sockets when the proxy starts (the
 inherited sockets, then every C{--listen} endpoint), accepts on them while

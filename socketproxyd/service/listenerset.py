@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routes -*-
+# -*- test-case-name: tests.integration.test_routes_listeners -*-
 """
 L{ListenerSet}: the proxy's listeners, each routed to the factory (or the
 relay) of its name, opened, and accepting through an L{Acceptor} where the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routes -*-
+# -*- test-case-name: tests.integration.test_routes_listeners -*-
 """
 Opening the listeners: the inherited sockets, then every C{--listen}
 endpoint, each with its name and on the factory of its route (all routed

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{ProxyService}: the whole proxy as Twisted applications compose one, a
 L{MultiService} of small services with one job each: the connection limit

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_service -*-
 """
 L{StatusService}: sd_notify's READY, STATUS, the watchdog and STOPPING; a
 consumer of the proxy's events for STATUS.

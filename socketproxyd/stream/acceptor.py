@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acceptor -*-
+# -*- test-case-name: tests.integration.test_acceptor -*-
 """
 Accepting clients: the proxy's own accept loop on the listening sockets
 Twisted adopted or bound for it.

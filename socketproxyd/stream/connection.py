@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connection -*-
+# -*- test-case-name: tests.unit.test_connection_pumps -*-
 """
 One proxied connection, from accept to close: the one place that owns a
 connection's behaviour, whichever data path moves its bytes. Its opening

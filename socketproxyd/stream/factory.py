@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connection -*-
+# -*- test-case-name: tests.unit.test_connection_factory -*-
 """
 L{ProxyFactory}: what the connections of one route share (the target, the
 settings, the tracker they report to), and where each accepted client

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connection -*-
+# -*- test-case-name: tests.unit.test_connection_pumps -*-
 """
 The transport pump: the design card's data path. A L{ServerProtocol} for
 the client and a L{ClientProtocol} for the target, each transport the

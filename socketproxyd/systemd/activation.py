@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_activation -*-
+# -*- test-case-name: tests.integration.test_activation_sockets -*-
 """
 The sd_listen_fds protocol: find the listening sockets a launcher passed in,
 check they are what the proxy can serve (listening stream sockets, and

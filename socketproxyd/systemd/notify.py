@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_notify -*-
+# -*- test-case-name: tests.integration.test_notify -*-
 """
 sd_notify(3): tell the service manager we are ready, what we are doing,
 that we are stopping, and that we are alive (the watchdog).

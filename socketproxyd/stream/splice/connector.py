@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_bareconnect -*-
+# -*- test-case-name: tests.integration.test_bareconnect -*-
 """
 Connections to a literal target for the splice pump: one non-blocking
 C{connect} and, unless it completes at once, one writability event,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_splice -*-
+# -*- test-case-name: tests.unit.test_splice_pump -*-
 """
 One socket of a spliced connection and the direction that leaves by it:
 how its bytes move, by copy through a shared buffer or by splice(2)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_splice -*-
+# -*- test-case-name: tests.unit.test_splice_pipes -*-
 """
 Pipes for the splice pump: how one is made, and when a connection may have
 them. Pipes exist only while bulk data flows: a L{PipeSweeper} hands out

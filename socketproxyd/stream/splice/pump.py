@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_splice -*-
+# -*- test-case-name: tests.unit.test_splice_pump -*-
 """
 The Linux fast path: bytes move between the two sockets of a connection with
 splice(2) through a pipe, without passing through Python, as the C original

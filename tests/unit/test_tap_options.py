@@ -7,18 +7,12 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.config.target import Target
 from socketproxyd.tap import Options
-
-MANUAL = Path(__file__).resolve().parent.parent / "man" / "socketproxyd.8"
+from tests.support import README
 
 
 class OptionsTests(SynchronousTestCase):
@@ -208,53 +202,14 @@ class DocumentationTests(SynchronousTestCase):
     """
 
     def test_everyOptionInReadme(self) -> None:
-        from pathlib import Path
 
-        readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+        readme = README.read_text()
         options = Options()
         names = [p[0] for p in options.optParameters + options.optFlags]
         names += [n for n in ("listen", "target", "version") if hasattr(options, f"opt_{n}")]
         self.assertGreater(len(names), 12)
         for name in names:
             self.assertIn(f"``--{name}", readme, name)
-
-
-class ManualTests(SynchronousTestCase):
-    """
-    The manual page, man/socketproxyd.8, describes exactly the options
-    C{--help} lists, and every TARGET form.
-    """
-
-    def test_optionsInStep(self) -> None:
-        page = MANUAL.read_text()
-        section = page.split(".SH OPTIONS", 1)[1].split("\n.SH ", 1)[0]
-        documented = {m.replace("\\-", "-") for m in re.findall(r"\\-\\-((?:[a-z]|\\-)+)", section)}
-        options = Options()
-        names = {p[0] for p in options.optParameters + options.optFlags}
-        names |= {"listen", "target", "version", "help"}
-        self.assertEqual(documented, names)
-        for form in ("/path/to/socket", "@name", "[v6addr]:PORT", "v4addr:PORT", "host:PORT"):
-            self.assertIn(form, page)
-        for heading in ("EXIT STATUS", "SIGNALS", "NOTIFY PROTOCOL", "EXAMPLES"):
-            self.assertIn(f".SH {heading}", page)
-
-    def test_rendersWithoutWarnings(self) -> None:
-        """
-        C{man -l} renders the page with groff's warnings on and gives none.
-        """
-        if shutil.which("man") is None:
-            raise SkipTest("man is not installed")
-        done = subprocess.run(
-            ["man", "--warnings", "-E", "UTF-8", "-l", str(MANUAL)],
-            env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "LC_ALL": "C.UTF-8"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        self.assertEqual((done.returncode, done.stderr), (0, ""))
-        self.assertIn("socketproxyd", done.stdout)
-        self.assertIn("--connections-max", done.stdout.replace("\u2010", "-"))
 
 
 class HelpTests(SynchronousTestCase):
@@ -280,23 +235,3 @@ class HelpTests(SynchronousTestCase):
         self.assertEqual(
             options.getSynopsis(), "Usage: twistd [options] socketproxy [OPTIONS] [TARGET]"
         )
-
-
-class ImportTests(SynchronousTestCase):
-    """
-    What the console script imports before its first client (issue 10):
-    nothing a stream-only proxy does not use.
-    """
-
-    def test_noDatagramModules(self) -> None:
-        code = (
-            "import sys, socketproxyd.cli; "
-            "print(sorted(m for m in sys.modules if m.startswith('socketproxyd.')))"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-        )
-        loaded = done.stdout
-        self.assertIn("'socketproxyd.service.opening'", loaded)
-        self.assertNotIn("'socketproxyd.datagram.relay'", loaded)
-        self.assertNotIn("'socketproxyd.datagram.session'", loaded)

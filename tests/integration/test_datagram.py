@@ -22,11 +22,16 @@ from socketproxyd.datagram.port import DatagramPort
 from socketproxyd.datagram.relay import DatagramRelay
 from socketproxyd.events import Ending
 from socketproxyd.proxyheader import V2_SIGNATURE
-
-from .fakes import FakeFDReactor, FakeTracker
-from .helpers import ProxyProcess, commands, unixPath, waitUntil
-from .test_integration import _ProxyTestMixin
-from .test_operations import NotifyListener
+from tests.support import (
+    FakeFDReactor,
+    FakeTracker,
+    NotifyListener,
+    ProxyProcess,
+    ProxyTestMixin,
+    commands,
+    unixPath,
+    waitUntil,
+)
 
 TIMEOUT = 5.0
 
@@ -87,7 +92,7 @@ def udpSocket(family: int = socket.AF_INET) -> tuple[socket.socket, tuple]:
     return sock, sock.getsockname()
 
 
-class DatagramTests(_ProxyTestMixin, SynchronousTestCase):
+class DatagramTests(ProxyTestMixin, SynchronousTestCase):
     """
     Inherited datagram sockets: sessions, replies, limits and errors.
     """
@@ -397,7 +402,7 @@ def dnsmasqPath() -> str | None:
     return found if os.access(found, os.X_OK) else None
 
 
-class DigTests(_ProxyTestMixin, SynchronousTestCase):
+class DigTests(ProxyTestMixin, SynchronousTestCase):
     """
     C{dig} (and C{kdig} where installed) through the proxy to dnsmasq, over
     UDP and over TCP through one process.

@@ -22,87 +22,33 @@ import time
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .helpers import (
+from tests.support import (
     Backend,
     ProxyProcess,
+    ProxyTestMixin,
     commands,
     connect,
     echo,
     greetThenRead,
+    halfClosePing,
     hashUntilEof,
     listeningSocket,
     originalCommand,
+    ping,
     recvAll,
     replyAfterEof,
     sendPattern,
     unixPath,
-    waitUntil,
+    waitListening,
 )
 
 log = Logger()
+
+
 MiB = 1 << 20
 
 
-def ping(address: str, payload: bytes = b"ping") -> bytes:
-    """
-    Send C{payload} and read as many bytes back (an echo that needs no
-    half-close, so it works through the original too).
-    """
-    with connect(address) as sock:
-        sock.sendall(payload)
-        return recvAll(sock, len(payload))
-
-
-def halfClosePing(address: str, payload: bytes) -> bytes:
-    """
-    Send C{payload}, shut down writing, and return everything that comes back.
-    """
-    with connect(address) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        return recvAll(sock)
-
-
-class _ProxyTestMixin:
-    """
-    Starts the command under test in front of a backend.
-    """
-
-    command: list[str] | None = None
-    isOriginal = False
-    options: tuple[str, ...] = ()
-
-    def setUp(self) -> None:
-        if not self.command:
-            raise SkipTest("command not installed")
-
-    def startProxy(
-        self,
-        target: str | None,
-        *args: str,
-        listeners: tuple[str, ...] = ("ipv4",),
-        fdnames: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        prefix: tuple[str, ...] = (),
-    ) -> tuple[ProxyProcess, list[str]]:
-        """
-        Start the proxy (behind C{prefix}, a command that execs it) with
-        listening sockets of the given kinds, and C{target} unless it is
-        C{None}; the addresses clients connect to.
-        """
-        sockets, addresses = [], []
-        for kind in listeners:
-            sock, address = listeningSocket(self, kind)
-            sockets.append(sock)
-            addresses.append(address)
-        command = [*prefix, *self.command, *self.options, *args, *([target] if target else [])]
-        process = ProxyProcess(self, command, sockets, fdnames=fdnames, env=env)
-        for sock in sockets:
-            sock.close()
-        return process, addresses
-
-
-class ActivationScenarios(_ProxyTestMixin):
+class ActivationScenarios(ProxyTestMixin):
     """
     Socket activation works under each command, with and without names,
     with several listener families at once.
@@ -143,7 +89,7 @@ class ActivationScenarios(_ProxyTestMixin):
             self,
             [launcher, "-l", path, "-E", "PYTHONPATH", *self.command, backend.address],
         )
-        self.assertTrue(waitUntil(lambda: os.path.exists(path)))
+        self.assertTrue(waitListening(path), f"nothing listens on {path}")
         self.assertEqual(ping(path), b"ping")
 
     def test_sigtermExitsZero(self) -> None:
@@ -228,10 +174,12 @@ def _commandTests(name: str, scenarios: type) -> type:
 for _name in commands():
     _tests = _commandTests(_name, ActivationScenarios)
     globals()[_tests.__name__] = _tests
+
+
 del _tests
 
 
-class TargetScenarios(_ProxyTestMixin):
+class TargetScenarios(ProxyTestMixin):
     """
     Echo through every TARGET form.
     """
@@ -266,7 +214,7 @@ class TargetScenarios(_ProxyTestMixin):
         self.assertEchoThrough("abstract")
 
 
-class BetterTargetScenarios(_ProxyTestMixin):
+class BetterTargetScenarios(ProxyTestMixin):
     """
     TARGET forms the original gets wrong.
     """
@@ -322,7 +270,7 @@ class BetterTargetScenarios(_ProxyTestMixin):
         self.assertEqual(backend.accepted, 1)
 
 
-class DataPathScenarios(_ProxyTestMixin):
+class DataPathScenarios(ProxyTestMixin):
     """
     Integrity, flow control, failures: the same for us and the original.
     """
@@ -446,16 +394,26 @@ def _differential(
 
 
 TargetTests = _differential("TargetTests", TargetScenarios, False)
+
+
 OriginalTargetTests = _differential("OriginalTargetTests", TargetScenarios, True)
+
+
 BetterTargetTests = _differential("BetterTargetTests", BetterTargetScenarios, False)
+
+
 DataPathTests = _differential("DataPathTests", DataPathScenarios, False)
+
+
 TransportDataPathTests = _differential(
     "TransportDataPathTests", DataPathScenarios, False, ("--data-path=transport",)
 )
+
+
 OriginalDataPathTests = _differential("OriginalDataPathTests", DataPathScenarios, True)
 
 
-class BetterThanOriginalScenarios(_ProxyTestMixin):
+class BetterThanOriginalScenarios(ProxyTestMixin):
     """
     Behaviour where we are deliberately better than the original: asserted
     for us, recorded for the original.
@@ -548,13 +506,17 @@ class BetterThanOriginalScenarios(_ProxyTestMixin):
 
 
 BetterTests = _differential("BetterTests", BetterThanOriginalScenarios, False)
+
+
 TransportBetterTests = _differential(
     "TransportBetterTests", BetterThanOriginalScenarios, False, ("--data-path=transport",)
 )
+
+
 OriginalBetterTests = _differential("OriginalBetterTests", BetterThanOriginalScenarios, True)
 
 
-class ExitIdleTests(_ProxyTestMixin, SynchronousTestCase):
+class ExitIdleTests(ProxyTestMixin, SynchronousTestCase):
     """
     C{--exit-idle-time} counts from start-up and from the last close.
     """

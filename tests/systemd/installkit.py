@@ -14,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent.parent
+SOURCE = Path(__file__).resolve().parent.parent.parent
 PREFIX = "/opt/socketproxyd"
 INSTALL = f"python3 -m venv {PREFIX} && {PREFIX}/bin/pip install ."
 DOWNLOAD_TIMEOUT = 300.0
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "venv", ".tox", "_trial_temp*", "tests.test_*", "build", "dist",
+    ".git", ".venv", "venv", ".tox", "_trial_temp*", "tests.*", "build", "dist",
     "*.egg-info", "__pycache__", "dropin.cache", ".pytest_cache", ".ruff_cache", ".mypy_cache",
     "results",
 )  # fmt: skip

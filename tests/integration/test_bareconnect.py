@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.stream.splice.connector}: real loopback and UNIX sockets,
+Tests, on real sockets, of L{socketproxyd.stream.splice.connector}: real loopback and UNIX sockets,
 and a fake reactor whose writability events are delivered by hand once
 C{select} says the socket is writable.
 """
@@ -19,8 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.stream.splice.connector import BareConnector, _PendingConnect
 from socketproxyd.stream.splice.pump import resetOnClose
-
-from .fakes import FakeFDReactor
+from tests.support import FakeFDReactor
 
 
 def openFds() -> int:

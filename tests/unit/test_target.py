@@ -19,7 +19,7 @@ from socketproxyd.stream.splice.connector import BareConnector
 
 class ParseTargetTests(SynchronousTestCase):
     """
-    L{parseTarget} accepts every TARGET form of DESIGN.md and rejects at
+    L{parseTarget} accepts every TARGET form of README.rst (TARGET) and rejects at
     start-up what could never work.
     """
 

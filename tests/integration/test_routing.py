@@ -6,15 +6,23 @@ backends, real clients.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 
-from .helpers import Backend, commands, connect, recvAll, replyAfterEof, unixPath, waitUntil
-from .test_integration import halfClosePing
-from .test_operations import NotifyListener, _Service
+from tests.support import (
+    Backend,
+    ConsoleScriptTestCase,
+    NotifyListener,
+    commands,
+    connect,
+    halfClosePing,
+    recvAll,
+    replyAfterEof,
+    unixPath,
+    waitListening,
+)
 
 
 def tagged(tag: bytes) -> Callable[[socket.socket], int]:
@@ -32,7 +40,7 @@ def tagged(tag: bytes) -> Callable[[socket.socket], int]:
     return handle
 
 
-class RoutingTests(_Service):
+class RoutingTests(ConsoleScriptTestCase):
     """
     Each named socket's connections go to their own backend.
     """
@@ -115,7 +123,7 @@ class RoutingTests(_Service):
             f"--listen=api=unix:{path}",
             fdnames=["web"],
         )
-        self.assertTrue(waitUntil(lambda: os.path.exists(path)))
+        self.assertTrue(waitListening(path), f"nothing listens on {path}")
         self.assertEqual(halfClosePing(path, b"x"), b"db:x")
         self.assertEqual(halfClosePing(address, b"y"), b"other:y")
 
@@ -195,7 +203,7 @@ def serveLater(
     return thread
 
 
-class ConnectRetryTests(_Service):
+class ConnectRetryTests(ConsoleScriptTestCase):
     """
     With C{--connect-retry}, clients wait for a backend that is starting.
     """

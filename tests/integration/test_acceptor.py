@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.stream.acceptor}: accepting no more clients than
+Tests, on real sockets, of L{socketproxyd.stream.acceptor}: accepting no more clients than
 there is room for, and pausing instead of failing when descriptors run out.
 """
 
@@ -14,8 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from socketproxyd.stream.acceptor import Acceptor, adoptable
-
-from .fakes import FakeFDReactor
+from tests.support import FakeFDReactor, FakeTracker
 
 
 class FakePort:
@@ -30,22 +29,6 @@ class FakePort:
 
     def stopReading(self) -> None:
         self.reading = False
-
-
-class RecordingAdmission:
-    """
-    Gives a set room and counts exhaustion reports.
-    """
-
-    def __init__(self, room: int) -> None:
-        self.free = room
-        self.exhausted = 0
-
-    def room(self) -> int:
-        return self.free
-
-    def fdsExhausted(self) -> None:
-        self.exhausted += 1
 
 
 class FailingListener:
@@ -78,8 +61,8 @@ class AcceptorTests(SynchronousTestCase):
         self.listener.setblocking(False)
         self.accepted: list[socket.socket] = []
 
-    def acceptor(self, room: int, listener: object = None) -> tuple[Acceptor, RecordingAdmission]:
-        admission = RecordingAdmission(room)
+    def acceptor(self, room: int, listener: object = None) -> tuple[Acceptor, FakeTracker]:
+        admission = FakeTracker(room)
         port = FakePort(listener if listener is not None else self.listener)
         acceptor = Acceptor(self.reactor, port, admission, self.record)
         self.assertFalse(port.reading)
@@ -183,7 +166,7 @@ class AcceptorTests(SynchronousTestCase):
         could adopt it) is closed, and the acceptor goes on.
         """
         self.clients(3)
-        admission = RecordingAdmission(5)
+        admission = FakeTracker(5)
         calls = []
 
         def failFirst(sock: socket.socket, address: object) -> None:
@@ -246,6 +229,6 @@ class TwistedPortTests(TestCase):
             self.assertIsInstance(port.socket, socket.socket)
             self.assertEqual(port.socket.fileno(), port.fileno())
             self.assertIn(port, reactor.getReaders())
-            acceptor = Acceptor(fake, port, RecordingAdmission(1), lambda sock, address: None)
+            acceptor = Acceptor(fake, port, FakeTracker(1), lambda sock, address: None)
             self.assertNotIn(port, reactor.getReaders())
             self.assertEqual(acceptor.fileno(), port.fileno())

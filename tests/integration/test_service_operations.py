@@ -17,89 +17,29 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from itertools import chain
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
-from .helpers import (
+from tests.support import (
     Backend,
-    ProxyProcess,
-    commands,
+    ConsoleScriptTestCase,
+    NotifyListener,
     connect,
     cpuSeconds,
     echo,
+    ping,
     recvAll,
     replyAfterEof,
-    unixPath,
     waitUntil,
 )
-from .test_integration import _ProxyTestMixin, ping
 
 headerV2Signature = b"\r\n\r\n\x00\r\nQUIT\n"
+
 
 MiB = 1 << 20
 
 
-class NotifyListener:
-    """
-    A NOTIFY_SOCKET the test reads, as systemd would.
-    """
-
-    def __init__(self, testcase: SynchronousTestCase, abstract: bool = False) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        testcase.addCleanup(self.sock.close)
-        if abstract:
-            name = f"spx-notify-{os.getpid()}-{random.randrange(10**9)}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            self.address = unixPath(testcase, "notify")
-            self.sock.bind(self.address)
-        self.messages: list[tuple[float, str]] = []
-
-    def _arrivals(self, seconds: float) -> Iterator[tuple[float, str]]:
-        """
-        Messages as they arrive (and are recorded) for up to C{seconds}.
-        """
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                return
-            arrival = (time.monotonic(), data.decode())
-            self.messages.append(arrival)
-            yield arrival
-
-    def waitFor(self, field: str, timeout: float = 30.0) -> float:
-        """
-        Wait for a message containing C{field}; when it arrived.
-        """
-        for at, message in chain(list(self.messages), self._arrivals(timeout)):
-            if field in message.split("\n"):
-                return at
-        raise AssertionError(f"no {field} in {self.messages}")
-
-    def collect(self, seconds: float) -> list[tuple[float, str]]:
-        """
-        Everything that arrives in the next C{seconds}.
-        """
-        return list(self._arrivals(seconds))
-
-
-class _Service(_ProxyTestMixin, SynchronousTestCase):
-    command = commands()["socketproxyd"]
-
-    def start(
-        self, target: str, *args: str, env: dict[str, str] | None = None, prefix=()
-    ) -> tuple[ProxyProcess, str]:
-        process, [address] = self.startProxy(target, *args, env=env, prefix=tuple(prefix))
-        return process, address
-
-
-class NotifyTests(_Service):
+class NotifyTests(ConsoleScriptTestCase):
     """
     READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 over a real NOTIFY_SOCKET.
     """
@@ -142,7 +82,7 @@ class NotifyTests(_Service):
         self.assertEqual([m for _, m in notify.collect(0.5) if "WATCHDOG" in m], [])
 
 
-class ConnectTimeoutTests(_Service):
+class ConnectTimeoutTests(ConsoleScriptTestCase):
     """
     A target that never answers (its backlog is full, so SYNs are dropped)
     closes the client within the connect timeout plus a small margin.
@@ -189,7 +129,7 @@ def slowStream(conn: socket.socket) -> int:
     return 64
 
 
-class StopTests(_Service):
+class StopTests(ConsoleScriptTestCase):
     """
     SIGTERM stops accepting at once; with a drain timeout a transfer in
     flight completes, without one the stop is immediate.
@@ -245,7 +185,7 @@ class TransportStopTests(StopTests):
     options = ("--data-path=transport",)
 
 
-class IdleTimeoutTests(_Service):
+class IdleTimeoutTests(ConsoleScriptTestCase):
     """
     A connection that moves no byte for the idle timeout is closed; one
     that keeps moving is not.
@@ -266,7 +206,7 @@ class IdleTimeoutTests(_Service):
         self.assertTrue(proxy.running())
 
 
-class KeepaliveTests(_Service):
+class KeepaliveTests(ConsoleScriptTestCase):
     """
     C{--keepalive} enables TCP keepalive on both of the proxy's sockets, as
     C{ss} shows them; without it, neither has it.
@@ -300,7 +240,7 @@ class KeepaliveTests(_Service):
         self.assertEqual(self.keepaliveSockets(), 0)
 
 
-class ProxyProtocolTests(_Service):
+class ProxyProtocolTests(ConsoleScriptTestCase):
     """
     C{--proxy-protocol} puts the client's and the listener's addresses in
     front of the client's bytes, whatever the data path.
@@ -331,7 +271,7 @@ class ProxyProtocolTests(_Service):
         self.assertEqual(data, header + b"hello")
 
 
-class CloseLineTests(_Service):
+class CloseLineTests(ConsoleScriptTestCase):
     """
     At debug level every connection ends with one line giving its byte
     counts each way and how it ended, whatever the data path.
@@ -362,7 +302,7 @@ class TransportIdleTimeoutTests(IdleTimeoutTests):
     options = ("--data-path=transport",)
 
 
-class FileDescriptorTests(_Service):
+class FileDescriptorTests(ConsoleScriptTestCase):
     """
     With RLIMIT_NOFILE capped at 64 and more clients than fit, the proxy
     serves what fits, leaves the rest in the backlog without spinning or
@@ -410,7 +350,7 @@ class FileDescriptorTests(_Service):
         self.assertIn("RLIMIT_NOFILE=64", proxy.stderr)
 
 
-class RunTimeExhaustionTests(_Service):
+class RunTimeExhaustionTests(ConsoleScriptTestCase):
     """
     The soft RLIMIT_NOFILE lowered from outside while the proxy runs (as
     C{prlimit --pid} does) to what it has open plus 8: the clients that
@@ -464,7 +404,7 @@ class RunTimeExhaustionTests(_Service):
             pass
 
 
-class SoakTests(_Service):
+class SoakTests(ConsoleScriptTestCase):
     """
     2,000 connections in waves with random aborts on both sides leave no
     fd behind (idle pipes are closed too) and no creeping memory.

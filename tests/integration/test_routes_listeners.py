@@ -1,7 +1,9 @@
 """
-Tests for L{socketproxyd.config.routes} and L{socketproxyd.service.opening}: each
-listener's connections go to the target its name routes them to, and
-every way that cannot be done is one line and exit status 1.
+L{socketproxyd.service.listeners.ListenerService} opening real inherited
+listening sockets (bound on the loopback interface) on the factory of each
+one's route, and the STATUS it reports (the configuration itself is unit-tested
+in L{tests.unit.test_routes}; routing end to end in
+L{tests.integration.test_routing}).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.config.routes import RouteError, Routes
+from socketproxyd.config.routes import Routes
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.service.listeners import ListenerService
@@ -23,37 +25,6 @@ from socketproxyd.service.status import StatusService
 from socketproxyd.systemd.activation import InheritedSocket
 
 WEB, DB, DEFAULT = (parseTarget(t) for t in ("/run/web.sock", "127.0.0.1:5432", "127.0.0.1:80"))
-
-
-class RoutesTests(SynchronousTestCase):
-    """
-    L{Routes} picks a listener's target by its name.
-    """
-
-    def test_targetFor(self) -> None:
-        routes = Routes(DEFAULT, {"web": WEB})
-        self.assertIs(routes.targetFor("web", "fd 3"), WEB)
-        self.assertIs(routes.targetFor("other", "fd 4"), DEFAULT)
-        self.assertIs(routes.targetFor(None, "--listen=tcp:1"), DEFAULT)
-
-    def test_noTarget(self) -> None:
-        routes = Routes(None, {"web": WEB})
-        with self.assertRaises(RouteError) as caught:
-            routes.targetFor("db", "fd 4 (db, IPv4)")
-        self.assertEqual(
-            str(caught.exception),
-            "fd 4 (db, IPv4) has no target: give TARGET, or --target=db=TARGET",
-        )
-
-    def test_unused(self) -> None:
-        routes = Routes(None, {"web": WEB, "api": DB})
-        routes.checkUsed({"web", "api", None})
-        with self.assertRaises(RouteError) as caught:
-            routes.checkUsed({"web", "db"})
-        self.assertEqual(
-            str(caught.exception),
-            "--target=api=...: no listener is named 'api' (listener names: db, web)",
-        )
 
 
 class RecordingNotifier:

@@ -11,25 +11,18 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 
-from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from socketproxyd.config.settings import ProxySettings
-from socketproxyd.config.target import parseTarget
-from socketproxyd.datagram.packetinfo import IP_PKTINFO, destinationKey, destinationOf
-from socketproxyd.datagram.port import DatagramPort
-from socketproxyd.datagram.relay import DatagramRelay
 from socketproxyd.proxyheader import V2_SIGNATURE
-
-from .fakes import FakeFDReactor, FakeTracker
-from .helpers import commands
+from tests.support import commands
 
 TIMEOUT = 60.0
+
+
 # Runs in a fresh network namespace: lo up, a veth with 10.5.0.1/24, an echo
 # backend that says which source port it saw, the proxy on a wildcard IPv4
 # socket with timestamps on (fd 3, as Timestamping= would) and a wildcard
@@ -139,107 +132,3 @@ class WildcardTests(SynchronousTestCase):
         closes = [line for line in report["stderr"].splitlines() if "datagrams (" in line]
         self.assertEqual(len(closes), 6, report["stderr"])
         self.assertTrue(any(f"127.0.0.2:{results[0][1]} " in line for line in closes), closes)
-
-
-class DestinationTests(SynchronousTestCase):
-    """
-    How the kernel's packet information becomes a session key, a PROXY
-    header address and the control message of a reply.
-    """
-
-    timestamp = (socket.SOL_SOCKET, 29, bytes(16))
-
-    def ipv4(self, local: str, destination: str, ifindex: int = 3) -> tuple[int, int, bytes]:
-        packed = struct.pack(
-            "=i4s4s", ifindex, socket.inet_aton(local), socket.inet_aton(destination)
-        )
-        return (socket.IPPROTO_IP, IP_PKTINFO, packed)
-
-    def test_keyIsTheDestinationWhateverComesFirst(self) -> None:
-        first = destinationKey([self.timestamp, self.ipv4("10.5.0.1", "10.5.0.255")])
-        again = destinationKey([self.ipv4("10.5.0.1", "10.5.0.255", ifindex=7)])
-        self.assertEqual(first, socket.inet_aton("10.5.0.255"))
-        self.assertEqual(first, again)
-        self.assertIsNone(destinationKey([self.timestamp]))
-
-    def test_ipv4RepliesFromTheLocalAddress(self) -> None:
-        found = destinationOf(socket.AF_INET, 53, [self.ipv4("10.5.0.1", "10.5.0.255")])
-        self.assertEqual((found.address.host, found.address.port), ("10.5.0.255", 53))
-        [(level, kind, control)] = found.control
-        self.assertEqual(
-            struct.unpack("=i4s4s", control), (0, socket.inet_aton("10.5.0.1"), bytes(4))
-        )
-
-    def test_queuedBeforeTheOption(self) -> None:
-        """
-        A datagram queued before C{IP_PKTINFO} was set has no local
-        address noted: a unicast destination is the answer, a multicast
-        one leaves the source to routing.
-        """
-        found = destinationOf(socket.AF_INET, 53, [self.ipv4("0.0.0.0", "127.0.0.2")])
-        self.assertEqual(found.control[0][2][4:8], socket.inet_aton("127.0.0.2"))
-        found = destinationOf(socket.AF_INET, 53, [self.ipv4("0.0.0.0", "239.1.2.3")])
-        self.assertIsNone(found.control)
-
-    def test_mappedOnDualStack(self) -> None:
-        found = destinationOf(socket.AF_INET6, 53, [self.ipv4("127.0.0.3", "127.0.0.3")])
-        self.assertEqual(found.address.host, "::ffff:127.0.0.3")
-
-    def test_ipv6(self) -> None:
-        """
-        An IPv6 reply leaves from the destination with the interface left
-        to routing; from a multicast destination, routing picks the source.
-        """
-        info = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
-        data = socket.inet_pton(socket.AF_INET6, "fd00::5") + struct.pack("=I", 4)
-        found = destinationOf(socket.AF_INET6, 53, [(*info, data)])
-        self.assertEqual(found.address.host, "fd00::5")
-        self.assertEqual(found.control[0][2], data[:16] + bytes(4))
-        data = socket.inet_pton(socket.AF_INET6, "ff15::1234") + struct.pack("=I", 4)
-        found = destinationOf(socket.AF_INET6, 53, [(*info, data)])
-        self.assertIsNone(found.control)
-
-
-class _Resolver:
-    """
-    Keeps the resolution receivers, for the test to answer.
-    """
-
-    def __init__(self) -> None:
-        self.receivers: list[object] = []
-
-    def resolveHostName(self, receiver: object, host: str, port: int, **kwargs: object) -> None:
-        self.receivers.append(receiver)
-
-
-class ResolvingTests(SynchronousTestCase):
-    """
-    A named target's client waits for the name with where it wrote to, and
-    its session, once open, answers from there.
-    """
-
-    def test_destinationKeptWhileResolving(self) -> None:
-        reactor = FakeFDReactor()
-        reactor.nameResolver = _Resolver()
-        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        backend.bind(("127.0.0.1", 0))
-        self.addCleanup(backend.close)
-        listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        listening.bind(("127.0.0.1", 0))
-        target = parseTarget(f"localhost:{backend.getsockname()[1]}")
-        relay = DatagramRelay(reactor, target, ProxySettings(), FakeTracker())
-        port = DatagramPort(reactor, listening, relay)
-        self.addCleanup(port.stopListening)
-        client = ("127.0.0.1", 40000)
-        written = socket.inet_aton("127.0.0.2")
-        info = struct.pack("=i4s4s", 1, written, written)
-        relay.received(b"x", client, [(socket.IPPROTO_IP, IP_PKTINFO, info)])
-        [receiver] = reactor.nameResolver.receivers
-        receiver.addressResolved(IPv4Address("UDP", "127.0.0.1", backend.getsockname()[1]))
-        receiver.resolutionComplete()
-        [(key, session)] = relay.sessions.items()
-        self.assertEqual(key, (client, socket.inet_aton("127.0.0.2")))
-        self.assertEqual(session.local.host, "127.0.0.2")
-        self.assertEqual(session.replyControl[0][2][4:8], socket.inet_aton("127.0.0.2"))
-        self.assertEqual(backend.recvfrom(10)[0], b"x")
-        self.assertEqual(relay.resolving, {})

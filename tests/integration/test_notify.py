@@ -1,5 +1,5 @@
 """
-Unit tests for L{socketproxyd.systemd.notify} with a real datagram socket and a
+Tests, on real sockets, of L{socketproxyd.systemd.notify} with a real datagram socket and a
 L{Clock} for the watchdog.
 """
 
@@ -12,8 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.systemd.notify import Notifier
-
-from .helpers import unixPath
+from tests.support import unixPath
 
 
 class NotifierTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ import socket
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .helpers import ProxyProcess, commands, listeningSocket
+from tests.support import ProxyProcess, commands, listeningSocket
 
 
 class BadInputScenarios:

@@ -1,0 +1,283 @@
+"""
+End-to-end tests under a real systemd 252: the project installed the way
+the README says, and socket units and service units as an operator deploys
+them, in a throw-away C{systemd-nspawn} container
+(L{tests.systemd.container}).  Skipped when not root, when systemd-nspawn
+cannot be had, when the container does not boot, or when the wheels to
+install from cannot be downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from twisted.trial.unittest import SkipTest
+
+from .container import waitFor
+from .suite import (
+    BOTH,
+    CLIENT,
+    DGRAM_CLIENT,
+    DOWNLOAD_CODE,
+    HTTP_ROUTES,
+    KIT,
+    NGINX,
+    PYTHON,
+    SCENARIOS,
+    SLOW_SIZE,
+    STATUS,
+    TIMEOUT,
+    SystemdTestCase,
+    statusText,
+)
+
+
+class SystemdTests(SystemdTestCase):
+    """
+    The proxy installed as the README says and socket-activated by a real
+    systemd, with the console script and with twistd.  One container
+    serves the whole class: booted (and the project installed in it) by
+    C{setUpClass} (pytest, pyunit) or lazily by the first C{setUp} (trial,
+    which does not call C{setUpClass}), and stopped by C{tearDownClass}, by
+    the last test's C{tearDown}, or at exit, whichever comes first.
+    """
+
+    def test_examplesVerify(self) -> None:
+        """
+        C{systemd-analyze verify} is clean on every unit of
+        examples/systemd/, with the project installed as the README says
+        (the venv at /opt/socketproxyd) and the services they name.
+        """
+        examples = f"{KIT}/src/examples/systemd"
+        stubs = " ".join(
+            f"printf '[Service]\\nExecStart=/bin/true\\n' > /etc/systemd/system/{name}.service;"
+            for name in ("nginx", "postgresql")
+        )
+        prepared = self.container.run(["sh", "-c", stubs])
+        self.assertEqual(prepared.returncode, 0, prepared.stderr)
+        listed = self.container.run(["ls", examples]).stdout.split()
+        units = sorted(name for name in listed if name.endswith((".socket", ".service")))
+        self.assertGreaterEqual(len(units), 7)
+        verified = self.container.run(
+            ["systemd-analyze", "verify", *(f"{examples}/{unit}" for unit in units)]
+        )
+        self.assertEqual((verified.returncode, verified.stdout + verified.stderr), (0, ""), units)
+
+    def test_activation(self) -> None:
+        """
+        Under each form, the first client starts the service through its
+        socket and is answered; the unit becomes active (for Type=notify,
+        on the proxy's READY=1: systemd logs "Started") and shows the
+        STATUS= text; the proxy's "Listening on" is at info priority and
+        without a timestamp of its own.  It runs as a user that
+        cannot write the install (C{DynamicUser=yes}), which with the
+        plugin cache built as the README says logs nothing about that cache.
+        """
+        for form in BOTH:
+            unit = f"proxy-{form}"
+            self.systemctl("start", f"{unit}.socket")
+            port = SCENARIOS["proxy"].portOf(form)
+            self.assertEqual(self.client(port, f"hello {form}"), f"HELLO {form.upper()}")
+            shown = self.waitShow(
+                f"{unit}.service", {"ActiveState": "active", "SubState": "running"}, "StatusText"
+            )
+            self.assertRegex(shown["StatusText"], STATUS.format(unit=unit))
+            self.waitShow(f"{unit}.service", {"StatusText": statusText(unit)})
+            self.journalEntries(f"{unit}.service", rf"^Started {unit}\.service")
+            for entry in self.journalEntries(f"{unit}.service", r"Listening on"):
+                self.assertRegex(str(entry["MESSAGE"]), rf"^Listening on 127\.0\.0\.1:{port} ")
+                self.assertEqual(entry["PRIORITY"], "6", form)
+            self.assertNotIn("plugin cache", self.journal(f"{unit}.service"))
+
+    def test_nginx(self) -> None:
+        """
+        A real HTTP server behind the proxy, on a TCP target and on a UNIX
+        socket target, under both C{ExecStart=} forms: the first request
+        starts the proxy (and nginx) and is answered.
+        """
+        if not os.access(NGINX, os.X_OK):
+            raise SkipTest("nginx is not installed")
+        for name, (port, _) in HTTP_ROUTES.items():
+            self.systemctl("start", f"{name}.socket")
+            fetch = (
+                "import urllib.request; "
+                f"print(urllib.request.urlopen('http://127.0.0.1:{port}/index.html', "
+                "timeout=10).read().decode(), end='')"
+            )
+            result = self.container.run([PYTHON, "-c", fetch])
+            self.assertEqual(
+                (result.returncode, result.stdout),
+                (0, "socket-activated nginx\n"),
+                f"{name}: {result.stderr}\n{self.journal(name + '.service')}",
+            )
+            self.waitShow(f"{name}.service", {"ActiveState": "active"})
+
+    def test_warningsOnly(self) -> None:
+        """
+        C{journalctl -p warning} shows exactly the proxy's warnings, under
+        both forms and under twist: every failed connect, one per client,
+        at warning priority, and nothing else; and no line is twist's JSON
+        (which journald would keep as blob data).
+        """
+        scenario = SCENARIOS["dead"]
+        for form in scenario.forms:
+            unit = f"dead-{form}"
+            self.systemctl("start", f"{unit}.socket")
+            for payload in ("one", "two"):
+                self.assertIn(self.client(scenario.portOf(form), payload), ("", "<reset>"))
+            failed = self.journalEntries(f"{unit}.service", r"Failed to connect")
+            self.assertEqual({entry["PRIORITY"] for entry in failed}, {"4"}, form)
+            self.waitShow(f"{unit}.service", {"ActiveState": "active"})
+
+            def warnings(unit: str = unit) -> list[str] | None:
+                out = self.container.run(
+                    ["journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u",
+                     f"{unit}.service"]
+                ).stdout  # fmt: skip
+                lines = out.splitlines()
+                return lines if len(lines) >= 2 else None
+
+            lines = waitFor(warnings, TIMEOUT, interval=0.1, what=f"warnings of {unit}")
+            everything = self.journal(f"{unit}.service")
+            self.assertEqual(len(lines), everything.count("Failed to connect"), everything)
+            for line in lines:
+                self.assertRegex(line, rf"^{unit}\.socket: Failed to connect to 127\.0\.0\.1:9 ")
+            self.assertNotIn("blob data", everything)
+            self.assertNotIn("{", everything)
+
+    def test_exitIdleTime(self) -> None:
+        """
+        With --exit-idle-time=1s the service exits successfully once idle
+        while its socket keeps listening, and the next client starts it
+        again and gets its bytes, under both forms.
+        """
+        for form in BOTH:
+            unit, port = f"idle-{form}", SCENARIOS["idle"].portOf(form)
+            idle = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+            self.systemctl("start", f"{unit}.socket")
+            self.assertEqual(self.client(port, "first"), "FIRST")
+            first = self.waitShow(f"{unit}.service", idle, "ExecMainStartTimestampMonotonic")
+            self.waitShow(f"{unit}.socket", {"ActiveState": "active", "SubState": "listening"})
+            self.assertEqual(self.client(port, "second"), "SECOND")
+            second = self.container.show(f"{unit}.service", "ExecMainStartTimestampMonotonic")
+            self.assertNotEqual(
+                first["ExecMainStartTimestampMonotonic"],
+                second["ExecMainStartTimestampMonotonic"],
+                form,
+            )
+            self.waitShow(f"{unit}.service", idle)
+
+    def test_stopWithClient(self) -> None:
+        """
+        C{systemctl stop} with a client connected ends the service quickly
+        as inactive, not failed, and the client sees its connection end,
+        under both forms.
+        """
+        for form in BOTH:
+            unit, port = f"stop-{form}", SCENARIOS["stop"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            client = self.container.spawn([PYTHON, CLIENT, "127.0.0.1", str(port), "hold", "hold"])
+            self.addCleanup(self.reap, client)
+            self.assertEqual(self.readLine(client), "HOLD")
+            self.waitShow(
+                f"{unit}.service", {"ActiveState": "active", "StatusText": statusText(unit, 1)}
+            )
+            started = time.monotonic()
+            self.systemctl("stop", f"{unit}.service")
+            self.assertLess(time.monotonic() - started, 5.0, form)
+            shown = self.container.show(f"{unit}.service", "ActiveState", "Result")
+            self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"}, form)
+            self.assertIn(self.readLine(client), ("eof", "reset"))
+
+    def test_watchdog(self) -> None:
+        """
+        With C{WatchdogSec=} the proxy's pings keep it alive past the
+        interval; a proxy whose event loop is stopped (SIGSTOP) is killed
+        by the watchdog and restarted, and the next client is served, under
+        both forms.
+        """
+        for form in BOTH:
+            unit, port = f"watchdog-{form}", SCENARIOS["watchdog"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            self.assertEqual(self.client(port, "fed"), "FED")
+            first = self.waitShow(
+                f"{unit}.service",
+                {"ActiveState": "active"},
+                "MainPID",
+                "ExecMainStartTimestampMonotonic",
+            )
+            started = int(first["ExecMainStartTimestampMonotonic"])
+
+            def pingedLate(unit: str = unit, started: int = started) -> bool:
+                shown = self.container.show(f"{unit}.service", "WatchdogTimestampMonotonic")
+                return int(shown["WatchdogTimestampMonotonic"] or 0) - started > 2_000_000
+
+            waitFor(
+                pingedLate, TIMEOUT, interval=0.2, what=f"{unit}'s pings past twice the interval"
+            )
+            alive = self.container.show(f"{unit}.service", "ActiveState", "MainPID")
+            self.assertEqual(alive, {"ActiveState": "active", "MainPID": first["MainPID"]}, form)
+            self.systemctl("kill", "--signal=SIGSTOP", f"{unit}.service")
+
+            def restarted(unit: str = unit) -> dict[str, str] | None:
+                shown = self.container.show(f"{unit}.service", "MainPID", "NRestarts")
+                return shown if shown["NRestarts"] != "0" and shown["MainPID"] != "0" else None
+
+            waitFor(restarted, TIMEOUT, interval=0.1, what=f"a restart of {unit} by the watchdog")
+            self.assertEqual(self.client(port, "again"), "AGAIN")
+            self.assertIn("Watchdog timeout", self.journal(f"{unit}.service"))
+
+    def test_namespace(self) -> None:
+        """
+        The seed's namespace example: a backend in a private network
+        (C{PrivateNetwork=yes}) is unreachable from outside it, and a proxy
+        joining its namespace (C{JoinsNamespaceOf=}) makes it reachable
+        through the socket systemd holds outside, under both forms.
+        """
+        for form in BOTH:
+            self.systemctl("start", f"ns-{form}.socket")
+            self.assertEqual(self.client(SCENARIOS["ns"].portOf(form), form), form.upper())
+        self.waitShow("backend-ns.service", {"ActiveState": "active"})
+        outside = self.container.run([PYTHON, CLIENT, "127.0.0.1", "8010", "direct"])
+        self.assertNotEqual(outside.returncode, 0)
+        self.assertIn("ConnectionRefusedError", outside.stderr)
+
+    def test_drainOnStop(self) -> None:
+        """
+        With C{--drain-timeout}, C{systemctl stop} during a download lets it
+        finish byte for byte, then the service ends inactive, not failed,
+        under both forms.
+        """
+        pattern = bytes(range(256)) * 256
+        expected = hashlib.sha256(pattern * (SLOW_SIZE // len(pattern))).hexdigest()
+        for form in BOTH:
+            unit, port = f"drain-{form}", SCENARIOS["drain"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            download = self.container.spawn([PYTHON, "-c", DOWNLOAD_CODE, "127.0.0.1", str(port)])
+            self.addCleanup(self.reap, download)
+            self.assertEqual(self.readLine(download), "started")
+            self.systemctl("stop", f"{unit}.service")
+            self.assertEqual(self.readLine(download), f"{SLOW_SIZE} {expected}", form)
+            shown = self.container.show(f"{unit}.service", "ActiveState", "Result")
+            self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"}, form)
+
+    def test_datagrams(self) -> None:
+        """
+        C{ListenDatagram=PORT} (a wildcard dual-stack socket): the first
+        datagram starts the proxy and is answered, under both forms, and
+        every reply comes from the address the client wrote to, on IPv4
+        (127.0.0.2, not the routing table's 127.0.0.1) and on IPv6.
+        """
+        for form in BOTH:
+            unit, port = f"dgram-{form}", SCENARIOS["dgram"].portOf(form)
+            self.systemctl("start", f"{unit}.socket")
+            for host in ("127.0.0.2", "::1", "127.0.0.1"):
+                result = self.container.run([PYTHON, "-c", DGRAM_CLIENT, host, str(port), form])
+                self.assertEqual(
+                    (result.returncode, result.stdout.strip()),
+                    (0, f"{form.upper()} {host}"),
+                    f"{unit} {host}: {result.stderr}\n{self.journal(unit + '.service')}",
+                )
+            self.waitShow(f"{unit}.service", {"ActiveState": "active"})
