@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
     install_requires=["twisted>=26.10,<27"],
-    extras_require={"test": ["pytest", "pytest-twisted", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-twisted", "ruff", "mypy", "mypy-zope"]},
     entry_points={"console_scripts": ["socketproxyd = socketproxyd.cli:main"]},
     data_files=[("share/man/man8", ["man/socketproxyd.8"])],
     classifiers=[

@@ -9,7 +9,7 @@ socket keeps listening), then time from C{connect()} to the first byte of
 the backend's greeting through the freshly started proxy.  Median and spread
 of C{--count} rounds, all forms in the same run, and for scale the time of
 C{python -c "from twisted.internet import reactor"} with the installed Python.  Needs root (see
-tests/systemd_container.py).
+tests/systemd/container.py).
 
     python benchmarks/systemd_activation.py [--count N]
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.installkit import PREFIX, KitUnavailable, buildKit, installScript  # noqa: E402
-from tests.systemd_container import Container, ContainerUnavailable, ensureNspawn  # noqa: E402
+from tests.systemd.container import Container, ContainerUnavailable, ensureNspawn  # noqa: E402
+from tests.systemd.installkit import PREFIX, KitUnavailable, buildKit, installScript  # noqa: E402
 
 ORIGINAL = "/lib/systemd/systemd-socket-proxyd"
 KIT = "/srv/spx-install"

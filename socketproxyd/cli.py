@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from twisted.logger import globalLogBeginner
 
 from socketproxyd.logs import textObserver
+from socketproxyd.reactors import ProxyReactor
 from socketproxyd.tap import Options, makeService
 
 
@@ -27,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     globalLogBeginner.beginLoggingTo(
         [textObserver(sys.stderr)], discardBuffer=True, redirectStandardIO=False
     )
-    service = makeService(config, reactor)
+    service = makeService(config, cast(ProxyReactor, reactor))
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

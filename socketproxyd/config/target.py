@@ -13,6 +13,7 @@ import math
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.endpoints import (
@@ -66,7 +67,7 @@ class Target:
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
 
-    def socketAddress(self, kind: int) -> tuple[int, object]:
+    def socketAddress(self, kind: int) -> tuple[int, str | tuple[Any, ...]]:
         """
         The family and socket module address of a literal target, for a
         socket of C{kind} (an IPv6 scope such as C{%eth0} becomes its

@@ -9,8 +9,10 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IAddress, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from socketproxyd.addresses import socketAddress
 from socketproxyd.datagram.packetinfo import (
@@ -36,6 +38,7 @@ receiveBuffer = bytearray(256 * 1024)
 receiveView = memoryview(receiveBuffer)
 
 
+@implementer(IReadDescriptor)
 class DatagramPort:
     """
     A listening datagram socket in the reactor: what clients send goes to
@@ -63,7 +66,7 @@ class DatagramPort:
     def stopReading(self) -> None:
         self.reactor.removeReader(self)
 
-    def getHost(self) -> object:
+    def getHost(self) -> IAddress:
         return socketAddress(self.socket.family, self.socket.getsockname(), "UDP")
 
     def doRead(self) -> None:

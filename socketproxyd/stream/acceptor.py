@@ -23,9 +23,10 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import IListeningPort, IReactorFDSet
+from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from socketproxyd.logs import observer
 
@@ -70,6 +71,7 @@ def adoptable(port: IListeningPort, factory: object) -> bool:
     return type(port) in (tcp.Port, unix.Port) and getattr(port, "factory", None) is factory
 
 
+@implementer(IReadDescriptor)
 class Acceptor:
     """
     Accepts clients on one listening port and hands each, non-blocking, to

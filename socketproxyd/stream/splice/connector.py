@@ -20,14 +20,21 @@ import socket
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IProtocolFactory, IReactorFDSet, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorFDSet,
+    IStreamClientEndpoint,
+    IWriteDescriptor,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from socketproxyd.config.target import Target
 
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
+@implementer(IWriteDescriptor)
 class _PendingConnect:
     """
     A non-blocking connect in flight: a writer in the reactor until the

@@ -19,7 +19,9 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from socketproxyd.stream.splice.pipes import Pipe
 
@@ -38,6 +40,7 @@ _copyView = memoryview(_copyBuffer)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
+@implementer(IReadWriteDescriptor)
 class SpliceEnd:
     """
     One socket of a spliced connection, with the state of the direction
