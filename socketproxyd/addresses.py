@@ -7,18 +7,26 @@ PROXY header.
 from __future__ import annotations
 
 import socket
+from typing import Any, Literal, TypeAlias
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 
+RawAddress: TypeAlias = "str | tuple[Any, ...]"
+"""
+An address as the socket module takes and gives it: a path, or a
+C{(host, port)} or C{(host, port, flowinfo, scope)} tuple.
+"""
 
-def describeAddress(address: object) -> str:
+
+def describeAddress(address: IAddress | None) -> str:
     """
     An address as the log lines show it: C{host:port}, C{[v6]:port} or a path.
     """
     host = getattr(address, "host", None)
     if host is not None:
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+        port = getattr(address, "port", None)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     name = getattr(address, "name", None)
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
@@ -27,7 +35,7 @@ def describeAddress(address: object) -> str:
     return "@" + name[1:] if name.startswith("\0") else name
 
 
-def socketAddress(family: int, address: object, kind: str = "TCP") -> IAddress:
+def socketAddress(family: int, address: Any, kind: Literal["TCP", "UDP"] = "TCP") -> IAddress:
     """
     A socket address as Twisted's address objects give it (C{kind} C{"TCP"}
     or C{"UDP"}), for the PROXY header and log lines.

@@ -15,6 +15,7 @@ from typing import IO
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -22,7 +23,7 @@ from twisted.logger import (
     formatEvent,
     globalLogPublisher,
 )
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -107,11 +108,13 @@ def _formatLine(event: dict, journal: bool) -> str:
     return "".join(f"<{priority}>{line}\n" for line in lines)
 
 
-def isJournal(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool:
+def isJournal(stream: IO[str] | None, environ: Mapping[str, str] | None = None) -> bool:
     """
     Whether C{stream} is connected to the journal: systemd sets
     C{JOURNAL_STREAM} to the device and inode of that connection.
     """
+    if stream is None:
+        return False
     environ = os.environ if environ is None else environ
     expected = environ.get("JOURNAL_STREAM", "")
     try:
@@ -124,6 +127,7 @@ def isJournal(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool
 _CHATTER = re.compile(r"\w+ starting on .+|\(\w+ Port .+ Closed\)")
 
 
+@provider(ILogFilterPredicate)
 def _quiet(event: dict) -> PredicateResult:
     """
     Leave out the line Twisted's ports write as they open and close

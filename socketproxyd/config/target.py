@@ -13,7 +13,7 @@ import math
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from twisted.internet import error
 from twisted.internet.endpoints import (
@@ -23,6 +23,8 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+
+from socketproxyd.addresses import RawAddress
 
 DEFAULT_PORT = 80
 NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
@@ -57,7 +59,9 @@ class Target:
         every address they resolve to is tried, each bounded by C{timeout}
         (the connection's own connect timer bounds them all).
         """
-        attemptTimeout = None if math.isinf(timeout) else timeout
+        # Twisted's connectors read a timeout of None as "none of mine"
+        # (the kernel's own), though the endpoints' hints say float.
+        attemptTimeout = cast(float, None) if math.isinf(timeout) else timeout
         if self.kind == "unix":
             return UNIXClientEndpoint(reactor, self.host, timeout=attemptTimeout)
         assert self.port is not None
@@ -67,7 +71,7 @@ class Target:
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
 
-    def socketAddress(self, kind: int) -> tuple[int, str | tuple[Any, ...]]:
+    def socketAddress(self, kind: int) -> tuple[int, RawAddress]:
         """
         The family and socket module address of a literal target, for a
         socket of C{kind} (an IPv6 scope such as C{%eth0} becomes its

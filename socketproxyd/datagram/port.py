@@ -9,12 +9,12 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IAddress, IReadDescriptor
+from twisted.internet.interfaces import IAddress, IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from socketproxyd.addresses import socketAddress
+from socketproxyd.addresses import RawAddress, socketAddress
 from socketproxyd.datagram.packetinfo import (
     CONTROL_SPACE,
     Control,
@@ -47,7 +47,7 @@ class DatagramPort:
 
     log = Logger(observer=observer)
 
-    def __init__(self, reactor: object, sock: socket.socket, relay: DatagramRelay) -> None:
+    def __init__(self, reactor: IReactorFDSet, sock: socket.socket, relay: DatagramRelay) -> None:
         self.reactor = reactor
         self.socket = sock
         self.fileno = sock.fileno
@@ -103,7 +103,7 @@ class DatagramPort:
             return None
         return destinationOf(self.socket.family, self.portNumber, ancillary)
 
-    def sendTo(self, data: bytes, address: object, control: Control | None = None) -> bool:
+    def sendTo(self, data: bytes, address: RawAddress, control: Control | None = None) -> bool:
         """
         Send a reply to a client (from the address it wrote to, with
         C{control}); whether it went (a full buffer or an unreachable

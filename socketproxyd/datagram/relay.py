@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IAddress, IResolutionReceiver
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from socketproxyd.addresses import describeAddress, socketAddress
+from socketproxyd.addresses import RawAddress, describeAddress, socketAddress
 from socketproxyd.datagram.packetinfo import Control, Destination, destinationKey
 from socketproxyd.datagram.port import DatagramPort
 from socketproxyd.datagram.session import Session, SocketAddress
@@ -95,7 +95,7 @@ class DatagramRelay(RouteServer):
         """
         return DatagramPort(self.reactor, sock, self)
 
-    def received(self, data: bytes, client: object, ancillary: Control | None = None) -> None:
+    def received(self, data: bytes, client: RawAddress, ancillary: Control | None = None) -> None:
         """
         A datagram from C{client} (with C{ancillary} data that may say
         where it was sent): on to its session, opened if it has none and
@@ -143,7 +143,7 @@ class DatagramRelay(RouteServer):
 
     def resolved(
         self,
-        client: object,
+        client: RawAddress,
         key: object,
         destination: Destination | None,
         addresses: list[IAddress],
@@ -170,7 +170,7 @@ class DatagramRelay(RouteServer):
 
     def open(
         self,
-        client: object,
+        client: RawAddress,
         key: object,
         destination: Destination | None,
         addresses: list[SocketAddress],
@@ -195,7 +195,7 @@ class DatagramRelay(RouteServer):
         self.dropped += len(data)
         self.warn("{route}Cannot open a session to {target} for {client}: {why}", client, why)
 
-    def warn(self, text: str, client: object = None, why: str = "") -> None:
+    def warn(self, text: str, client: RawAddress | None = None, why: str = "") -> None:
         """
         Say that datagrams are being dropped, at most once a minute.
         """
@@ -208,7 +208,7 @@ class DatagramRelay(RouteServer):
                 why=why,
             )
 
-    def describe(self, client: object) -> str:
+    def describe(self, client: RawAddress) -> str:
         return describeAddress(socketAddress(self.port.socket.family, client, "UDP"))
 
     def endAll(self, how: Ending) -> None:
@@ -229,7 +229,7 @@ class _Resolution:
     """
 
     def __init__(
-        self, relay: DatagramRelay, client: object, key: object, destination: Destination | None
+        self, relay: DatagramRelay, client: RawAddress, key: object, destination: Destination | None
     ) -> None:
         self.relay = relay
         self.client = client

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from socketproxyd.addresses import socketAddress
+from socketproxyd.addresses import RawAddress, socketAddress
 from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillIdle
 from socketproxyd.proxyheader import headerV2
@@ -56,7 +56,7 @@ class Session:
     def __init__(
         self,
         server: DatagramRelay,
-        client: object,
+        client: RawAddress,
         key: object,
         destination: Destination | None,
         addresses: list[SocketAddress],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
@@ -29,6 +29,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from socketproxyd.logs import observer
+
+if TYPE_CHECKING:
+    from twisted.internet import tcp
 
 OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 """
@@ -60,7 +63,7 @@ class Admission(Protocol):
         """
 
 
-def adoptable(port: IListeningPort, factory: object) -> bool:
+def adoptable(port: IListeningPort, factory: object) -> TypeGuard[tcp.Port]:
     """
     Whether an L{Acceptor} can accept for C{port}: a plain TCP or UNIX
     port serving C{factory} itself (a TLS port wraps the factory, and its
@@ -83,7 +86,7 @@ class Acceptor:
     def __init__(
         self,
         reactor: IReactorFDSet,
-        port: IListeningPort,
+        port: tcp.Port,
         admission: Admission,
         accepted: Callable[[socket.socket, object], None],
     ) -> None:

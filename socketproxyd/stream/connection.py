@@ -34,7 +34,7 @@ from __future__ import annotations
 import errno
 import math
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -51,6 +51,10 @@ from socketproxyd.proxyheader import HEADERS
 from socketproxyd.stream.pump import Flow, Pump
 
 if TYPE_CHECKING:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+
     from socketproxyd.stream.factory import ProxyFactory
 
 
@@ -112,7 +116,7 @@ class Connection:
         self.flows = [Flow.OPEN, Flow.OPEN]
         self.ending: Ending | None = None
         self.closing = Closing.OPEN
-        self.connecting: Deferred[object] | None = None
+        self.connecting: Deferred[Any] | None = None
         self.timer: IDelayedCall | None = None
         self.lastMoved: float | None = None
         self.retrying: tuple[float, float] | None = None
@@ -141,7 +145,7 @@ class Connection:
             self.timer = server.reactor.callLater(timeout, self._connectTimedOut)
         attempt.addCallbacks(self._connected, self._connectFailed)
 
-    def _connected(self, target: object) -> None:
+    def _connected(self, target: socket.socket | Protocol) -> None:
         self.connecting = None
         self._cancelTimer()
         if self.retrying is not None:

@@ -9,6 +9,7 @@ settings choose.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ServerFactory
@@ -125,7 +126,7 @@ class ProxyFactory(RouteServer, ServerFactory):
         pump = SplicePump(self.reactor, self.sweeper, sock, self.settings.keepalive)
         Connection(self, pump, peer, host).start()
 
-    def connectTarget(self, takesSockets: bool) -> object | Deferred:
+    def connectTarget(self, takesSockets: bool) -> socket.socket | Deferred[Any]:
         """
         Start connecting to the target for a pump: a connected socket at
         once, or a Deferred firing with a socket or a L{ClientProtocol}

@@ -11,6 +11,11 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import socket
+
+    from twisted.internet.interfaces import IAddress
+    from twisted.internet.protocol import Protocol as TwistedProtocol
+
     from socketproxyd.stream.connection import Connection
 
 
@@ -36,12 +41,12 @@ class Pump(Protocol):
     connection: Connection
     takesSockets: bool
 
-    def clientAddress(self) -> object:
+    def clientAddress(self) -> IAddress | None:
         """
         The client's address, for a warning about it.
         """
 
-    def attach(self, target: object, preamble: bytes) -> None:
+    def attach(self, target: socket.socket | TwistedProtocol, preamble: bytes) -> None:
         """
         The target is connected (a socket, or a protocol on a Twisted
         transport): send C{preamble} to it, then move bytes both ways.

@@ -14,14 +14,49 @@ before the connection hears of the loss and resets it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+from typing import Protocol as Structural
+
 from twisted.internet import error
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending
 from socketproxyd.stream.connection import Connection
+
+if TYPE_CHECKING:
+    import socket
+
+    from socketproxyd.stream.factory import ProxyFactory
+
+
+class RelayTransport(Structural):
+    """
+    What the transport pump asks of a Twisted transport: a TCP or UNIX
+    connection is a consumer, a push producer and half-closeable
+    (C{ITransport} alone promises only writing and closing).
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def loseWriteConnection(self) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def getHost(self) -> IAddress: ...
+
+
+def _transport(side: Protocol) -> RelayTransport:
+    """
+    C{side}'s transport, which is connected (Twisted types it as an
+    optional bare C{ITransport}).
+    """
+    return cast(RelayTransport, side.transport)
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -32,32 +67,35 @@ class _Side(Protocol):
 
     @ivar direction: the direction this side's bytes start (its source).
     @ivar pump: the pump it is part of, once it is.
-    @ivar destination: the other side's transport, once both are connected.
+    @ivar connection: the pump's connection, once both sides are connected
+        (and this side reads).
+    @ivar destination: the other side's transport, from then on too.
     """
 
     direction: int
     pump: TransportPump | None = None
-    destination: object = None
+    connection: Connection
+    destination: RelayTransport
 
     def dataReceived(self, data: bytes) -> None:
         self.destination.write(data)
-        self.pump.connection.moved(self.direction, len(data))
+        self.connection.moved(self.direction, len(data))
 
     def readConnectionLost(self) -> None:
-        self.pump.connection.readEnded(self.direction)
+        self.connection.readEnded(self.direction)
 
     def writeConnectionLost(self) -> None:
-        self.pump.connection.writeShut(1 - self.direction)
+        self.connection.writeShut(1 - self.direction)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.pump is not None:
             self.pump.sideLost(self, reason)
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        _transport(self).pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        _transport(self).resumeProducing()
 
     def stopProducing(self) -> None:
         """
@@ -75,11 +113,12 @@ class ServerProtocol(_Side):
     direction = UPSTREAM
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
-        factory = self.factory
+        transport = _transport(self)
+        transport.pauseProducing()
+        factory = cast("ProxyFactory", self.factory)
         peer = host = None
         if factory.recordsAddresses:
-            peer, host = self.transport.getPeer(), self.transport.getHost()
+            peer, host = transport.getPeer(), transport.getHost()
         Connection(factory, TransportPump(self), peer, host).start()
 
 
@@ -92,7 +131,7 @@ class ClientProtocol(_Side):
     direction = DOWNSTREAM
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
+        _transport(self).pauseProducing()
 
 
 class TransportPump:
@@ -111,18 +150,24 @@ class TransportPump:
         self.server = server
         server.pump = self
         self.client: ClientProtocol | None = None
-        self.open = {server}
+        self.open: set[_Side] = {server}
         self.reported = False
 
-    def clientAddress(self) -> object:
-        return self.server.transport.getPeer()
+    def clientAddress(self) -> IAddress | None:
+        return _transport(self.server).getPeer()
 
-    def attach(self, target: ClientProtocol, preamble: bytes) -> None:
+    def attach(self, target: socket.socket | Protocol, preamble: bytes) -> None:
+        """
+        Relay between the client and C{target}, a L{ClientProtocol}
+        (this pump takes no sockets).
+        """
+        target = cast(ClientProtocol, target)
         server = self.server
         target.pump = self
         self.client = target
         self.open.add(target)
-        serverTransport, clientTransport = server.transport, target.transport
+        server.connection = target.connection = self.connection
+        serverTransport, clientTransport = _transport(server), _transport(target)
         server.destination = clientTransport
         target.destination = serverTransport
         if preamble:
@@ -141,17 +186,19 @@ class TransportPump:
         clientTransport.resumeProducing()
 
     def shutdownWrite(self, direction: int) -> None:
-        destination = (self.client if direction == UPSTREAM else self.server).transport
+        side = self.client if direction == UPSTREAM else self.server
+        assert side is not None, "the target's side is shut only once attached"
+        destination = _transport(side)
         destination.unregisterProducer()
         destination.loseWriteConnection()
 
     def close(self) -> None:
         for side in list(self.open):
-            side.transport.loseConnection()
+            _transport(side).loseConnection()
 
     def abort(self) -> None:
         for side in list(self.open):
-            side.transport.abortConnection()
+            _transport(side).abortConnection()
 
     def sideLost(self, side: _Side, reason: Failure) -> None:
         """

@@ -53,7 +53,7 @@ class InheritedSocket:
     """
 
     fd: int
-    family: int
+    family: socket.AddressFamily
     name: str
     datagram: bool = False
 
@@ -94,7 +94,7 @@ def _activationVariables(
     return initial()
 
 
-def _listeningFamily(fd: int, name: str) -> tuple[int, bool]:
+def _listeningFamily(fd: int, name: str) -> tuple[socket.AddressFamily, bool]:
     """
     The address family of C{fd}, and whether it is a datagram socket, if
     it is a listening stream socket or a datagram socket we can serve.
@@ -128,9 +128,9 @@ def _listeningFamily(fd: int, name: str) -> tuple[int, bool]:
         if sock.type == socket.SOCK_DGRAM:
             return sock.family, True
         if sock.type != socket.SOCK_STREAM:
-            kind = {socket.SOCK_SEQPACKET: "seqpacket"}
+            names = {socket.SOCK_SEQPACKET: "seqpacket"}
             raise unusable(
-                f"is a {kind.get(sock.type, str(sock.type))} socket, "
+                f"is a {names.get(sock.type, str(sock.type))} socket, "
                 f"not a stream or datagram socket"
             )
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from socketproxyd.addresses import RawAddress
 from socketproxyd.config.target import Target
 
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -58,7 +59,7 @@ class _PendingConnect:
         code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.reactor.removeWriter(self)
         if code:
-            self._fail(error.getConnectError((code, os.strerror(code))))
+            self._fail(_refusal(code))
         else:
             self.deferred.callback(self.socket)
 
@@ -68,11 +69,11 @@ class _PendingConnect:
         """
         code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.reactor.removeWriter(self)
-        self._fail(error.getConnectError((code, os.strerror(code))) if code else reason.value)
+        self._fail(_refusal(code) if code else reason)
 
-    def _fail(self, reason: BaseException) -> None:
+    def _fail(self, reason: Failure) -> None:
         self.socket.close()
-        self.deferred.errback(Failure(reason))
+        self.deferred.errback(reason)
 
     def _cancel(self, deferred: Deferred) -> None:
         self.reactor.removeWriter(self)
@@ -91,7 +92,11 @@ class BareConnector:
     """
 
     def __init__(
-        self, reactor: IReactorFDSet, family: int, address: object, fallback: object
+        self,
+        reactor: IReactorFDSet,
+        family: int,
+        address: RawAddress,
+        fallback: IStreamClientEndpoint,
     ) -> None:
         self.reactor = reactor
         self.family = family
@@ -135,7 +140,7 @@ class BareConnector:
         try:
             sock = socket.socket(self.family, _NONBLOCKING_STREAM)
         except OSError as e:
-            return _failed(e.errno)
+            return fail(error.getConnectError(e))
         try:
             code = sock.connect_ex(self.address)
         except OSError as e:
@@ -153,8 +158,12 @@ class BareConnector:
         if code == 0:
             return sock
         sock.close()
-        return _failed(code)
+        return fail(_refusal(code))
 
 
-def _failed(code: int) -> Deferred:
-    return fail(error.getConnectError((code, os.strerror(code))))
+def _refusal(code: int) -> Failure:
+    """
+    The failure Twisted's endpoints give for a connect that failed with
+    errno C{code}.
+    """
+    return Failure(error.getConnectError((code, os.strerror(code))))

@@ -259,8 +259,9 @@ class SpliceEnd:
                 self.backlog = self.backlog[sent:]
                 if self.backlog:
                     raise BlockingIOError
-            if self.pending:
-                pipeOut, sink = self.pipe.read, destination.socket.fileno()
+            pipe = self.pipe
+            if self.pending and pipe is not None:
+                pipeOut, sink = pipe.read, destination.socket.fileno()
                 while self.pending:
                     self.pending -= os.splice(pipeOut, sink, self.pending, flags=_FLAGS)
         except BlockingIOError:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from typing import cast
 
-from twisted.internet import error
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet import error, tcp
+from twisted.internet.interfaces import IAddress, IReactorFDSet
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from socketproxyd.addresses import socketAddress
@@ -87,18 +89,18 @@ class SplicePump:
         self.connection: Connection
         self.upstream = SpliceEnd(self, client, UPSTREAM)
         self.downstream: SpliceEnd | None = None
-        self.borrowed = None
+        self.borrowed: tcp.Connection | None = None
         self.running = False
         self.active = False
         self.finished = False
 
-    def clientAddress(self) -> object:
+    def clientAddress(self) -> IAddress | None:
         try:
             return socketAddress(self.upstream.socket.family, self.upstream.socket.getpeername())
         except OSError:
             return None
 
-    def attach(self, target: object, preamble: bytes) -> None:
+    def attach(self, target: socket.socket | Protocol, preamble: bytes) -> None:
         """
         Start moving bytes, beginning with C{preamble} and what the client
         has already sent.
@@ -112,7 +114,7 @@ class SplicePump:
         if isinstance(target, socket.socket):
             sock = target
         else:
-            transport = self.borrowed = target.transport
+            transport = self.borrowed = cast(tcp.Connection, target.transport)
             transport.stopReading()
             transport.stopWriting()
             sock = transport.getHandle()
@@ -164,24 +166,24 @@ class SplicePump:
         sweeper = self.sweeper
         if not sweeper.acquire(self):
             return
+        sizes = []
         try:
             for end in self.ends:
-                end.pipe = Pipe(sweeper.pipeSize)
+                pipe = end.pipe = Pipe(sweeper.pipeSize)
+                sizes.append(pipe.size)
         except OSError as e:
             self.releasePipes()
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 self.sweeper.outOfFds()
             return
-        if min(self.upstream.pipe.size, self.downstream.pipe.size) < min(
-            COPY_SIZE, sweeper.pipeSize
-        ):
+        if min(sizes) < min(COPY_SIZE, sweeper.pipeSize):
             self.releasePipes()
             sweeper.tooSmall()
 
     def _stop(self) -> None:
         if self.running:
             self.running = False
-            for end in (self.upstream, self.downstream):
+            for end in self.ends:
                 end.stopReading()
                 end.stopWriting()
             if self in self.sweeper.holders:
@@ -221,7 +223,9 @@ class SplicePump:
         self.connection.closed()
 
     def shutdownWrite(self, direction: int) -> None:
-        (self.upstream if direction == UPSTREAM else self.downstream).shutWhenFlushed()
+        end = self.upstream if direction == UPSTREAM else self.downstream
+        assert end is not None, "the target's end is shut only once attached"
+        end.shutWhenFlushed()
 
     def lost(self, end: SpliceEnd, reason: Failure) -> None:
         """
