@@ -14,7 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from socketproxyd.stream.acceptor import Acceptor, adoptable
-from tests.support import FakeFDReactor, FakeTracker
+from tests.support.fakes import FakeFDReactor, FakeTracker
 
 
 class FakePort:

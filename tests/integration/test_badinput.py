@@ -9,7 +9,8 @@ import socket
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.support import ProxyProcess, commands, listeningSocket
+from tests.support.processes import ProxyProcess, commands
+from tests.support.sockets import listeningSocket
 
 
 class BadInputScenarios:

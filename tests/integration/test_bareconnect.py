@@ -19,7 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.stream.splice.connector import BareConnector, _PendingConnect
 from socketproxyd.stream.splice.pump import resetOnClose
-from tests.support import FakeFDReactor
+from tests.support.fakes import FakeFDReactor
 
 
 def openFds() -> int:

@@ -7,7 +7,8 @@ for, and only then.
 from __future__ import annotations
 
 from socketproxyd.config.settings import ProxySettings
-from tests.support import ConnectionTestCase, KeepaliveBehaviour, SpliceHarness
+from tests.support.fakes import ConnectionTestCase
+from tests.support.splicing import KeepaliveBehaviour, SpliceHarness
 
 
 class SplicePumpKeepaliveTests(KeepaliveBehaviour, ConnectionTestCase):

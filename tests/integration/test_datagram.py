@@ -22,16 +22,9 @@ from socketproxyd.datagram.port import DatagramPort
 from socketproxyd.datagram.relay import DatagramRelay
 from socketproxyd.events import Ending
 from socketproxyd.proxyheader import V2_SIGNATURE
-from tests.support import (
-    FakeFDReactor,
-    FakeTracker,
-    NotifyListener,
-    ProxyProcess,
-    ProxyTestMixin,
-    commands,
-    unixPath,
-    waitUntil,
-)
+from tests.support.fakes import FakeFDReactor, FakeTracker
+from tests.support.processes import NotifyListener, ProxyProcess, ProxyTestMixin, commands
+from tests.support.sockets import unixPath, waitUntil
 
 TIMEOUT = 5.0
 

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.systemd.notify import Notifier
-from tests.support import unixPath
+from tests.support.sockets import unixPath
 
 
 class NotifierTests(SynchronousTestCase):

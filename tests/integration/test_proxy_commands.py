@@ -22,18 +22,15 @@ import time
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.support import (
+from tests.support.processes import ProxyProcess, ProxyTestMixin, commands, originalCommand
+from tests.support.sockets import (
     Backend,
-    ProxyProcess,
-    ProxyTestMixin,
-    commands,
     connect,
     echo,
     greetThenRead,
     halfClosePing,
     hashUntilEof,
     listeningSocket,
-    originalCommand,
     ping,
     recvAll,
     replyAfterEof,

@@ -11,11 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.support import (
+from tests.support.processes import ConsoleScriptTestCase, NotifyListener, commands
+from tests.support.sockets import (
     Backend,
-    ConsoleScriptTestCase,
-    NotifyListener,
-    commands,
     connect,
     halfClosePing,
     recvAll,

@@ -20,18 +20,8 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests.support import (
-    Backend,
-    ConsoleScriptTestCase,
-    NotifyListener,
-    connect,
-    cpuSeconds,
-    echo,
-    ping,
-    recvAll,
-    replyAfterEof,
-    waitUntil,
-)
+from tests.support.processes import ConsoleScriptTestCase, NotifyListener, cpuSeconds
+from tests.support.sockets import Backend, connect, echo, ping, recvAll, replyAfterEof, waitUntil
 
 headerV2Signature = b"\r\n\r\n\x00\r\nQUIT\n"
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import socket
 
-from tests.support import (
-    SplicePumpTestCase,
-    TransportProtocol,
-)
+from tests.support.fakes import TransportProtocol
+from tests.support.splicing import SplicePumpTestCase
 
 
 class SpliceTcpTests(SplicePumpTestCase):

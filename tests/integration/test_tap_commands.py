@@ -14,7 +14,7 @@ import sys
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.tap import Options
-from tests.support import MANUAL
+from tests.support.processes import MANUAL
 
 
 class ManualTests(SynchronousTestCase):

@@ -18,7 +18,7 @@ import sys
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.proxyheader import V2_SIGNATURE
-from tests.support import commands
+from tests.support.processes import commands
 
 TIMEOUT = 60.0
 

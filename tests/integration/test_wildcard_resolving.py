@@ -17,7 +17,7 @@ from socketproxyd.config.target import parseTarget
 from socketproxyd.datagram.packetinfo import IP_PKTINFO
 from socketproxyd.datagram.port import DatagramPort
 from socketproxyd.datagram.relay import DatagramRelay
-from tests.support import FakeFDReactor, FakeTracker
+from tests.support.fakes import FakeFDReactor, FakeTracker
 
 
 class _Resolver:

@@ -11,9 +11,7 @@ from twisted.internet.address import IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.addresses import describeAddress, socketAddress
-from tests.support import (
-    PEER,
-)
+from tests.support.fakes import PEER
 
 
 class AddressTests(SynchronousTestCase):

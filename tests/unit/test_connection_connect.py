@@ -17,10 +17,7 @@ from socketproxyd import logs
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.events import Ending
 from socketproxyd.stream.transportpump import ClientProtocol
-from tests.support import (
-    ConnectionTestCase,
-    TransportHarness,
-)
+from tests.support.fakes import ConnectionTestCase, TransportHarness
 
 
 class TransportConnectTests(ConnectionTestCase):

@@ -14,10 +14,8 @@ from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.stream.splice import pipes
-from tests.support import (
-    ConnectionTestCase,
-    SocketConnector,
-)
+from tests.support.fakes import ConnectionTestCase
+from tests.support.splicing import SocketConnector
 
 
 class FactoryTests(ConnectionTestCase):

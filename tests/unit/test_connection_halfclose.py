@@ -8,10 +8,7 @@ from __future__ import annotations
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.events import Ending
 from socketproxyd.stream.pump import Flow
-from tests.support import (
-    ConnectionTestCase,
-    TransportHarness,
-)
+from tests.support.fakes import ConnectionTestCase, TransportHarness
 
 
 class TransportHalfCloseTests(ConnectionTestCase):

@@ -14,13 +14,8 @@ from twisted.logger import LogLevel
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.events import Ending
 from socketproxyd.stream.pump import Flow
-from tests.support import (
-    ConnectionTestCase,
-    FakeTracker,
-    KeepaliveBehaviour,
-    SpliceHarness,
-    TransportHarness,
-)
+from tests.support.fakes import ConnectionTestCase, FakeTracker, TransportHarness
+from tests.support.splicing import KeepaliveBehaviour, SpliceHarness
 
 
 class PumpBehaviour:

@@ -14,10 +14,7 @@ from twisted.python.failure import Failure
 
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.events import Ending
-from tests.support import (
-    ConnectionTestCase,
-    TransportHarness,
-)
+from tests.support.fakes import ConnectionTestCase, TransportHarness
 
 
 class ConnectRetryTests(ConnectionTestCase):

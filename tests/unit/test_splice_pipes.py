@@ -14,10 +14,8 @@ from socketproxyd.events import UPSTREAM
 from socketproxyd.fdbudget import FdBudget
 from socketproxyd.stream.splice import pump as splice
 from socketproxyd.stream.splice.pipes import PipeSweeper
-from tests.support import (
-    SplicePumpTestCase,
-    recvAvailable,
-)
+from tests.support.sockets import recvAvailable
+from tests.support.splicing import SplicePumpTestCase
 
 
 class SplicePipeTests(SplicePumpTestCase):

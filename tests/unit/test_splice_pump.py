@@ -2,7 +2,7 @@
 Unit tests for L{socketproxyd.stream.splice.pump} on UNIX socket pairs: attaching,
 bytes each way, end of stream and half-close, backpressure. Real socket
 pairs, a fake reactor that records registrations, the reactor's calls made by
-hand, and a recording stand-in for the pump's connection (L{tests.support}).
+hand, and a recording stand-in for the pump's connection (L{tests.support.fakes}).
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import socket
 from twisted.internet import error
 
 from socketproxyd.events import DOWNSTREAM, UPSTREAM
-from tests.support import (
-    SplicePumpTestCase,
-    TransportProtocol,
-    recvAvailable,
-)
+from tests.support.fakes import TransportProtocol
+from tests.support.sockets import recvAvailable
+from tests.support.splicing import SplicePumpTestCase
 
 
 class SplicePumpTests(SplicePumpTestCase):

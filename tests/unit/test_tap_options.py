@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.config.target import Target
 from socketproxyd.tap import Options
-from tests.support import README
+from tests.support.processes import README
 
 
 class OptionsTests(SynchronousTestCase):
