@@ -78,14 +78,6 @@ def setLevel(name: str) -> None:
     levelPredicate.setLogLevelForNamespace("", LEVELS[name])
 
 
-def debugEnabled() -> bool:
-    """
-    Whether debug events are shown, so per-connection work done only for
-    them can be skipped.
-    """
-    return levelPredicate.logLevelForNamespace("") <= LogLevel.debug
-
-
 def levelFromEnvironment(environ: Mapping[str, str] | None = None) -> str | None:
     """
     The level C{SYSTEMD_LOG_LEVEL} asks for, as the original honours it, or

@@ -9,7 +9,6 @@ from socketproxyd.config.routes import prefixFor
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.events import Tracker
-from socketproxyd.logs import debugEnabled
 from socketproxyd.reactors import ProxyReactor
 
 
@@ -22,8 +21,7 @@ class RouteServer:
     @ivar route: the name of the listeners whose clients these are, if
         they have one; C{routePrefix} puts it first in their log lines.
     @ivar recordsAddresses: whether connections keep their addresses and
-        start time, which only a PROXY header and the debug close line use
-        (the log level is set before the route is served).
+        start time, which only a PROXY header and the close line use.
     """
 
     def __init__(
@@ -40,4 +38,4 @@ class RouteServer:
         self.tracker = tracker
         self.route = route
         self.routePrefix = prefixFor(route)
-        self.recordsAddresses = settings.proxyProtocol is not None or debugEnabled()
+        self.recordsAddresses = settings.proxyProtocol is not None or settings.logsCloses

@@ -243,6 +243,7 @@ class Options(usage.Options):
             dataPath=self["data-path"],
             connectRetry=self["connect-retry"],
             pipeSize=self["pipe-size"],
+            logsCloses=self["log-level"] == "debug",
         )
 
 

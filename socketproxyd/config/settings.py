@@ -62,6 +62,8 @@ class ProxySettings:
         target that refuses or does not exist yet is tried again; 0 for
         never.
     @ivar pipeSize: the pipe size the splice pump asks for.
+    @ivar logsCloses: whether every close gets a line (the log level is
+        C{debug}), which needs each connection's addresses and start time.
     """
 
     connectTimeout: float = 30.0
@@ -71,3 +73,4 @@ class ProxySettings:
     dataPath: str = "auto"
     connectRetry: float = 0.0
     pipeSize: int = PIPE_SIZE
+    logsCloses: bool = False

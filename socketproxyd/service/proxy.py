@@ -26,7 +26,7 @@ from twisted.python.components import Componentized
 from socketproxyd.config.routes import Routes
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
-from socketproxyd.logs import debugEnabled, observer, runnerObserver
+from socketproxyd.logs import observer, runnerObserver
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.closelog import CloseLog
 from socketproxyd.service.drain import DrainService
@@ -103,7 +103,7 @@ class ProxyService(MultiService):
         status = StatusService(reactor, notifier, ledger, self.limit, listening)
         for service in (self.listeners, self.limit, drain, idleExit, status):
             service.setServiceParent(self)
-        if debugEnabled():
+        if settings.logsCloses:
             ledger.consumers.append(CloseLog(reactor))
         if not math.isinf(exitIdleTime):
             ledger.consumers.append(idleExit)

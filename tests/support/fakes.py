@@ -64,7 +64,8 @@ class FakeTracker:
     every report.
 
     Each close also goes to a L{CloseLog}, as the service's ledger passes
-    it on at debug level, so the close line can be tested with the path.
+    it on when the settings log closes (C{logsCloses}, at debug level), so
+    the close line can be tested with the path.
 
     @ivar free: what L{room} answers.
     @ivar opens: the connections or sessions reported opened, in order.

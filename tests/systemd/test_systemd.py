@@ -36,12 +36,10 @@ from .suite import (
 
 class SystemdTests(SystemdTestCase):
     """
-    The proxy installed as the README says and socket-activated by a real
-    systemd, with the console script and with twistd.  One container
-    serves the whole class: booted (and the project installed in it) by
-    C{setUpClass} (pytest, pyunit) or lazily by the first C{setUp} (trial,
-    which does not call C{setUpClass}), and stopped by C{tearDownClass}, by
-    the last test's C{tearDown}, or at exit, whichever comes first.
+    What an operator meets under systemd: the example units verify,
+    activation, a real nginx behind the proxy, idle exit, stopping with
+    clients, the watchdog, network namespaces, drain and datagrams (the
+    container is L{SystemdTestCase}'s).
     """
 
     def test_examplesVerify(self) -> None:

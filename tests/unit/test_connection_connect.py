@@ -13,7 +13,6 @@ from twisted.internet import error
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from socketproxyd import logs
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.events import Ending
 from socketproxyd.stream.transportpump import ClientProtocol
@@ -68,7 +67,7 @@ class TransportConnectTests(ConnectionTestCase):
         A refused connect closes the client and warns, naming the target,
         the client and the reason; the close line says the connect failed.
         """
-        harness = self.accept()
+        harness = self.accept(logsCloses=True)
         self.failConnect(harness, error.ConnectionRefusedError())
         self.assertTrue(harness.serverTransport.disconnecting)
         self.assertFalse(harness.serverTransport.aborted)
@@ -98,7 +97,6 @@ class TransportConnectTests(ConnectionTestCase):
         When nothing needs the connection's addresses it keeps none, and
         the warning asks the pump for the client's address.
         """
-        logs.setLevel("info")
         harness = self.accept()
         self.assertIsNone(harness.connection.peer)
         self.failConnect(harness, error.ConnectionRefusedError())
@@ -202,7 +200,7 @@ class TransportConnectTests(ConnectionTestCase):
         connect and its timer, without a warning; the connector reporting
         the cancelled attempt's end later changes nothing.
         """
-        harness = self.accept()
+        harness = self.accept(logsCloses=True)
         harness.clientResets()
         self.assertTrue(harness.reactor.connectors[0].stoppedConnecting)
         self.assertEqual(self.tracker.closes, [harness.connection])

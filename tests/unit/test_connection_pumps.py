@@ -204,7 +204,7 @@ class PumpBehaviour:
         A closed connection is logged at debug level with its listener,
         client, target, byte counts, duration and how it ended.
         """
-        harness = self.harness()
+        harness = self.harness(logsCloses=True)
         harness.clientSends(b"12345")
         harness.targetSends(b"123")
         harness.advance(2)

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.events import Ending
+from socketproxyd.service.closelog import CloseLog
 from socketproxyd.service.opening import StreamListener
 from socketproxyd.service.proxy import ProxyService
 
@@ -282,3 +283,18 @@ class WaitingForDescriptorsTests(ServiceTestCase):
         ledger.waitForDescriptors(lambda: retried.append(True))
         self.reactor.advance(service.limit.exhaustionBackoff)
         self.assertEqual(retried, [True])
+
+
+class CloseLogTests(SynchronousTestCase):
+    """
+    The close line is one consumer of the ledger, there only when the
+    settings log closes.
+    """
+
+    def consumers(self, settings: ProxySettings) -> list[type]:
+        service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), settings)
+        return [type(consumer) for consumer in service.ledger.consumers]
+
+    def test_onlyWhenLogged(self) -> None:
+        self.assertIn(CloseLog, self.consumers(ProxySettings(logsCloses=True)))
+        self.assertNotIn(CloseLog, self.consumers(ProxySettings()))

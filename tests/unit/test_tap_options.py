@@ -155,6 +155,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(self.parse("--log-level=error", "x:1")["log-level"], "error")
         self.assertIn("--log-level", self.rejected("--log-level=loud", "x:1"))
 
+    def test_debugLogsCloses(self) -> None:
+        """
+        At debug level, and only there, the settings log every close (and
+        so have connections keep their addresses).
+        """
+        self.patch(os, "environ", {})
+        self.assertTrue(self.parse("--log-level=debug", "x:1").settings().logsCloses)
+        for level in ("info", "warning", "error"):
+            settings = self.parse(f"--log-level={level}", "x:1").settings()
+            self.assertFalse(settings.logsCloses, level)
+        self.assertFalse(self.parse("x:1").settings().logsCloses)
+
     def test_proxyProtocol(self) -> None:
         self.assertEqual(self.parse("--proxy-protocol=v2", "x:1").settings().proxyProtocol, "v2")
         self.assertIn("--proxy-protocol", self.rejected("--proxy-protocol=v3", "x:1"))
