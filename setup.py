@@ -18,7 +18,9 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
     install_requires=["twisted>=26.10,<27"],
-    extras_require={"test": ["pytest", "pytest-twisted", "ruff", "mypy", "mypy-zope"]},
+    extras_require={
+        "test": ["pytest", "pytest-twisted", "ruff", "mypy>=2.4,<2.5", "mypy-zope>=1.0.17,<1.1"]
+    },
     entry_points={"console_scripts": ["socketproxyd = socketproxyd.cli:main"]},
     data_files=[("share/man/man8", ["man/socketproxyd.8"])],
     classifiers=[

@@ -18,6 +18,11 @@ An address as the socket module takes and gives it: a path, or a
 C{(host, port)} or C{(host, port, flowinfo, scope)} tuple.
 """
 
+SocketAddress: TypeAlias = "tuple[int, RawAddress]"
+"""
+A socket family and an address of it, as C{socket.connect} takes it.
+"""
+
 
 def describeAddress(address: IAddress | None) -> str:
     """

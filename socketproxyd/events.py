@@ -5,8 +5,9 @@ L{Tracker}, which passes both events on to every L{Consumer}; the two
 directions bytes move in; how a served client ends (L{Ending}); and the one
 way an idle timer is kept.
 
-The data paths know only this module: a metrics exporter is one more
-consumer, a worker process one more producer of the same two events.
+Of the services, the data paths know only this module: a metrics exporter
+is one more consumer, a worker process one more producer of the same two
+events.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Served(Protocol):
     One client the proxy serves, a stream connection or a datagram
     session, as everything that follows the proxy's clients sees it: the
     route it came by, byte (and datagram) counts, when it started, how it
-    ended, and the one thing that may be asked of it.
+    ended, its addresses, and to be shut down.
 
     @ivar server: the route's server (its name, target and settings).
     @ivar counts: bytes moved, indexed by direction.
@@ -139,9 +140,15 @@ class Consumer(Protocol):
     every L{Tracker.opened} and L{Tracker.closed}.
     """
 
-    def opened(self, served: Served) -> None: ...
+    def opened(self, served: Served) -> None:
+        """
+        C{served} was accepted and is counted from now on.
+        """
 
-    def closed(self, served: Served) -> None: ...
+    def closed(self, served: Served) -> None:
+        """
+        C{served} is over: its counts and its ending are final.
+        """
 
 
 def cancelled(call: IDelayedCall | None) -> None:

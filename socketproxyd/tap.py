@@ -6,6 +6,7 @@ C{socketproxyd} command and the twistd/twist C{socketproxy} plugin.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import textwrap
@@ -161,9 +162,12 @@ class Options(usage.Options):
         The option list, laid out by Twisted's C{docMakeChunks} from the
         declared options, with a placeholder after each C{=} saying what
         the option takes (C{--connections-max=N}) and each default kept on
-        one line.
+        one line. As Twisted's own, it is as wide as C{$COLUMNS} says (80
+        unless set).
         """
-        width = width or 80
+        if not width:
+            columns = os.environ.get("COLUMNS", "")
+            width = int(columns) if columns.isdigit() and int(columns) > 0 else 80
         shortOf = {long: short for short, long in self.synonyms.items() if len(short) == 1}
         entries = []
         for declared in self.longOpt:

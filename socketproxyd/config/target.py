@@ -24,7 +24,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from socketproxyd.addresses import RawAddress
+from socketproxyd.addresses import SocketAddress
 
 DEFAULT_PORT = 80
 NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
@@ -71,7 +71,7 @@ class Target:
             return TCP6ClientEndpoint(reactor, self.host, self.port, attemptTimeout)
         return HostnameEndpoint(reactor, self.host, self.port, attemptTimeout)
 
-    def socketAddress(self, kind: int) -> tuple[int, RawAddress]:
+    def socketAddress(self, kind: int) -> SocketAddress:
         """
         The family and socket module address of a literal target, for a
         socket of C{kind} (an IPv6 scope such as C{%eth0} becomes its

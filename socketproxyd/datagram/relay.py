@@ -27,10 +27,10 @@ from twisted.internet.interfaces import IAddress, IResolutionReceiver
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from socketproxyd.addresses import RawAddress, describeAddress, socketAddress
+from socketproxyd.addresses import RawAddress, SocketAddress, describeAddress, socketAddress
 from socketproxyd.datagram.packetinfo import Control, Destination, destinationKey
 from socketproxyd.datagram.port import DatagramPort
-from socketproxyd.datagram.session import Session, SocketAddress
+from socketproxyd.datagram.session import Session
 from socketproxyd.events import Ending, Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
@@ -156,9 +156,8 @@ class DatagramRelay(RouteServer):
         if waiting is None:
             return
         self.pendingBytes -= sum(map(len, waiting))
-        families = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6}
         found: list[SocketAddress] = [
-            (families[type(a)], (a.host, a.port))
+            (socket.AF_INET6 if isinstance(a, IPv6Address) else socket.AF_INET, (a.host, a.port))
             for a in addresses
             if isinstance(a, (IPv4Address, IPv6Address))
         ]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from socketproxyd.addresses import RawAddress, socketAddress
+from socketproxyd.addresses import RawAddress, SocketAddress, socketAddress
 from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillIdle
 from socketproxyd.proxyheader import headerV2
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
     from socketproxyd.datagram.relay import DatagramRelay
 
 _NONBLOCKING_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-
-SocketAddress = tuple[int, "str | tuple[Any, ...]"]
-"""
-A socket family and an address of it, as C{socket.connect} takes it.
-"""
 
 
 @implementer(IReadDescriptor)
@@ -85,7 +80,7 @@ class Session:
         reactor.addReader(self)
         self.timer: IDelayedCall | None = reactor.callLater(server.idleTimeout, self._idleCheck)
 
-    def _connect(self, family: int, address: str | tuple[Any, ...]) -> None:
+    def _connect(self, family: int, address: RawAddress) -> None:
         sock = socket.socket(family, _NONBLOCKING_DGRAM)
         try:
             if family == socket.AF_UNIX:

@@ -96,32 +96,20 @@ class Router(Protocol):
         """
 
 
-@dataclass(frozen=True)
-class PlannedListener:
-    """
-    A listener to open: how log lines call it and what opens it.
-    """
-
-    label: str
-    opener: Callable[[], Listener]
-
-    def open(self) -> Listener:
-        return self.opener()
-
-
 def planListeners(
     reactor: ProxyReactor,
     inherited: Sequence[InheritedSocket],
     descriptions: Sequence[str],
     router: Router,
-) -> list[PlannedListener]:
+) -> list[Callable[[], Listener]]:
     """
     Route every inherited socket and C{[NAME=]ENDPOINT} of C{descriptions}
-    before anything is opened, so a routing error opens nothing.
+    before anything is opened, so a routing error opens nothing: the plan
+    is what opens each listener, in order.
 
     @raise RouteError: naming the listener no route serves, or a bad name.
     """
-    plan = []
+    plan: list[Callable[[], Listener]] = []
     opener: Callable[[], Listener]
     for sock in inherited:
         label = sock.describe()
@@ -131,7 +119,7 @@ def planListeners(
         else:
             factory = router.factoryFor(sock.name, label)
             opener = partial(_adoptStream, reactor, sock, label, factory)
-        plan.append(PlannedListener(label, opener))
+        plan.append(opener)
     for text in descriptions:
         name, description = splitListen(text)
         label = f"--listen={text}"
@@ -141,7 +129,7 @@ def planListeners(
         else:
             factory = router.factoryFor(name, label)
             opener = partial(_listen, reactor, description, text, factory)
-        plan.append(PlannedListener(text, opener))
+        plan.append(opener)
     return plan
 
 
@@ -181,7 +169,7 @@ def _listenUDP(description: str, label: str, relay: DatagramRelay) -> Listener:
     return DatagramListener(relay.listenOn(sock), label, relay)
 
 
-def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
+def openListeners(plan: Sequence[Callable[[], Listener]]) -> list[Listener]:
     """
     Open every planned listener.
 
@@ -190,8 +178,8 @@ def openListeners(plan: Sequence[PlannedListener]) -> list[Listener]:
     """
     opened: list[Listener] = []
     try:
-        for planned in plan:
-            opened.append(planned.open())
+        for opener in plan:
+            opened.append(opener())
     except (ActivationError, StartupError) as e:
         for listener in opened:
             listener.port.stopListening()

@@ -103,12 +103,12 @@ class ProxyService(MultiService):
         status = StatusService(reactor, notifier, ledger, self.limit, listening)
         for service in (self.listeners, self.limit, drain, idleExit, status):
             service.setServiceParent(self)
-        if settings.logsCloses:
-            ledger.consumers.append(CloseLog(reactor))
         if not math.isinf(exitIdleTime):
             ledger.consumers.append(idleExit)
         if notifier.address is not None:
             ledger.consumers.append(status)
+        if settings.logsCloses:
+            ledger.consumers.append(CloseLog(reactor))
 
     def setServiceParent(self, parent: IServiceCollection) -> None:
         """

@@ -53,9 +53,9 @@ class StatusService(Service):
         if sessions := ledger.sessions():
             status += f"; streams {count - sessions}, datagram sessions {sessions}"
         status += ")"
-        if len(self.listeners.names) > 1:
+        routes = self.listeners.routeNames()
+        if len(routes) > 1:
             counts = ledger.countsByRoute()
-            routes = self.listeners.routeNames()
             status += ": " + ", ".join(f"{route} {counts[route]}" for route in routes)
         return status
 

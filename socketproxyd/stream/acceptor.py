@@ -11,8 +11,9 @@ it logs on every wake-up of a busy loop. So once a plain TCP or UNIX port
 is open, an L{Acceptor} takes its place in the reactor (public
 C{IReactorFDSet} calls on the port's public C{socket}): it accepts no
 more clients than there is room for, and when the process or the system
-is out of descriptors it stops accepting and says so to its L{Admission},
-leaving the clients in the kernel's backlog. The port keeps owning its
+is out of descriptors it stops accepting and says so to its
+L{socketproxyd.events.Admission}, leaving the clients in the kernel's
+backlog. The port keeps owning its
 socket: its address, and C{stopListening} to close it.
 """
 
@@ -21,13 +22,14 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from socketproxyd.events import Admission
 from socketproxyd.logs import observer
 
 if TYPE_CHECKING:
@@ -44,23 +46,6 @@ _CLIENT_GONE = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.E
 The accept errors of one client that gave up (or that a firewall
 refused) before it was accepted: go on with the next.
 """
-
-
-class Admission(Protocol):
-    """
-    What decides how many clients may be accepted, and hears of running
-    out of descriptors.
-    """
-
-    def room(self) -> int:
-        """
-        How many clients may be accepted now.
-        """
-
-    def fdsExhausted(self) -> None:
-        """
-        Accepting failed, or there is no room, for want of descriptors.
-        """
 
 
 def adoptable(port: IListeningPort, factory: object) -> TypeGuard[tcp.Port]:

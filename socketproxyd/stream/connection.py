@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from socketproxyd.addresses import describeAddress
 from socketproxyd.config.target import notReady
 from socketproxyd.config.timespan import formatTimespan
-from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, stillIdle
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillIdle
 from socketproxyd.logs import observer
 from socketproxyd.proxyheader import HEADERS
 from socketproxyd.stream.pump import Flow, Pump
@@ -147,7 +147,8 @@ class Connection:
 
     def _connected(self, target: socket.socket | Protocol) -> None:
         self.connecting = None
-        self._cancelTimer()
+        cancelled(self.timer)
+        self.timer = None
         if self.retrying is not None:
             self.retrying = None
             self.server.targetReady()
@@ -179,7 +180,8 @@ class Connection:
             tracker.fdsExhausted()
             tracker.waitForDescriptors(self.connectAgain)
             return
-        self._cancelTimer()
+        cancelled(self.timer)
+        self.timer = None
         if self.ending is None and self._retryLater(reason):
             return
         if isinstance(reason.value, error.TimeoutError):
@@ -275,7 +277,8 @@ class Connection:
         if self.closing >= closing:
             return
         self.closing = closing
-        self._cancelTimer()
+        cancelled(self.timer)
+        self.timer = None
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
@@ -292,17 +295,12 @@ class Connection:
         if self.timer is None:
             self.end(Ending.IDLE_TIMEOUT)
 
-    def _cancelTimer(self) -> None:
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
-
     def closed(self) -> None:
         """
         The pump closed both sides: the connection is over.
         """
-        self._cancelTimer()
+        cancelled(self.timer)
+        self.timer = None
         if self.ending is None:
             self.ending = Ending.DONE
         self.server.tracker.closed(self)

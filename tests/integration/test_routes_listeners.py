@@ -179,3 +179,20 @@ class ListenerRoutingTests(SynchronousTestCase):
         self.assertEqual(notifier.statuses, [])
         self.reactor.run()
         self.assertEqual(notifier.statuses, ["0 connections open (at most 256): db 0, web 0"])
+
+    def test_statusWithoutNames(self) -> None:
+        """
+        Listeners that have no names (systemd's C{unknown}, an unnamed
+        C{--listen}) or only one give the total alone.
+        """
+        for routes, inherited, listen in [
+            (Routes(DEFAULT), "unknown", ("tcp:0",)),
+            (Routes(DEFAULT, {"web": WEB}), "web", ("tcp:0",)),
+        ]:
+            service = self.listeners(routes, self.inherited(inherited), listen)
+            notifier = RecordingNotifier()
+            proxy = self.proxy
+            status = StatusService(
+                self.reactor, notifier, proxy.ledger, proxy.limit, service.listening
+            )
+            self.assertEqual(status.status(), "0 connections open (at most 256)", inherited)

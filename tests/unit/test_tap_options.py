@@ -230,6 +230,7 @@ class HelpTests(SynchronousTestCase):
     """
 
     def test_synopsisAndShortHelp(self) -> None:
+        self.patch(os, "environ", {})
         text = str(Options())
         self.assertTrue(text.startswith("Usage: socketproxyd [OPTIONS] [TARGET]\n"), text)
         self.assertIn("-h, --help", text)
@@ -238,6 +239,17 @@ class HelpTests(SynchronousTestCase):
         self.assertNotRegex(text, r"=\s{2}")
         self.assertIn("[default: 256]", text)
         self.assertTrue(all(len(line) <= 80 for line in text.splitlines()), text)
+
+    def test_widthFromColumns(self) -> None:
+        """
+        As Twisted's own help, the text is as wide as C{$COLUMNS}; 80 where
+        it is unset or not a width.
+        """
+        for columns, width in [("120", 120), ("60", 60), ("wide", 80), ("0", 80)]:
+            self.patch(os, "environ", {"COLUMNS": columns})
+            lines = str(Options()).splitlines()
+            self.assertLessEqual(max(map(len, lines)), width, columns)
+            self.assertGreater(max(map(len, lines)), width - 12, columns)
 
     def test_underTwistd(self) -> None:
         from twisted.scripts.twistd import ServerOptions

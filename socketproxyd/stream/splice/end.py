@@ -259,8 +259,9 @@ class SpliceEnd:
                 self.backlog = self.backlog[sent:]
                 if self.backlog:
                     raise BlockingIOError
-            pipe = self.pipe
-            if self.pending and pipe is not None:
+            if self.pending:
+                pipe = self.pipe
+                assert pipe is not None, "bytes are pending only in a pipe"
                 pipeOut, sink = pipe.read, destination.socket.fileno()
                 while self.pending:
                     self.pending -= os.splice(pipeOut, sink, self.pending, flags=_FLAGS)
