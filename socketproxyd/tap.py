@@ -117,6 +117,9 @@ class Options(usage.Options):
         ["log-level", None, None,
          "debug, info, warning or error [default: info, or SYSTEMD_LOG_LEVEL].",
          _choice("log-level", tuple(LEVELS))],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this server endpoint "
+         "(tcp:9105:interface=127.0.0.1, unix:/run/socketproxyd/metrics.sock)."],
     ]  # fmt: skip
 
     stderr: IO[str] = sys.stderr
@@ -154,7 +157,8 @@ class Options(usage.Options):
         "connections-max": "N", "exit-idle-time": "SPAN", "connect-timeout": "SPAN",
         "connect-retry": "SPAN", "idle-timeout": "SPAN", "drain-timeout": "SPAN",
         "proxy-protocol": "v1|v2", "data-path": "PATH", "pipe-size": "BYTES",
-        "log-level": "LEVEL", "listen": "[NAME=]ENDPOINT", "target": "NAME=TARGET",
+        "log-level": "LEVEL", "metrics": "ENDPOINT", "listen": "[NAME=]ENDPOINT",
+        "target": "NAME=TARGET",
     }  # fmt: skip
 
     def getUsage(self, width: int | None = None) -> str:
@@ -281,4 +285,5 @@ def makeService(
         findInherited=findInherited,
         listen=config["listen"],
         limitsDescriptors=True,
+        metrics=config["metrics"],
     )

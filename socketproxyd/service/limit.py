@@ -41,6 +41,10 @@ class ConnectionLimit(Service):
     @ivar capacity: how many connections are served at once.
     @ivar count: how many are open now.
     @ivar switch: the listeners it makes accept or not, once they exist.
+    @ivar timesFull: how many times the limit was reached and accepting
+        stopped.
+    @ivar exhaustions: how many times accepting stopped for want of
+        descriptors.
     """
 
     log = Logger(observer=observer)
@@ -56,6 +60,8 @@ class ConnectionLimit(Service):
         self.budget = FdBudget()
         self.budget.onReleased = self._released
         self.limitsDescriptors = False
+        self.timesFull = 0
+        self.exhaustions = 0
         self._accepting = False
         self._exhausted = False
         self._limitNotice = Notice(reactor, self.limitLogInterval)
@@ -106,13 +112,15 @@ class ConnectionLimit(Service):
         self._accepting = accepting
         if self.switch is not None:
             self.switch.accept(accepting)
-        if full and self.running and (hits := self._limitNotice.begins()):
-            self.log.info(
-                "Connection limit {limit} reached{again}; new clients wait in the backlog",
-                limit=self.capacity,
-                hits=hits,
-                again=f" {hits} times since the last report" if hits > 1 else "",
-            )
+        if full and self.running:
+            self.timesFull += 1
+            if hits := self._limitNotice.begins():
+                self.log.info(
+                    "Connection limit {limit} reached{again}; new clients wait in the backlog",
+                    limit=self.capacity,
+                    hits=hits,
+                    again=f" {hits} times since the last report" if hits > 1 else "",
+                )
 
     def _released(self) -> None:
         """
@@ -158,6 +166,7 @@ class ConnectionLimit(Service):
             self.budget.recount(openDescriptors())
         if not self._exhausted:
             self._exhausted = True
+            self.exhaustions += 1
             if self._exhaustionNotice.begins():
                 self.log.warn(
                     "Out of file descriptors with {count} connections open (soft "

@@ -15,7 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.python.failure import Failure
 
 from socketproxyd.config.routes import splitListen
@@ -190,20 +190,48 @@ def openListeners(plan: Sequence[Callable[[], Listener]]) -> list[Listener]:
 def _listen(
     reactor: ProxyReactor, description: str, label: str, factory: ProxyFactory
 ) -> StreamListener:
+    endpoint = serverEndpoint(
+        reactor,
+        "--listen",
+        description,
+        "tcp:8080:interface=127.0.0.1, unix:/run/app.sock or udp:53",
+    )
+    return StreamListener(listenNow(endpoint, "--listen", description, factory), label, factory)
+
+
+def serverEndpoint(
+    reactor: ProxyReactor, option: str, description: str, examples: str
+) -> IStreamServerEndpoint:
+    """
+    The server endpoint C{description} names, given as C{option}.
+
+    @raise StartupError: saying it is not one, and giving C{examples} of
+        what one looks like.
+    """
     try:
-        endpoint = serverFromString(reactor, description)
+        return serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         kind = description.split(":", 1)[0]
         why = f" (unknown type {kind!r})" if "Unknown endpoint type" in str(e) else ""
         raise StartupError(
-            f"--listen={description}: not a server endpoint{why}; "
-            f"use e.g. tcp:8080:interface=127.0.0.1, unix:/run/app.sock or udp:53"
+            f"{option}={description}: not a server endpoint{why}; use e.g. {examples}"
         ) from None
+
+
+def listenNow(
+    endpoint: IStreamServerEndpoint, option: str, description: str, factory: IProtocolFactory
+) -> IListeningPort:
+    """
+    Listen on C{endpoint} at once, as Twisted's TCP and UNIX endpoints do,
+    so that a listener that cannot be opened is a start-up error.
+
+    @raise StartupError: saying why C{option}'s listener cannot be opened.
+    """
     outcome: list[IListeningPort | Failure] = []
     endpoint.listen(factory).addBoth(outcome.append)
     if not outcome:
-        raise StartupError(f"--listen={description}: did not bind at once")
+        raise StartupError(f"{option}={description}: did not bind at once")
     if isinstance(outcome[0], Failure):
         reason = outcome[0].getErrorMessage()
-        raise StartupError(f"--listen={description}: cannot listen: {reason}")
-    return StreamListener(outcome[0], label, factory)
+        raise StartupError(f"{option}={description}: cannot listen: {reason}")
+    return outcome[0]

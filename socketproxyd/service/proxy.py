@@ -19,7 +19,8 @@ import math
 import signal
 from collections.abc import Callable, Sequence
 
-from twisted.application.service import IServiceCollection, MultiService
+from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
@@ -34,6 +35,7 @@ from socketproxyd.service.idleexit import IdleExitService
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listeners import ListenerService
+from socketproxyd.service.opening import StartupError, exitAtStartup
 from socketproxyd.service.status import StatusService
 from socketproxyd.systemd.activation import InheritedSocket
 from socketproxyd.systemd.notify import Notifier
@@ -88,6 +90,7 @@ class ProxyService(MultiService):
         findInherited: Callable[[], Sequence[InheritedSocket]] = list,
         listen: Sequence[str] = (),
         limitsDescriptors: bool = False,
+        metrics: str | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -107,6 +110,15 @@ class ProxyService(MultiService):
             ledger.consumers.append(idleExit)
         if notifier.address is not None:
             ledger.consumers.append(status)
+        self.metrics: Service | None = None
+        if metrics is not None:
+            from socketproxyd.metrics.service import MetricsService
+
+            try:
+                self.metrics = exporter = MetricsService(reactor, metrics, ledger, self.limit)
+            except StartupError as e:
+                exitAtStartup(str(e))
+            ledger.consumers.append(exporter.collector)
         if settings.logsCloses:
             ledger.consumers.append(CloseLog(reactor))
 
@@ -123,6 +135,24 @@ class ProxyService(MultiService):
                 parent.setComponent(ILogObserver, observer)
         super().setServiceParent(parent)
 
+    def privilegedStartService(self) -> None:
+        if self.metrics is not None:
+            self.metrics.privilegedStartService()
+        super().privilegedStartService()
+
     def startService(self) -> None:
         installSignalHandlers(self.reactor, self.log)
+        if self.metrics is not None:
+            self.metrics.startService()
         super().startService()
+
+    def stopService(self) -> Deferred[object]:
+        """
+        Stop every service (a drain may take its time), then the metrics
+        listener, so that a scrape during the drain is answered.
+        """
+        stopped = super().stopService()
+        metrics = self.metrics
+        if metrics is not None:
+            stopped.addBoth(lambda result: metrics.stopService().addCallback(lambda _: result))
+        return stopped

@@ -5,12 +5,13 @@ exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.support.processes import ProxyProcess, commands
-from tests.support.sockets import listeningSocket
+from tests.support.sockets import listeningSocket, unixPath
 
 
 class BadInputScenarios:
@@ -65,6 +66,27 @@ class BadInputScenarios:
             ("udp:99999", ("not a datagram endpoint",)),
         ]:
             self.assertRejected([f"--listen={listen}", "127.0.0.1:1"], *words)
+
+    def test_badMetrics(self) -> None:
+        """
+        A bad C{--metrics} endpoint is refused before any listener opens;
+        one that cannot listen says why.
+        """
+        path = unixPath(self, "proxied.sock")
+        for metrics, words in [
+            ("foo:1", ("--metrics=foo:1: not a server endpoint", "unknown type 'foo'")),
+            ("tcp:abc", ("--metrics=tcp:abc: not a server endpoint", "tcp:9105")),
+        ]:
+            self.assertRejected(
+                [f"--metrics={metrics}", f"--listen=unix:{path}", "127.0.0.1:1"], *words
+            )
+            self.assertFalse(os.path.exists(path), metrics)
+        taken, address = listeningSocket(self, "ipv4")
+        port = address.rpartition(":")[2]
+        metrics = f"--metrics=tcp:{port}:interface=127.0.0.1"
+        self.assertRejected(
+            [metrics, f"--listen=unix:{path}", "127.0.0.1:1"], f"{metrics}: cannot listen"
+        )
 
     def test_noSockets(self) -> None:
         self.assertRejected(["127.0.0.1:1"], "no listening socket", "--listen")

@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.unit.test_metrics -*-
+"""
+L{MetricsCollector}: what the proxy has served, as Prometheus metric
+families. It follows the ledger as a consumer, adding each client's
+counts to its route's totals when it closes, and at scrape time adds the
+counts of what is open: nothing is done per read.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import twisted
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from socketproxyd import __version__
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Served
+from socketproxyd.service.ledger import Ledger
+from socketproxyd.service.limit import ConnectionLimit
+
+DIRECTIONS = {UPSTREAM: "upstream", DOWNSTREAM: "downstream"}
+"""
+The C{direction} label of each direction: C{upstream} is client to target.
+"""
+
+
+def routeLabel(served: Served) -> str:
+    """
+    The C{route} label: the listener's name, empty for an unnamed one.
+    """
+    return served.server.route or ""
+
+
+class MetricsCollector(Collector):
+    """
+    The proxy's own metrics (see the module docstring), for a
+    C{CollectorRegistry}; a consumer of C{ledger}'s events.
+
+    @ivar accepted: connections accepted, by route.
+    @ivar sessions: datagram sessions opened, by route.
+    @ivar ended: connections closed, by route and how they ended.
+    @ivar moved: bytes of closed connections, by route and direction.
+    @ivar sessionBytes: bytes of closed sessions, by route and direction.
+    @ivar sessionDatagrams: datagrams of closed sessions, likewise.
+    """
+
+    def __init__(self, ledger: Ledger, limit: ConnectionLimit) -> None:
+        self.ledger = ledger
+        self.limit = limit
+        self.accepted: Counter[str] = Counter()
+        self.sessions: Counter[str] = Counter()
+        self.ended: Counter[tuple[str, str]] = Counter()
+        self.moved: Counter[tuple[str, str]] = Counter()
+        self.sessionBytes: Counter[tuple[str, str]] = Counter()
+        self.sessionDatagrams: Counter[tuple[str, str]] = Counter()
+
+    def opened(self, served: Served) -> None:
+        if served.datagrams is None:
+            self.accepted[routeLabel(served)] += 1
+        else:
+            self.sessions[routeLabel(served)] += 1
+
+    def closed(self, served: Served) -> None:
+        route = routeLabel(served)
+        datagrams = served.datagrams
+        if datagrams is None:
+            ending = served.ending.value.replace(" ", "_") if served.ending else "done"
+            self.ended[route, ending] += 1
+            _add(self.moved, route, served.counts)
+        else:
+            _add(self.sessionBytes, route, served.counts)
+            _add(self.sessionDatagrams, route, datagrams)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        """
+        Every metric family, with the counts of what is open now added to
+        the totals of what has closed.
+        """
+        active: Counter[str] = Counter()
+        activeSessions: Counter[str] = Counter()
+        moved = Counter(self.moved)
+        sessionBytes = Counter(self.sessionBytes)
+        sessionDatagrams = Counter(self.sessionDatagrams)
+        for served in self.ledger.open:
+            route = routeLabel(served)
+            datagrams = served.datagrams
+            if datagrams is None:
+                active[route] += 1
+                _add(moved, route, served.counts)
+            else:
+                activeSessions[route] += 1
+                _add(sessionBytes, route, served.counts)
+                _add(sessionDatagrams, route, datagrams)
+        for route in self.accepted:
+            active.setdefault(route, 0)
+        for route in self.sessions:
+            activeSessions.setdefault(route, 0)
+
+        yield _family(
+            GaugeMetricFamily, "connections_active", "Connections open now.", ["route"], active
+        )
+        yield _family(
+            CounterMetricFamily, "connections", "Connections accepted.", ["route"], self.accepted
+        )
+        yield _family(
+            CounterMetricFamily,
+            "connections_closed",
+            "Connections closed, by how they ended (as the close line says it).",
+            ["route", "ending"],
+            self.ended,
+        )
+        yield _family(
+            CounterMetricFamily,
+            "bytes",
+            "Bytes moved by connections, open ones included; upstream is client to target.",
+            ["route", "direction"],
+            moved,
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "sessions_active",
+            "Datagram sessions open now.",
+            ["route"],
+            activeSessions,
+        )
+        yield _family(
+            CounterMetricFamily, "sessions", "Datagram sessions opened.", ["route"], self.sessions
+        )
+        yield _family(
+            CounterMetricFamily,
+            "datagrams",
+            "Datagrams forwarded by sessions, open ones included.",
+            ["route", "direction"],
+            sessionDatagrams,
+        )
+        yield _family(
+            CounterMetricFamily,
+            "datagram_bytes",
+            "Bytes of the datagrams forwarded by sessions, open ones included.",
+            ["route", "direction"],
+            sessionBytes,
+        )
+        limit = self.limit
+        yield GaugeMetricFamily(
+            "socketproxyd_connections_max",
+            "Connections and sessions served at most at once (-c, or what descriptors allow).",
+            value=limit.capacity,
+        )
+        yield CounterMetricFamily(
+            "socketproxyd_limit_reached",
+            "Times the connection limit was reached (new clients then wait in the backlog).",
+            value=limit.timesFull,
+        )
+        yield CounterMetricFamily(
+            "socketproxyd_descriptor_exhaustion",
+            "Times the process ran out of file descriptors.",
+            value=limit.exhaustions,
+        )
+        yield InfoMetricFamily(
+            "socketproxyd_build",
+            "The proxy's version, and Twisted's and Python's.",
+            value={
+                "version": __version__,
+                "twisted_version": twisted.__version__,
+                "python_version": platform.python_version(),
+            },
+        )
+
+
+def _add(totals: Counter[tuple[str, str]], route: str, counts: list[int]) -> None:
+    for direction, label in DIRECTIONS.items():
+        totals[route, label] += counts[direction]
+
+
+def _family(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    labels: list[str],
+    values: Mapping[Any, int],
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """
+    A labelled family C{socketproxyd_NAME} (a counter's C{_total} is added
+    by the exposition), one sample per key of C{values}, in order.
+    """
+    family = kind(f"socketproxyd_{name}", documentation, labels=labels)
+    for key in sorted(values):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], values[key])
+    return family

@@ -1,0 +1,64 @@
+# -*- test-case-name: tests.unit.test_metrics -*-
+"""
+The metrics served over HTTP by C{twisted.web}: C{GET /metrics} (and
+C{HEAD}) in Prometheus's text format, or OpenMetrics when the scraper's
+C{Accept} asks for it; other paths are 404 and other methods 405, as
+C{twisted.web} answers them.
+
+The exposition runs on the reactor's thread, where the connections it
+reads live (C{prometheus_client.twisted.MetricsResource} would collect in
+a thread pool).
+"""
+
+from __future__ import annotations
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+from twisted.web.http import Request
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+
+class MetricsResource(Resource):
+    """
+    C{/metrics}: the exposition of C{registry}, encoded as the request's
+    C{Accept} header chooses (it has no children: below it is 404).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept") or ""
+        encoder, contentType = choose_encoder(accept)
+        request.setHeader("content-type", contentType)
+        return encoder(self.registry)
+
+    def render_HEAD(self, request: Request) -> bytes:
+        """
+        The headers C{GET} would give, and no body.
+        """
+        body = self.render_GET(request)
+        request.setHeader("content-length", str(len(body)))
+        return b""
+
+
+class MetricsSite(Site):
+    """
+    The metrics' HTTP server: C{/metrics} and nothing else, with no
+    access log (a scraper asks every few seconds, and the proxy's log is
+    for its clients).
+    """
+
+    noisy = False
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry))
+        super().__init__(root)
+
+    def log(self, request: Request) -> None:
+        """
+        Write no access line.
+        """

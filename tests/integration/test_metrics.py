@@ -1,0 +1,138 @@
+"""
+C{--metrics=ENDPOINT} on the real console script: what a scraper reads
+after known traffic, the HTTP it answers, that a scrape is not a
+connection, and that without the option the libraries are not imported.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.processes import ConsoleScriptTestCase
+from tests.support.sockets import Backend, connect, echo, ping, recvAll, unixPath, waitUntil
+
+
+def request(path: str, method: str = "GET", target: str = "/metrics") -> tuple[str, str, bytes]:
+    """
+    One HTTP/1.0 request to the metrics socket at C{path}: the status
+    line, the headers and the body.
+    """
+    with connect(path) as sock:
+        sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: metrics\r\n\r\n".encode())
+        response = recvAll(sock)
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, _, headers = head.decode("latin-1").partition("\r\n")
+    return status, headers.lower(), body
+
+
+def samples(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    The scraped samples, by name and sorted labels, as Prometheus's own
+    parser reads them.
+    """
+    status, _, body = request(path)
+    assert status.endswith("200 OK"), status
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+class MetricsTests(ConsoleScriptTestCase):
+    def startWithMetrics(self, *args: str) -> tuple[str, str]:
+        backend = Backend(self, echo)
+        metrics = unixPath(self, "metrics.sock")
+        _, address = self.start(backend.address, f"--metrics=unix:{metrics}", *args)
+        self.assertTrue(waitUntil(lambda: self.answers(metrics)), "no metrics socket")
+        return address, metrics
+
+    def answers(self, path: str) -> bool:
+        try:
+            return request(path)[0].endswith("200 OK")
+        except OSError:
+            return False
+
+    def test_trafficCounted(self) -> None:
+        """
+        After five closed connections of 100 bytes each way and one held
+        open with 10, the scrape says exactly that.
+        """
+        address, metrics = self.startWithMetrics()
+        for i in range(5):
+            self.assertEqual(ping(address, bytes([i]) * 100), bytes([i]) * 100)
+        route = ("route", "")
+        done = ("socketproxyd_connections_closed_total", (("ending", "done"), route))
+        self.assertTrue(waitUntil(lambda: samples(metrics).get(done) == 5), samples(metrics))
+        with connect(address) as held:
+            held.sendall(b"x" * 10)
+            self.assertEqual(held.recv(10), b"x" * 10)
+            self.assertTrue(
+                waitUntil(
+                    lambda: (
+                        samples(metrics)[
+                            "socketproxyd_bytes_total", (("direction", "downstream"), route)
+                        ]
+                        == 510
+                    )
+                )
+            )
+            found = samples(metrics)
+        self.assertEqual(found["socketproxyd_connections_total", (route,)], 6)
+        self.assertEqual(found["socketproxyd_connections_active", (route,)], 1)
+        self.assertEqual(found["socketproxyd_bytes_total", (("direction", "upstream"), route)], 510)
+        self.assertEqual(found["socketproxyd_connections_max", ()], 256)
+        self.assertGreater(found["process_resident_memory_bytes", ()], 0)
+
+    def test_http(self) -> None:
+        """
+        C{HEAD} gives the headers of C{GET} and no body; other paths are 404,
+        other methods 405.
+        """
+        _, metrics = self.startWithMetrics()
+        status, headers, body = request(metrics, "HEAD")
+        self.assertTrue(status.endswith("200 OK"), status)
+        self.assertIn("content-type: text/plain", headers)
+        self.assertRegex(headers, r"content-length: [1-9]")
+        self.assertEqual(body, b"")
+        self.assertIn(" 404 ", request(metrics, target="/")[0])
+        self.assertIn(" 404 ", request(metrics, target="/metrics/x")[0])
+        self.assertIn(" 405 ", request(metrics, "POST")[0])
+
+    def test_scrapeAtTheLimit(self) -> None:
+        """
+        A scrape is not a connection: at C{-c 1} with the one connection
+        held, it is answered, and it is not counted.
+        """
+        address, metrics = self.startWithMetrics("-c", "1")
+        with connect(address) as held:
+            held.sendall(b"x")
+            self.assertEqual(held.recv(1), b"x")
+            found = samples(metrics)
+        self.assertEqual(found["socketproxyd_connections_total", (("route", ""),)], 1)
+
+
+class NotImportedTests(SynchronousTestCase):
+    def test_withoutMetrics(self) -> None:
+        """
+        Without C{--metrics}, building and starting the proxy imports
+        neither prometheus_client nor twisted.web.
+        """
+        code = (
+            "import sys\n"
+            "from twisted.internet import reactor\n"
+            "from socketproxyd.tap import Options, makeService\n"
+            "options = Options()\n"
+            "options.parseOptions(['--listen=tcp:0:interface=127.0.0.1', '127.0.0.1:1'])\n"
+            "makeService(options, reactor).startService()\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('prometheus', 'twisted.web'))))\n"
+        )
+        found = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(found.returncode, 0, found.stderr)
+        self.assertEqual(found.stdout, "[]\n")

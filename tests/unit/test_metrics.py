@@ -1,0 +1,181 @@
+"""
+The metrics exporter as a consumer of the ledger: totals of what closed
+plus the counts of what is open, every family documented, in the
+exposition Prometheus parses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from socketproxyd.events import Ending
+from socketproxyd.metrics.collector import MetricsCollector
+from socketproxyd.service.ledger import Ledger
+from socketproxyd.service.limit import ConnectionLimit
+
+
+@dataclass
+class Route:
+    route: str | None
+
+
+@dataclass(eq=False)
+class Client:
+    """
+    A served client as the ledger sees it: a connection, or a session
+    when it has datagram counts.
+    """
+
+    server: Route
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+    datagrams: list[int] | None = None
+    started: float = 0.0
+    ending: Ending | None = None
+
+    def addresses(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        pass
+
+
+DOCUMENTED = {
+    "socketproxyd_connections_active": "gauge",
+    "socketproxyd_connections": "counter",
+    "socketproxyd_connections_closed": "counter",
+    "socketproxyd_bytes": "counter",
+    "socketproxyd_sessions_active": "gauge",
+    "socketproxyd_sessions": "counter",
+    "socketproxyd_datagrams": "counter",
+    "socketproxyd_datagram_bytes": "counter",
+    "socketproxyd_connections_max": "gauge",
+    "socketproxyd_limit_reached": "counter",
+    "socketproxyd_descriptor_exhaustion": "counter",
+    "socketproxyd_build_info": "gauge",
+}
+
+
+class CollectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.limit = ConnectionLimit(MemoryReactorClock(), 100)
+        self.ledger = Ledger(self.limit)
+        self.collector = MetricsCollector(self.ledger, self.limit)
+        self.ledger.consumers.append(self.collector)
+        self.registry = CollectorRegistry()
+        self.registry.register(self.collector)
+
+    def scrape(self) -> dict[str, object]:
+        """
+        The exposition, parsed by prometheus_client's own parser: every
+        family by name, and each sample's value by name and labels.
+        """
+        text = generate_latest(self.registry).decode()
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in self.families.values()
+            for s in f.samples
+        }
+
+    def test_documented(self) -> None:
+        """
+        Every family is there with its type and a HELP text, before any
+        client came.
+        """
+        self.scrape()
+        self.assertEqual({n: f.type for n, f in self.families.items()}, DOCUMENTED)
+        for family in self.families.values():
+            self.assertTrue(family.documentation, family.name)
+
+    def test_connections(self) -> None:
+        """
+        Closed connections count by route and ending; bytes include those
+        of the connections still open.
+        """
+        web, other = Route("web"), Route(None)
+        done = Client(web, [10, 200])
+        reset = Client(web, [1, 2])
+        held = Client(other, [5, 7])
+        for client in (done, reset, held):
+            self.ledger.opened(client)
+        done.ending = Ending.DONE
+        reset.ending = Ending.CONNECT_TIMEOUT
+        self.ledger.closed(done)
+        self.ledger.closed(reset)
+        held.counts[0] += 100
+        samples = self.scrape()
+        self.assertEqual(samples["socketproxyd_connections_total", (("route", "web"),)], 2)
+        self.assertEqual(samples["socketproxyd_connections_total", (("route", ""),)], 1)
+        self.assertEqual(samples["socketproxyd_connections_active", (("route", "web"),)], 0)
+        self.assertEqual(samples["socketproxyd_connections_active", (("route", ""),)], 1)
+        closed = {
+            k[1]: v for k, v in samples.items() if k[0] == "socketproxyd_connections_closed_total"
+        }
+        self.assertEqual(
+            closed,
+            {
+                (("ending", "done"), ("route", "web")): 1,
+                (("ending", "connect_timeout"), ("route", "web")): 1,
+            },
+        )
+        moved = {k[1]: v for k, v in samples.items() if k[0] == "socketproxyd_bytes_total"}
+        self.assertEqual(
+            moved,
+            {
+                (("direction", "downstream"), ("route", "web")): 202,
+                (("direction", "upstream"), ("route", "web")): 11,
+                (("direction", "downstream"), ("route", "")): 7,
+                (("direction", "upstream"), ("route", "")): 105,
+            },
+        )
+        self.ledger.closed(held)
+        held.counts[0] += 1000
+        samples = self.scrape()
+        self.assertEqual(
+            samples["socketproxyd_bytes_total", (("direction", "upstream"), ("route", ""))], 105
+        )
+
+    def test_sessions(self) -> None:
+        """
+        Datagram sessions count apart from connections, with datagrams and
+        their bytes by direction.
+        """
+        dns = Route("dns")
+        first = Client(dns, [30, 300], datagrams=[1, 2])
+        second = Client(dns, [5, 0], datagrams=[1, 0])
+        self.ledger.opened(first)
+        self.ledger.opened(second)
+        first.ending = Ending.IDLE_TIMEOUT
+        self.ledger.closed(first)
+        samples = self.scrape()
+        route = ("route", "dns")
+        self.assertEqual(samples["socketproxyd_sessions_total", (route,)], 2)
+        self.assertEqual(samples["socketproxyd_sessions_active", (route,)], 1)
+        self.assertEqual(
+            samples["socketproxyd_datagrams_total", (("direction", "upstream"), route)], 2
+        )
+        self.assertEqual(
+            samples["socketproxyd_datagram_bytes_total", (("direction", "downstream"), route)],
+            300,
+        )
+        self.assertNotIn("socketproxyd_connections_total", {k[0] for k in samples})
+
+    def test_limit(self) -> None:
+        """
+        The limit's capacity and how often it was reached or ran out of
+        descriptors.
+        """
+        self.limit.timesFull = 3
+        self.limit.exhaustions = 2
+        samples = self.scrape()
+        self.assertEqual(samples["socketproxyd_connections_max", ()], 100)
+        self.assertEqual(samples["socketproxyd_limit_reached_total", ()], 3)
+        self.assertEqual(samples["socketproxyd_descriptor_exhaustion_total", ()], 2)
+        info = [k for k in samples if k[0] == "socketproxyd_build_info"]
+        self.assertEqual(len(info), 1)
+        self.assertEqual(sorted(dict(info[0][1])), ["python_version", "twisted_version", "version"])
