@@ -66,6 +66,8 @@ class Served(Protocol):
         stream.
     @ivar started: when it was accepted, by the reactor's clock (0.0 when
         addresses and times are not recorded).
+    @ivar connected: when its target answered, likewise (0.0 until then,
+        and for a datagram session).
     @ivar ending: how it ended, once that is decided.
     """
 
@@ -77,6 +79,7 @@ class Served(Protocol):
 
     counts: list[int]
     started: float
+    connected: float
     ending: Ending | None
 
     def addresses(self) -> tuple[IAddress, IAddress] | None:

@@ -22,6 +22,10 @@ class RouteServer:
         they have one; C{routePrefix} puts it first in their log lines.
     @ivar recordsAddresses: whether connections keep their addresses and
         start time, which only a PROXY header and the close line use.
+    @ivar recordsTimes: whether connections keep their start time and
+        when the target answered (the close line, the metrics).
+    @ivar connectRetries: how many times a connection of the route tried
+        a target that was not ready again.
     """
 
     def __init__(
@@ -39,3 +43,5 @@ class RouteServer:
         self.route = route
         self.routePrefix = prefixFor(route)
         self.recordsAddresses = settings.proxyProtocol is not None or settings.logsCloses
+        self.recordsTimes = self.recordsAddresses or settings.timesConnections
+        self.connectRetries = 0

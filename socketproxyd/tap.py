@@ -252,6 +252,7 @@ class Options(usage.Options):
             connectRetry=self["connect-retry"],
             pipeSize=self["pipe-size"],
             logsCloses=self["log-level"] == "debug",
+            timesConnections=self["metrics"] is not None,
         )
 
 

@@ -64,6 +64,8 @@ class ProxySettings:
     @ivar pipeSize: the pipe size the splice pump asks for.
     @ivar logsCloses: whether every close gets a line (the log level is
         C{debug}), which needs each connection's addresses and start time.
+    @ivar timesConnections: whether each connection keeps when it started
+        and when its target answered, for the metrics' histograms.
     """
 
     connectTimeout: float = 30.0
@@ -74,3 +76,4 @@ class ProxySettings:
     connectRetry: float = 0.0
     pipeSize: int = PIPE_SIZE
     logsCloses: bool = False
+    timesConnections: bool = False

@@ -42,6 +42,8 @@ class Session:
         it.
     """
 
+    connected = 0.0
+
     __slots__ = (
         "server", "client", "socket", "fileno", "counts", "datagrams", "started",
         "lastMoved", "timer",

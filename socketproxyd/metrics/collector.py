@@ -14,17 +14,46 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import twisted
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
 
 from socketproxyd import __version__
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Served
+from socketproxyd.routeserver import RouteServer
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 
 DIRECTIONS = {UPSTREAM: "upstream", DOWNSTREAM: "downstream"}
 """
 The C{direction} label of each direction: C{upstream} is client to target.
+"""
+CONNECT_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+"""
+Seconds from accept to the target's answer: a local target answers in
+well under a millisecond, a remote or retried one in seconds.
+"""
+DURATION_BUCKETS = (0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400)
+"""
+Seconds from accept to close: a request, a session, a day-long tunnel.
 """
 
 
@@ -46,11 +75,31 @@ class MetricsCollector(Collector):
     @ivar moved: bytes of closed connections, by route and direction.
     @ivar sessionBytes: bytes of closed sessions, by route and direction.
     @ivar sessionDatagrams: datagrams of closed sessions, likewise.
+    @ivar servers: the route servers of every client seen, whose connect
+        retries are counted.
+    @ivar connectTimes: accept to connected, of connections that connected.
+    @ivar lifetimes: accept to close, of every connection.
     """
 
-    def __init__(self, ledger: Ledger, limit: ConnectionLimit) -> None:
+    def __init__(self, clock: IReactorTime, ledger: Ledger, limit: ConnectionLimit) -> None:
+        self.clock = clock
         self.ledger = ledger
         self.limit = limit
+        self.servers: set[RouteServer] = set()
+        self.connectTimes = Histogram(
+            "socketproxyd_connect_duration_seconds",
+            "Seconds from accepting a client to its target's answer.",
+            ["route"],
+            registry=None,
+            buckets=CONNECT_BUCKETS,
+        )
+        self.lifetimes = Histogram(
+            "socketproxyd_connection_duration_seconds",
+            "Seconds from accepting a client to closing its connection.",
+            ["route"],
+            registry=None,
+            buckets=DURATION_BUCKETS,
+        )
         self.accepted: Counter[str] = Counter()
         self.sessions: Counter[str] = Counter()
         self.ended: Counter[tuple[str, str]] = Counter()
@@ -59,6 +108,7 @@ class MetricsCollector(Collector):
         self.sessionDatagrams: Counter[tuple[str, str]] = Counter()
 
     def opened(self, served: Served) -> None:
+        self.servers.add(served.server)
         if served.datagrams is None:
             self.accepted[routeLabel(served)] += 1
         else:
@@ -71,11 +121,15 @@ class MetricsCollector(Collector):
             ending = served.ending.value.replace(" ", "_") if served.ending else "done"
             self.ended[route, ending] += 1
             _add(self.moved, route, served.counts)
+            if served.started:
+                self.lifetimes.labels(route).observe(self.clock.seconds() - served.started)
+                if served.connected:
+                    self.connectTimes.labels(route).observe(served.connected - served.started)
         else:
             _add(self.sessionBytes, route, served.counts)
             _add(self.sessionDatagrams, route, datagrams)
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         """
         Every metric family, with the counts of what is open now added to
         the totals of what has closed.
@@ -143,6 +197,18 @@ class MetricsCollector(Collector):
             "Bytes of the datagrams forwarded by sessions, open ones included.",
             ["route", "direction"],
             sessionBytes,
+        )
+        yield from self.connectTimes.collect()
+        yield from self.lifetimes.collect()
+        retries: Counter[str] = Counter()
+        for server in self.servers:
+            retries[server.route or ""] += server.connectRetries
+        yield _family(
+            CounterMetricFamily,
+            "connect_retries",
+            "Times a target that was not ready was tried again (--connect-retry).",
+            ["route"],
+            retries,
         )
         limit = self.limit
         yield GaugeMetricFamily(

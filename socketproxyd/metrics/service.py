@@ -40,7 +40,7 @@ class MetricsService(Service):
     ) -> None:
         self.description = description
         self.endpoint = serverEndpoint(reactor, "--metrics", description, EXAMPLES)
-        self.collector = MetricsCollector(ledger, limit)
+        self.collector = MetricsCollector(reactor, ledger, limit)
         registry = CollectorRegistry()
         registry.register(self.collector)
         ProcessCollector(registry=registry)

@@ -93,7 +93,7 @@ class Connection:
     datagrams = None
 
     __slots__ = (
-        "server", "pump", "peer", "host", "started", "counts", "flows",
+        "server", "pump", "peer", "host", "started", "connected", "counts", "flows",
         "ending", "closing", "connecting", "timer", "lastMoved", "retrying",
     )  # fmt: skip
 
@@ -111,7 +111,8 @@ class Connection:
         pump.connection = self
         self.peer = peer
         self.host = host
-        self.started = server.reactor.seconds() if server.recordsAddresses else 0.0
+        self.started = server.reactor.seconds() if server.recordsTimes else 0.0
+        self.connected = 0.0
         self.counts = [0, 0]
         self.flows = [Flow.OPEN, Flow.OPEN]
         self.ending: Ending | None = None
@@ -147,6 +148,8 @@ class Connection:
 
     def _connected(self, target: socket.socket | Protocol) -> None:
         self.connecting = None
+        if self.server.recordsTimes:
+            self.connected = self.server.reactor.seconds()
         cancelled(self.timer)
         self.timer = None
         if self.retrying is not None:
@@ -223,6 +226,7 @@ class Connection:
             self.server.targetGivenUp()
             return False
         self.retrying = (deadline, min(delay * 2, RETRY_MOST))
+        self.server.connectRetries += 1
         self.timer = self.server.reactor.callLater(min(delay, deadline - now), self._retry)
         return True
 

@@ -86,6 +86,8 @@ class MetricsTests(ConsoleScriptTestCase):
         self.assertEqual(found["socketproxyd_connections_active", (route,)], 1)
         self.assertEqual(found["socketproxyd_bytes_total", (("direction", "upstream"), route)], 510)
         self.assertEqual(found["socketproxyd_connections_max", ()], 256)
+        for histogram in ("connect_duration_seconds", "connection_duration_seconds"):
+            self.assertEqual(found[f"socketproxyd_{histogram}_count", (route,)], 5, histogram)
         self.assertGreater(found["process_resident_memory_bytes", ()], 0)
 
     def test_http(self) -> None:

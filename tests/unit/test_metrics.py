@@ -19,9 +19,10 @@ from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 
 
-@dataclass
+@dataclass(eq=False)
 class Route:
     route: str | None
+    connectRetries: int = 0
 
 
 @dataclass(eq=False)
@@ -35,6 +36,7 @@ class Client:
     counts: list[int] = field(default_factory=lambda: [0, 0])
     datagrams: list[int] | None = None
     started: float = 0.0
+    connected: float = 0.0
     ending: Ending | None = None
 
     def addresses(self) -> None:
@@ -56,15 +58,19 @@ DOCUMENTED = {
     "socketproxyd_connections_max": "gauge",
     "socketproxyd_limit_reached": "counter",
     "socketproxyd_descriptor_exhaustion": "counter",
+    "socketproxyd_connect_duration_seconds": "histogram",
+    "socketproxyd_connection_duration_seconds": "histogram",
+    "socketproxyd_connect_retries": "counter",
     "socketproxyd_build_info": "gauge",
 }
 
 
 class CollectorTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.limit = ConnectionLimit(MemoryReactorClock(), 100)
+        self.clock = MemoryReactorClock()
+        self.limit = ConnectionLimit(self.clock, 100)
         self.ledger = Ledger(self.limit)
-        self.collector = MetricsCollector(self.ledger, self.limit)
+        self.collector = MetricsCollector(self.clock, self.ledger, self.limit)
         self.ledger.consumers.append(self.collector)
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
@@ -139,6 +145,34 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(
             samples["socketproxyd_bytes_total", (("direction", "upstream"), ("route", ""))], 105
         )
+
+    def test_durations(self) -> None:
+        """
+        Each closed connection with recorded times adds its accept to
+        connect and its accept to close to the route's histograms; one
+        that never connected only the latter; retries are the route's.
+        """
+        web = Route("web", connectRetries=3)
+        self.clock.advance(100)
+        quick = Client(web, started=100.0, connected=100.002)
+        failed = Client(web, started=100.0)
+        untimed = Client(web)
+        for client in (quick, failed, untimed):
+            self.ledger.opened(client)
+        self.clock.advance(5)
+        for client in (quick, failed, untimed):
+            self.ledger.closed(client)
+        samples = self.scrape()
+        route = ("route", "web")
+        connect = "socketproxyd_connect_duration_seconds"
+        lifetime = "socketproxyd_connection_duration_seconds"
+        self.assertEqual(samples[f"{connect}_count", (route,)], 1)
+        self.assertAlmostEqual(samples[f"{connect}_sum", (route,)], 0.002)
+        self.assertEqual(samples[f"{connect}_bucket", (("le", "0.001"), route)], 0)
+        self.assertEqual(samples[f"{connect}_bucket", (("le", "0.0025"), route)], 1)
+        self.assertEqual(samples[f"{lifetime}_count", (route,)], 2)
+        self.assertEqual(samples[f"{lifetime}_sum", (route,)], 10.0)
+        self.assertEqual(samples["socketproxyd_connect_retries_total", (route,)], 3)
 
     def test_sessions(self) -> None:
         """

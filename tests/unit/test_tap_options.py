@@ -155,6 +155,15 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(self.parse("--log-level=error", "x:1")["log-level"], "error")
         self.assertIn("--log-level", self.rejected("--log-level=loud", "x:1"))
 
+    def test_metricsTimesConnections(self) -> None:
+        """
+        With C{--metrics}, and only then, connections keep their times.
+        """
+        options = self.parse("--metrics=tcp:9105", "x:1")
+        self.assertEqual(options["metrics"], "tcp:9105")
+        self.assertTrue(options.settings().timesConnections)
+        self.assertFalse(self.parse("x:1").settings().timesConnections)
+
     def test_debugLogsCloses(self) -> None:
         """
         At debug level, and only there, the settings log every close (and
