@@ -131,10 +131,10 @@ class DatagramPort:
         relay = self.relay
         relay.endAll(Ending.SHUTDOWN)
         self.socket.close()
-        if relay.dropped:
+        if dropped := relay.dropped():
             self.log.info(
                 "{route}{dropped} datagrams dropped in all (at the connection limit, a full "
                 "socket buffer, or a target that could not be reached)",
                 route=relay.routePrefix,
-                dropped=relay.dropped,
+                dropped=dropped,
             )

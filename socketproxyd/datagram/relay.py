@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import socket
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -59,7 +60,12 @@ class DatagramRelay(RouteServer):
     client, whose datagrams wait meanwhile (at most L{PENDING_MOST} each,
     L{PENDING_BYTES} in all).
 
-    @ivar dropped: datagrams dropped (a full buffer, or over the limit).
+    @ivar drops: datagrams dropped, by why: C{unbound_client} (a UNIX
+        client with no address to reply to), C{limit} (a new client at the
+        connection limit), C{queue_full} (too much waiting for the target's
+        name), C{unresolved}, C{no_session} (no socket could be opened to
+        the target), C{upstream_failed} and C{downstream_failed} (a full
+        socket buffer or an error sending to the target or the client).
     @ivar resolving: the datagrams of clients whose target is being
         resolved.
     """
@@ -84,7 +90,7 @@ class DatagramRelay(RouteServer):
         self.sessions: dict[object, Session] = {}
         self.resolving: dict[object, list[bytes]] = {}
         self.pendingBytes = 0
-        self.dropped = 0
+        self.drops: Counter[str] = Counter()
         self.overLimit = Notice(reactor)
         self.trouble = Notice(reactor)
 
@@ -108,7 +114,7 @@ class DatagramRelay(RouteServer):
             return
         waiting = self.resolving.get(key)
         if not client:
-            self.dropped += 1
+            self.drops["unbound_client"] += 1
             self.warn(
                 "{route}Datagrams from unbound UNIX clients are dropped: no reply could reach them"
             )
@@ -117,20 +123,20 @@ class DatagramRelay(RouteServer):
                 waiting.append(data)
                 self.pendingBytes += len(data)
             else:
-                self.dropped += 1
+                self.drops["queue_full"] += 1
         elif self.tracker.room() - len(self.resolving) < 1:
-            self.dropped += 1
+            self.drops["limit"] += 1
             if self.overLimit.begins():
                 self.log.warn(
                     "{route}At the connection limit: datagrams from new clients are "
                     "dropped ({dropped} datagrams dropped so far)",
                     route=self.routePrefix,
-                    dropped=self.dropped,
+                    dropped=self.dropped(),
                 )
         elif self.addresses is not None:
             self.open(client, key, self.port.destination(ancillary), self.addresses, [data])
         elif len(self.resolving) >= RESOLVING_MOST or self.pendingBytes >= PENDING_BYTES:
-            self.dropped += 1
+            self.drops["queue_full"] += 1
         else:
             self.resolving[key] = [data]
             self.pendingBytes += len(data)
@@ -162,7 +168,7 @@ class DatagramRelay(RouteServer):
             if isinstance(a, (IPv4Address, IPv6Address))
         ]
         if not found:
-            self.dropped += len(waiting)
+            self.drops["unresolved"] += len(waiting)
             self.warn("{route}Cannot resolve {target}; datagrams of new clients are dropped")
             return
         self.open(client, key, destination, found, waiting)
@@ -191,8 +197,14 @@ class DatagramRelay(RouteServer):
             for datagram in data:
                 session.send(datagram)
             return
-        self.dropped += len(data)
+        self.drops["no_session"] += len(data)
         self.warn("{route}Cannot open a session to {target} for {client}: {why}", client, why)
+
+    def dropped(self) -> int:
+        """
+        How many datagrams were dropped in all.
+        """
+        return sum(self.drops.values())
 
     def warn(self, text: str, client: RawAddress | None = None, why: str = "") -> None:
         """

@@ -124,13 +124,13 @@ class Session:
         try:
             self.socket.send(self.header + data if self.header else data)
         except BlockingIOError:
-            self.server.dropped += 1
+            self.server.drops["upstream_failed"] += 1
             return
         except ConnectionRefusedError:
             self._refused()
             return
         except OSError:
-            self.server.dropped += 1
+            self.server.drops["upstream_failed"] += 1
             return
         self.datagrams[UPSTREAM] += 1
         self.counts[UPSTREAM] += len(data)
@@ -154,7 +154,7 @@ class Session:
                 datagrams[DOWNSTREAM] += 1
                 counts[DOWNSTREAM] += size
             else:
-                server.dropped += 1
+                server.drops["downstream_failed"] += 1
         self.lastMoved = server.reactor.seconds()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -22,9 +22,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from socketproxyd import __version__
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Served
-from socketproxyd.routeserver import RouteServer
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
+from socketproxyd.service.listenerset import ListenerSet
 
 DIRECTIONS = {UPSTREAM: "upstream", DOWNSTREAM: "downstream"}
 """
@@ -75,17 +75,19 @@ class MetricsCollector(Collector):
     @ivar moved: bytes of closed connections, by route and direction.
     @ivar sessionBytes: bytes of closed sessions, by route and direction.
     @ivar sessionDatagrams: datagrams of closed sessions, likewise.
-    @ivar servers: the route servers of every client seen, whose connect
-        retries are counted.
+    @ivar listening: the listeners, whose route servers count connect
+        retries and dropped datagrams.
     @ivar connectTimes: accept to connected, of connections that connected.
     @ivar lifetimes: accept to close, of every connection.
     """
 
-    def __init__(self, clock: IReactorTime, ledger: Ledger, limit: ConnectionLimit) -> None:
+    def __init__(
+        self, clock: IReactorTime, ledger: Ledger, limit: ConnectionLimit, listening: ListenerSet
+    ) -> None:
         self.clock = clock
         self.ledger = ledger
         self.limit = limit
-        self.servers: set[RouteServer] = set()
+        self.listening = listening
         self.connectTimes = Histogram(
             "socketproxyd_connect_duration_seconds",
             "Seconds from accepting a client to its target's answer.",
@@ -108,7 +110,6 @@ class MetricsCollector(Collector):
         self.sessionDatagrams: Counter[tuple[str, str]] = Counter()
 
     def opened(self, served: Served) -> None:
-        self.servers.add(served.server)
         if served.datagrams is None:
             self.accepted[routeLabel(served)] += 1
         else:
@@ -201,14 +202,25 @@ class MetricsCollector(Collector):
         yield from self.connectTimes.collect()
         yield from self.lifetimes.collect()
         retries: Counter[str] = Counter()
-        for server in self.servers:
-            retries[server.route or ""] += server.connectRetries
+        for factory in self.listening.factories.values():
+            retries[factory.route or ""] += factory.connectRetries
+        drops: Counter[tuple[str, str]] = Counter()
+        for relay in self.listening.relays:
+            for reason, count in relay.drops.items():
+                drops[relay.route or "", reason] += count
         yield _family(
             CounterMetricFamily,
             "connect_retries",
             "Times a target that was not ready was tried again (--connect-retry).",
             ["route"],
             retries,
+        )
+        yield _family(
+            CounterMetricFamily,
+            "datagrams_dropped",
+            "Datagrams dropped, by why (a new client at the limit, a full socket buffer, ...).",
+            ["route", "reason"],
+            drops,
         )
         limit = self.limit
         yield GaugeMetricFamily(

@@ -20,6 +20,7 @@ from socketproxyd.metrics.web import MetricsSite
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
+from socketproxyd.service.listenerset import ListenerSet
 from socketproxyd.service.opening import StartupError, exitAtStartup, listenNow, serverEndpoint
 
 EXAMPLES = "tcp:9105:interface=127.0.0.1 or unix:/run/socketproxyd/metrics.sock"
@@ -36,11 +37,16 @@ class MetricsService(Service):
     """
 
     def __init__(
-        self, reactor: ProxyReactor, description: str, ledger: Ledger, limit: ConnectionLimit
+        self,
+        reactor: ProxyReactor,
+        description: str,
+        ledger: Ledger,
+        limit: ConnectionLimit,
+        listening: ListenerSet,
     ) -> None:
         self.description = description
         self.endpoint = serverEndpoint(reactor, "--metrics", description, EXAMPLES)
-        self.collector = MetricsCollector(reactor, ledger, limit)
+        self.collector = MetricsCollector(reactor, ledger, limit, listening)
         registry = CollectorRegistry()
         registry.register(self.collector)
         ProcessCollector(registry=registry)

@@ -115,7 +115,9 @@ class ProxyService(MultiService):
             from socketproxyd.metrics.service import MetricsService
 
             try:
-                self.metrics = exporter = MetricsService(reactor, metrics, ledger, self.limit)
+                self.metrics = exporter = MetricsService(
+                    reactor, metrics, ledger, self.limit, listening
+                )
             except StartupError as e:
                 exitAtStartup(str(e))
             ledger.consumers.append(exporter.collector)

@@ -24,6 +24,7 @@ from socketproxyd.events import Ending
 from socketproxyd.proxyheader import V2_SIGNATURE
 from tests.support.fakes import FakeFDReactor, FakeTracker
 from tests.support.processes import NotifyListener, ProxyProcess, ProxyTestMixin, commands
+from tests.support.scraping import samples
 from tests.support.sockets import unixPath, waitUntil
 
 TIMEOUT = 5.0
@@ -123,6 +124,30 @@ class DatagramTests(ProxyTestMixin, SynchronousTestCase):
         self.assertEqual(len(closes), 50, proxy.stderr)
         self.assertTrue(all(line.startswith("dns: ") for line in closes), closes)
         self.assertIn("3 datagrams (9 bytes) up, 3 datagrams (15 bytes) down", closes[0])
+
+    def test_metrics(self) -> None:
+        """
+        With C{--metrics}, sessions, their datagrams and bytes are counted
+        by route and direction.
+        """
+        backend = DatagramBackend(self)
+        metrics = unixPath(self, "metrics.sock")
+        _, address = self.proxy(backend.address, f"--metrics=unix:{metrics}")
+        clients = [client() for _ in range(3)]
+        for _ in range(2):
+            for sock in clients:
+                sock.sendto(b"abcd", address)
+            for sock in clients:
+                self.assertEqual(sock.recvfrom(100)[0], b"R:abcd")
+        found = samples(metrics)
+        route = ("route", "dns")
+        up, down = ("direction", "upstream"), ("direction", "downstream")
+        self.assertEqual(found["socketproxyd_sessions_total", (route,)], 3)
+        self.assertEqual(found["socketproxyd_sessions_active", (route,)], 3)
+        self.assertEqual(found["socketproxyd_datagrams_total", (up, route)], 6)
+        self.assertEqual(found["socketproxyd_datagrams_total", (down, route)], 6)
+        self.assertEqual(found["socketproxyd_datagram_bytes_total", (up, route)], 24)
+        self.assertEqual(found["socketproxyd_datagram_bytes_total", (down, route)], 36)
 
     def test_boundariesAndSizes(self) -> None:
         """

@@ -9,38 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.processes import ConsoleScriptTestCase
-from tests.support.sockets import Backend, connect, echo, ping, recvAll, unixPath, waitUntil
-
-
-def request(path: str, method: str = "GET", target: str = "/metrics") -> tuple[str, str, bytes]:
-    """
-    One HTTP/1.0 request to the metrics socket at C{path}: the status
-    line, the headers and the body.
-    """
-    with connect(path) as sock:
-        sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: metrics\r\n\r\n".encode())
-        response = recvAll(sock)
-    head, _, body = response.partition(b"\r\n\r\n")
-    status, _, headers = head.decode("latin-1").partition("\r\n")
-    return status, headers.lower(), body
-
-
-def samples(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """
-    The scraped samples, by name and sorted labels, as Prometheus's own
-    parser reads them.
-    """
-    status, _, body = request(path)
-    assert status.endswith("200 OK"), status
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-    }
+from tests.support.scraping import request, samples
+from tests.support.sockets import Backend, connect, echo, ping, unixPath, waitUntil
 
 
 class MetricsTests(ConsoleScriptTestCase):

@@ -21,7 +21,9 @@ Nothing is re-exported here: a test imports from the submodule itself.
   - L{tests.support.splicing}: the splice path on real socket pairs: the
     harness that drives a connection on the splice pump by hand, the
     keepalive behaviour every pump shares, and the splice pump test case.
+  - L{tests.support.scraping}: one HTTP request to the metrics socket,
+    and the scraped samples as Prometheus's parser reads them.
 
-Imports between the submodules point one way: C{processes} uses
-C{sockets}, C{splicing} uses C{fakes}.
+Imports between the submodules point one way: C{processes} and
+C{scraping} use C{sockets}, C{splicing} uses C{fakes}.
 """

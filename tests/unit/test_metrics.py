@@ -6,6 +6,7 @@ exposition Prometheus parses.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,8 +22,23 @@ from socketproxyd.service.limit import ConnectionLimit
 
 @dataclass(eq=False)
 class Route:
+    """
+    A route's server: its name, connect retries and dropped datagrams.
+    """
+
     route: str | None
     connectRetries: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Listening:
+    """
+    The listeners' route servers, as the collector reads them.
+    """
+
+    factories: dict[str | None, Route] = field(default_factory=dict)
+    relays: list[Route] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -61,6 +77,7 @@ DOCUMENTED = {
     "socketproxyd_connect_duration_seconds": "histogram",
     "socketproxyd_connection_duration_seconds": "histogram",
     "socketproxyd_connect_retries": "counter",
+    "socketproxyd_datagrams_dropped": "counter",
     "socketproxyd_build_info": "gauge",
 }
 
@@ -70,7 +87,8 @@ class CollectorTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.limit = ConnectionLimit(self.clock, 100)
         self.ledger = Ledger(self.limit)
-        self.collector = MetricsCollector(self.clock, self.ledger, self.limit)
+        self.listening = Listening()
+        self.collector = MetricsCollector(self.clock, self.ledger, self.limit, self.listening)
         self.ledger.consumers.append(self.collector)
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
@@ -152,7 +170,7 @@ class CollectorTests(SynchronousTestCase):
         connect and its accept to close to the route's histograms; one
         that never connected only the latter; retries are the route's.
         """
-        web = Route("web", connectRetries=3)
+        web = self.listening.factories["web"] = Route("web", connectRetries=3)
         self.clock.advance(100)
         quick = Client(web, started=100.0, connected=100.002)
         failed = Client(web, started=100.0)
@@ -198,6 +216,25 @@ class CollectorTests(SynchronousTestCase):
             300,
         )
         self.assertNotIn("socketproxyd_connections_total", {k[0] for k in samples})
+
+    def test_dropped(self) -> None:
+        """
+        Dropped datagrams count by route and why, whether or not any
+        session was ever opened.
+        """
+        dns = Route("dns", drops=Counter(limit=4, upstream_failed=1))
+        self.listening.relays.append(dns)
+        samples = self.scrape()
+        dropped = {
+            k[1]: v for k, v in samples.items() if k[0] == "socketproxyd_datagrams_dropped_total"
+        }
+        self.assertEqual(
+            dropped,
+            {
+                (("reason", "limit"), ("route", "dns")): 4,
+                (("reason", "upstream_failed"), ("route", "dns")): 1,
+            },
+        )
 
     def test_limit(self) -> None:
         """
