@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -89,6 +90,40 @@ class MetricsTests(ConsoleScriptTestCase):
             self.assertEqual(held.recv(1), b"x")
             found = samples(metrics)
         self.assertEqual(found["socketproxyd_connections_total", (("route", ""),)], 1)
+
+    def test_exitIdleWhileScraped(self) -> None:
+        """
+        A scraper every 200 ms does not hold C{--exit-idle-time=1s} off:
+        the proxy exits 0 on time.
+        """
+        backend = Backend(self, echo)
+        metrics = unixPath(self, "metrics.sock")
+        started = time.monotonic()
+        proxy, _ = self.start(backend.address, f"--metrics=unix:{metrics}", "--exit-idle-time=1s")
+        scrapes = 0
+        while proxy.running() and time.monotonic() - started < 10:
+            try:
+                samples(metrics)
+                scrapes += 1
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.assertEqual(proxy.wait(), 0)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertGreater(scrapes, 2)
+
+    def test_silentScraper(self) -> None:
+        """
+        A client that opens the metrics socket and sends nothing holds
+        neither other scrapes nor the proxied connections.
+        """
+        address, metrics = self.startWithMetrics()
+        with connect(metrics) as silent:
+            silent.sendall(b"GET /metr")
+            self.assertEqual(ping(address), b"ping")
+            self.assertEqual(
+                samples(metrics)["socketproxyd_connections_total", (("route", ""),)], 1
+            )
 
 
 class NotImportedTests(SynchronousTestCase):
