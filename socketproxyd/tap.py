@@ -119,7 +119,8 @@ class Options(usage.Options):
          _choice("log-level", tuple(LEVELS))],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this server endpoint "
-         "(tcp:9105:interface=127.0.0.1, unix:/run/socketproxyd/metrics.sock)."],
+         "(tcp:9105:interface=127.0.0.1, unix:/run/socketproxyd/metrics.sock), "
+         "or on the inherited sockets of this name, which are then not proxied."],
     ]  # fmt: skip
 
     stderr: IO[str] = sys.stderr
@@ -157,7 +158,7 @@ class Options(usage.Options):
         "connections-max": "N", "exit-idle-time": "SPAN", "connect-timeout": "SPAN",
         "connect-retry": "SPAN", "idle-timeout": "SPAN", "drain-timeout": "SPAN",
         "proxy-protocol": "v1|v2", "data-path": "PATH", "pipe-size": "BYTES",
-        "log-level": "LEVEL", "metrics": "ENDPOINT", "listen": "[NAME=]ENDPOINT",
+        "log-level": "LEVEL", "metrics": "ENDPOINT|NAME", "listen": "[NAME=]ENDPOINT",
         "target": "NAME=TARGET",
     }  # fmt: skip
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -39,6 +40,9 @@ from socketproxyd.service.opening import StartupError, exitAtStartup
 from socketproxyd.service.status import StatusService
 from socketproxyd.systemd.activation import InheritedSocket
 from socketproxyd.systemd.notify import Notifier
+
+if TYPE_CHECKING:
+    from socketproxyd.metrics.service import MetricsService
 
 
 def installSignalHandlers(reactor: ProxyReactor, log: Logger) -> None:
@@ -96,8 +100,14 @@ class ProxyService(MultiService):
         self.reactor = reactor
         self.limit = ConnectionLimit(reactor, connectionsMax)
         self.ledger = ledger = Ledger(self.limit)
+        self.metrics: MetricsService | None = None
+
+        def inherited() -> Sequence[InheritedSocket]:
+            found = findInherited()
+            return found if self.metrics is None else self.metrics.takeInherited(found)
+
         self.listeners = ListenerService(
-            reactor, routes, settings, ledger, self.limit, findInherited, listen, limitsDescriptors
+            reactor, routes, settings, ledger, self.limit, inherited, listen, limitsDescriptors
         )
         listening = self.listeners.listening
         notifier = notifier if notifier is not None else Notifier(reactor, {})
@@ -110,7 +120,6 @@ class ProxyService(MultiService):
             ledger.consumers.append(idleExit)
         if notifier.address is not None:
             ledger.consumers.append(status)
-        self.metrics: Service | None = None
         if metrics is not None:
             from socketproxyd.metrics.service import MetricsService
 

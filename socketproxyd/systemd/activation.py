@@ -20,6 +20,7 @@ import socket
 import stat
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
@@ -199,7 +200,7 @@ def takeDatagramSocket(inherited: InheritedSocket) -> socket.socket:
 
 
 def adopt(
-    reactor: IReactorSocket, inherited: InheritedSocket, factory: ServerFactory
+    reactor: IReactorSocket, inherited: InheritedSocket, factory: ServerFactory[Any]
 ) -> IListeningPort:
     """
     Start accepting on an inherited socket with C{reactor.adoptStreamPort}.

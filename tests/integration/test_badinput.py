@@ -88,6 +88,27 @@ class BadInputScenarios:
             [metrics, f"--listen=unix:{path}", "127.0.0.1:1"], f"{metrics}: cannot listen"
         )
 
+    def test_badMetricsName(self) -> None:
+        """
+        C{--metrics=NAME} needs an inherited stream socket of that name
+        that no C{--target} routes.
+        """
+        web, _ = listeningSocket(self, "ipv4")
+        self.assertRejected(
+            ["--metrics=nope", "127.0.0.1:1"],
+            "--metrics=nope: no inherited socket is named 'nope' (socket names: web)",
+            "FileDescriptorName=nope",
+            listeners=[web],
+            fdnames=["web"],
+        )
+        web, _ = listeningSocket(self, "ipv4")
+        self.assertRejected(
+            ["--metrics=web", "--target=web=127.0.0.1:2", "127.0.0.1:1"],
+            "--metrics=web: the sockets named 'web' are routed by --target=web=",
+            listeners=[web],
+            fdnames=["web"],
+        )
+
     def test_noSockets(self) -> None:
         self.assertRejected(["127.0.0.1:1"], "no listening socket", "--listen")
 

@@ -6,6 +6,7 @@ connection, and that without the option the libraries are not imported.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -17,11 +18,22 @@ from tests.support.scraping import request, samples
 from tests.support.sockets import Backend, connect, echo, ping, unixPath, waitUntil
 
 
+def refuses(address: str) -> bool:
+    """
+    Whether nothing listens on C{address} any more.
+    """
+    try:
+        connect(address, timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 class MetricsTests(ConsoleScriptTestCase):
     def startWithMetrics(self, *args: str) -> tuple[str, str]:
         backend = Backend(self, echo)
         metrics = unixPath(self, "metrics.sock")
-        _, address = self.start(backend.address, f"--metrics=unix:{metrics}", *args)
+        self.proxy, address = self.start(backend.address, f"--metrics=unix:{metrics}", *args)
         self.assertTrue(waitUntil(lambda: self.answers(metrics)), "no metrics socket")
         return address, metrics
 
@@ -78,6 +90,10 @@ class MetricsTests(ConsoleScriptTestCase):
         self.assertIn(" 404 ", request(metrics, target="/")[0])
         self.assertIn(" 404 ", request(metrics, target="/metrics/x")[0])
         self.assertIn(" 405 ", request(metrics, "POST")[0])
+        self.assertEqual(self.proxy.stop(), 0)
+        self.assertIn(f"Serving metrics on {metrics} (unix:{metrics})\n", self.proxy.stderr)
+        self.assertNotIn("GET /metrics", self.proxy.stderr)
+        self.assertNotIn("starting on", self.proxy.stderr)
 
     def test_scrapeAtTheLimit(self) -> None:
         """
@@ -90,6 +106,41 @@ class MetricsTests(ConsoleScriptTestCase):
             self.assertEqual(held.recv(1), b"x")
             found = samples(metrics)
         self.assertEqual(found["socketproxyd_connections_total", (("route", ""),)], 1)
+
+    def test_inheritedByName(self) -> None:
+        """
+        C{--metrics=NAME} serves metrics on the inherited socket of that
+        name, which is not proxied; the others are.
+        """
+        backend = Backend(self, echo)
+        proxy, [proxied, metrics] = self.startProxy(
+            backend.address,
+            "--metrics=metrics",
+            listeners=("ipv4", "ipv4"),
+            fdnames=["web", "metrics"],
+        )
+        self.assertEqual(ping(proxied), b"ping")
+        found = samples(metrics)
+        self.assertEqual(found["socketproxyd_connections_total", (("route", "web"),)], 1)
+        self.assertEqual(proxy.stop(), 0)
+        self.assertIn(f"Serving metrics on {metrics} (metrics)\n", proxy.stderr)
+        self.assertEqual(backend.accepted, 1)
+
+    def test_scrapeDuringDrain(self) -> None:
+        """
+        On SIGTERM with a drain under way, the metrics listener is still
+        open and says what is left; it closes once the drain is over.
+        """
+        address, metrics = self.startWithMetrics("--drain-timeout=20s")
+        with connect(address) as held:
+            held.sendall(b"x")
+            self.assertEqual(held.recv(1), b"x")
+            self.proxy.popen.send_signal(signal.SIGTERM)
+            self.assertTrue(waitUntil(lambda: refuses(address)), "still accepting")
+            found = samples(metrics)
+            self.assertEqual(found["socketproxyd_connections_active", (("route", ""),)], 1)
+        self.assertEqual(self.proxy.wait(), 0)
+        self.assertFalse(self.answers(metrics))
 
     def test_exitIdleWhileScraped(self) -> None:
         """
