@@ -3,7 +3,7 @@ Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
     python benchmarks/profile.py connections|requests|split [--seconds 4] [--data-path auto]
-        [--unix-target] [--routed]
+        [--unix-target] [--routed] [--metrics]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -50,16 +50,25 @@ def _gibibytes(port: int, seconds: int, extra: list[str]) -> float:
     return _iperf(port, seconds, extra)[1] / GiB
 
 
-def split(seconds: int, dataPath: str, unixTarget: bool = False, routed: bool = False) -> None:
+def split(
+    seconds: int,
+    dataPath: str,
+    unixTarget: bool = False,
+    routed: bool = False,
+    metrics: bool = False,
+) -> None:
     """
     User and system CPU of each proxy per connection at its full
     new-connection rate (to nginx on TCP, or on its UNIX socket), and per
     GiB of one bulk stream each way; with C{routed}, socketproxyd also with
-    its socket named and routed by C{--target=NAME=TARGET}.
+    its socket named and routed by C{--target=NAME=TARGET}; with
+    C{metrics}, socketproxyd also with C{--metrics} on (nothing scrapes).
     """
     routes = proxyRoutes(dataPath, floor=True)
     if routed:
         routes.append(socketproxyd("spx routed", dataPath, fdname="web"))
+    if metrics:
+        routes.append(socketproxyd("spx metrics", dataPath, "--metrics=tcp:0:interface=127.0.0.1"))
     if unixTarget:
         routes = [route for route in routes if route.unixTarget]
 
@@ -109,13 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--routed", action="store_true", help="split: also socketproxyd with a named route"
     )
+    parser.add_argument(
+        "--metrics", action="store_true", help="split: also socketproxyd with --metrics on"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
     args = parser.parse_args(argv)
     ensureTools()
     if args.scenario == "split":
-        split(args.seconds, args.data_path, args.unix_target, args.routed)
+        split(args.seconds, args.data_path, args.unix_target, args.routed, args.metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"

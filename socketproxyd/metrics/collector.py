@@ -8,20 +8,26 @@ counts of what is open: nothing is done per read.
 
 from __future__ import annotations
 
+import bisect
 import platform
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import twisted
-from prometheus_client import Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.internet.interfaces import IReactorTime
 
 from socketproxyd import __version__
-from socketproxyd.events import DOWNSTREAM, UPSTREAM, Served
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, Served
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
@@ -57,6 +63,13 @@ Seconds from accept to close: a request, a session, a day-long tunnel.
 """
 
 
+ENDINGS = {ending: ending.value.replace(" ", "_") for ending in Ending}
+"""
+The C{ending} label of each L{Ending}: as the close line says it, in
+snake_case.
+"""
+
+
 def routeLabel(served: Served) -> str:
     """
     The C{route} label: the listener's name, empty for an unnamed one.
@@ -88,20 +101,8 @@ class MetricsCollector(Collector):
         self.ledger = ledger
         self.limit = limit
         self.listening = listening
-        self.connectTimes = Histogram(
-            "socketproxyd_connect_duration_seconds",
-            "Seconds from accepting a client to its target's answer.",
-            ["route"],
-            registry=None,
-            buckets=CONNECT_BUCKETS,
-        )
-        self.lifetimes = Histogram(
-            "socketproxyd_connection_duration_seconds",
-            "Seconds from accepting a client to closing its connection.",
-            ["route"],
-            registry=None,
-            buckets=DURATION_BUCKETS,
-        )
+        self.connectTimes = Durations(CONNECT_BUCKETS)
+        self.lifetimes = Durations(DURATION_BUCKETS)
         self.accepted: Counter[str] = Counter()
         self.sessions: Counter[str] = Counter()
         self.ended: Counter[tuple[str, str]] = Counter()
@@ -116,16 +117,18 @@ class MetricsCollector(Collector):
             self.sessions[routeLabel(served)] += 1
 
     def closed(self, served: Served) -> None:
-        route = routeLabel(served)
+        route = served.server.route or ""
         datagrams = served.datagrams
         if datagrams is None:
-            ending = served.ending.value.replace(" ", "_") if served.ending else "done"
-            self.ended[route, ending] += 1
-            _add(self.moved, route, served.counts)
+            ending = served.ending
+            self.ended[route, ENDINGS[ending] if ending is not None else "done"] += 1
+            moved, counts = self.moved, served.counts
+            moved[route, "upstream"] += counts[UPSTREAM]
+            moved[route, "downstream"] += counts[DOWNSTREAM]
             if served.started:
-                self.lifetimes.labels(route).observe(self.clock.seconds() - served.started)
+                self.lifetimes.observe(route, self.clock.seconds() - served.started)
                 if served.connected:
-                    self.connectTimes.labels(route).observe(served.connected - served.started)
+                    self.connectTimes.observe(route, served.connected - served.started)
         else:
             _add(self.sessionBytes, route, served.counts)
             _add(self.sessionDatagrams, route, datagrams)
@@ -199,8 +202,14 @@ class MetricsCollector(Collector):
             ["route", "direction"],
             sessionBytes,
         )
-        yield from self.connectTimes.collect()
-        yield from self.lifetimes.collect()
+        yield self.connectTimes.family(
+            "socketproxyd_connect_duration_seconds",
+            "Seconds from accepting a client to its target's answer.",
+        )
+        yield self.lifetimes.family(
+            "socketproxyd_connection_duration_seconds",
+            "Seconds from accepting a client to closing its connection.",
+        )
         retries: Counter[str] = Counter()
         for factory in self.listening.factories.values():
             retries[factory.route or ""] += factory.connectRetries
@@ -247,6 +256,50 @@ class MetricsCollector(Collector):
                 "python_version": platform.python_version(),
             },
         )
+
+
+class Durations:
+    """
+    A histogram of durations by route, counted in plain lists as each
+    connection closes and laid out as Prometheus's cumulative buckets at
+    scrape time: C{prometheus_client.Histogram} takes a lock and walks its
+    labels on every observation, which costs a new connection more than
+    the rest of the metrics together.
+
+    @ivar bounds: the buckets' upper bounds, ascending (C{+Inf} is added).
+    @ivar routes: per route, the count in each bucket (not cumulative,
+        the last for C{+Inf}) and the sum.
+    """
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.routes: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, route: str, seconds: float) -> None:
+        """
+        Count one duration of C{route}.
+        """
+        counted = self.routes.get(route)
+        if counted is None:
+            counted = self.routes[route] = ([0] * (len(self.bounds) + 1), [0.0])
+        counted[0][bisect.bisect_left(self.bounds, seconds)] += 1
+        counted[1][0] += seconds
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        """
+        The histogram C{name}, one series per route.
+        """
+        family = HistogramMetricFamily(name, documentation, labels=["route"])
+        for route in sorted(self.routes):
+            counts, total = self.routes[route]
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*map(floatToGoString, self.bounds), "+Inf"), counts, strict=True
+            ):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([route], buckets, total[0])
+        return family
 
 
 def _add(totals: Counter[tuple[str, str]], route: str, counts: list[int]) -> None:
