@@ -29,6 +29,18 @@ class MetricsResource(Resource):
         super().__init__()
         self.registry = registry
 
+    def render(self, request: Request) -> bytes:
+        """
+        C{GET} and C{HEAD}; every other method is 405 with C{Allow}
+        (C{twisted.web} would answer 501 to those it does not know).
+        """
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader("allow", "GET, HEAD")
+            request.setHeader("content-type", "text/plain; charset=utf-8")
+            return b"Method Not Allowed: use GET or HEAD\n"
+        return super().render(request)
+
     def render_GET(self, request: Request) -> bytes:
         accept = request.getHeader("accept") or ""
         encoder, contentType = choose_encoder(accept)

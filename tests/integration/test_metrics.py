@@ -89,7 +89,15 @@ class MetricsTests(ConsoleScriptTestCase):
         self.assertEqual(body, b"")
         self.assertIn(" 404 ", request(metrics, target="/")[0])
         self.assertIn(" 404 ", request(metrics, target="/metrics/x")[0])
-        self.assertIn(" 405 ", request(metrics, "POST")[0])
+        for method in ("POST", "PUT", "DELETE", "OPTIONS", "FOO"):
+            status, headers, _ = request(metrics, method)
+            self.assertIn(" 405 ", status, method)
+            self.assertIn("allow: get, head", headers, method)
+        status, headers, body = request(
+            metrics, accept="application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )
+        self.assertIn("content-type: application/openmetrics-text", headers)
+        self.assertTrue(body.endswith(b"# EOF\n"), body[-40:])
         self.assertEqual(self.proxy.stop(), 0)
         self.assertIn(f"Serving metrics on {metrics} (unix:{metrics})\n", self.proxy.stderr)
         self.assertNotIn("GET /metrics", self.proxy.stderr)

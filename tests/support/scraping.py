@@ -10,13 +10,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.sockets import connect, recvAll
 
 
-def request(path: str, method: str = "GET", target: str = "/metrics") -> tuple[str, str, bytes]:
+def request(
+    path: str, method: str = "GET", target: str = "/metrics", accept: str | None = None
+) -> tuple[str, str, bytes]:
     """
-    One HTTP/1.0 request to the metrics socket at C{path}: the status
-    line, the headers and the body.
+    One HTTP/1.0 request to the metrics socket at C{path} (with an
+    C{Accept} header if given): the status line, the headers and the body.
     """
+    extra = f"Accept: {accept}\r\n" if accept else ""
     with connect(path) as sock:
-        sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: metrics\r\n\r\n".encode())
+        sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: metrics\r\n{extra}\r\n".encode())
         response = recvAll(sock)
     head, _, body = response.partition(b"\r\n\r\n")
     status, _, headers = head.decode("latin-1").partition("\r\n")
