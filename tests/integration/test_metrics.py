@@ -9,13 +9,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.processes import ConsoleScriptTestCase
 from tests.support.scraping import request, samples
-from tests.support.sockets import Backend, connect, echo, ping, unixPath, waitUntil
+from tests.support.sockets import Backend, connect, echo, ping, recvAll, unixPath, waitUntil
 
 
 def refuses(address: str) -> bool:
@@ -149,6 +150,46 @@ class MetricsTests(ConsoleScriptTestCase):
             self.assertEqual(found["socketproxyd_connections_active", (("route", ""),)], 1)
         self.assertEqual(self.proxy.wait(), 0)
         self.assertFalse(self.answers(metrics))
+
+    def test_concurrentScrapes(self) -> None:
+        """
+        100 scrapes at once while connections flow are all answered, and
+        every proxied byte arrives.
+        """
+        address, metrics = self.startWithMetrics()
+        statuses: list[str] = []
+        pings: list[bytes] = []
+
+        def scrape() -> None:
+            statuses.append(request(metrics)[0])
+
+        def traffic() -> None:
+            for i in range(20):
+                pings.append(ping(address, bytes([i]) * 1000))
+
+        threads = [threading.Thread(target=scrape) for _ in range(100)]
+        threads.append(threading.Thread(target=traffic))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(len(statuses), 100)
+        self.assertTrue(all(status.endswith("200 OK") for status in statuses), statuses)
+        self.assertEqual(pings, [bytes([i]) * 1000 for i in range(20)])
+
+    def test_slowScraper(self) -> None:
+        """
+        A scraper that sends its request one byte at a time holds neither
+        other scrapes nor proxied connections, and is answered in the end.
+        """
+        address, metrics = self.startWithMetrics()
+        with connect(metrics) as slow:
+            for byte in b"GET /metrics HTTP/1.0\r\n":
+                slow.sendall(bytes([byte]))
+                self.assertEqual(ping(address), b"ping")
+            self.assertTrue(samples(metrics))
+            slow.sendall(b"\r\n")
+            self.assertTrue(recvAll(slow).startswith(b"HTTP/1.0 200 OK"))
 
     def test_exitIdleWhileScraped(self) -> None:
         """
