@@ -88,14 +88,12 @@ class MetricsCollector(Collector):
             self.sessions[routeLabel(served)] += 1
 
     def closed(self, served: Served) -> None:
-        route = served.server.route or ""
+        route = routeLabel(served)
         datagrams = served.datagrams
         if datagrams is None:
             ending = served.ending
             self.ended[route, ENDINGS[ending] if ending is not None else "done"] += 1
-            moved, counts = self.moved, served.counts
-            moved[route, "upstream"] += counts[UPSTREAM]
-            moved[route, "downstream"] += counts[DOWNSTREAM]
+            _add(self.moved, route, served.counts)
             if served.started:
                 self.lifetimes.observe(route, self.clock.seconds() - served.started)
                 if served.connected:
