@@ -63,12 +63,15 @@ class FdBudget:
     and a connection that cannot have pipes relays through its transports.
 
     @ivar free: fds not spoken for; C{math.inf} without a limit.
+    @ivar reserve: fds never counted free: L{RESERVE}, and what L{keep}
+        sets aside.
     @ivar onReleased: called after fds are given back.
     """
 
     def __init__(self, free: float = math.inf, limit: float = math.inf) -> None:
         self.free = free
         self.limit = limit
+        self.reserve = RESERVE
         self.onReleased: Callable[[], None] = lambda: None
         self.readLimit: Callable[[], float] = softLimit
 
@@ -78,9 +81,26 @@ class FdBudget:
         The budget of a process with C{inUse} fds open under C{softLimit},
         keeping L{RESERVE} spare.
         """
-        if softLimit == resource.RLIM_INFINITY:
-            return cls()
-        return cls(softLimit - inUse - RESERVE, softLimit)
+        budget = cls()
+        budget.count(softLimit, inUse)
+        return budget
+
+    def count(self, softLimit: int, inUse: int) -> None:
+        """
+        Hold what C{softLimit} leaves with C{inUse} fds open, less the
+        reserve.
+        """
+        if softLimit != resource.RLIM_INFINITY:
+            self.limit = softLimit
+            self.free = softLimit - inUse - self.reserve
+
+    def keep(self, count: int) -> None:
+        """
+        Set C{count} more fds aside for something other than connections
+        and pipes (the metrics' scrapes), for as long as the process runs.
+        """
+        self.reserve += count
+        self.free -= count
 
     def refresh(self, limit: float | None = None) -> None:
         """
@@ -100,7 +120,7 @@ class FdBudget:
         be more than the budget knew of.
         """
         if not math.isinf(self.limit):
-            self.free = self.limit - inUse - RESERVE
+            self.free = self.limit - inUse - self.reserve
 
     def connections(self) -> float:
         """

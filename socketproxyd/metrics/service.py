@@ -6,7 +6,8 @@ Twisted server endpoint (C{tcp:9105:interface=127.0.0.1}), or, without a
 colon, the name of inherited sockets (C{FileDescriptorName=metrics}),
 which are then served as metrics and not proxied. Either is checked
 before anything opens; the listener opens first and closes when the
-proxy has stopped, last, so a scrape during a drain is answered.
+proxy has stopped, last, so a scrape during a drain is answered. Its
+scrapers are admitted by L{ScrapeAdmission}.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from twisted.logger import Logger
 from socketproxyd.addresses import describeAddress
 from socketproxyd.logs import observer
 from socketproxyd.metrics.collector import MetricsCollector
+from socketproxyd.metrics.scrapes import ScrapeAdmission
 from socketproxyd.metrics.web import MetricsSite
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
 from socketproxyd.service.opening import StartupError, exitAtStartup, listenNow, serverEndpoint
+from socketproxyd.stream.acceptor import Acceptor, adoptable
 from socketproxyd.systemd.activation import InheritedSocket, adopt
 
 EXAMPLES = "tcp:9105:interface=127.0.0.1 or unix:/run/socketproxyd/metrics.sock"
@@ -73,6 +76,7 @@ class MetricsService(Service):
         registry.register(self.collector)
         ProcessCollector(registry=registry)
         self.site = MetricsSite(registry)
+        self.scrapes = ScrapeAdmission(reactor, self.site, limit.budget)
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
@@ -91,7 +95,7 @@ class MetricsService(Service):
         if self.endpoint is None or self.ports:
             return
         try:
-            self._serving(listenNow(self.endpoint, "--metrics", self.description, self.site))
+            self._serving(listenNow(self.endpoint, "--metrics", self.description, self.scrapes))
         except StartupError as e:
             exitAtStartup(str(e))
 
@@ -114,11 +118,15 @@ class MetricsService(Service):
             if sock.datagram:
                 exitAtStartup(f"--metrics={self.name}: {sock.describe()} is not a stream socket")
         for sock in mine:
-            self._serving(adopt(self.reactor, sock, self.site))
+            self._serving(adopt(self.reactor, sock, self.scrapes))
         return [sock for sock in inherited if sock.name != self.name]
 
     def _serving(self, port: IListeningPort) -> None:
         self.ports.append(port)
+        if adoptable(port, self.scrapes):
+            acceptor = Acceptor(self.reactor, port, self.scrapes, self.scrapes.accepted)
+            self.scrapes.acceptors.append(acceptor)
+            acceptor.startReading()
         self.log.info(
             "Serving metrics on {address} ({description})",
             address=describeAddress(port.getHost()),
@@ -127,6 +135,7 @@ class MetricsService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self.scrapes.close()
         ports, self.ports = self.ports, []
         closing = gatherResults([maybeDeferred(port.stopListening) for port in ports])
         return closing.addCallback(lambda _: None)

@@ -75,8 +75,7 @@ class ConnectionLimit(Service):
         listeners are open, and serve no more connections than they hold.
         """
         self.limitsDescriptors = True
-        counted = FdBudget.forLimit(softLimit, openDescriptors())
-        self.budget.free, self.budget.limit = counted.free, counted.limit
+        self.budget.count(softLimit, openDescriptors())
         fits = int(min(self.budget.connections(), self.connectionsMax))
         if fits < self.connectionsMax:
             self.capacity = fits

@@ -6,16 +6,18 @@ connection, and that without the option the libraries are not imported.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.support.processes import ConsoleScriptTestCase
-from tests.support.scraping import request, samples
+from socketproxyd.metrics.scrapes import KEPT_SCRAPES
+from tests.support.processes import ConsoleScriptTestCase, NotifyListener
+from tests.support.scraping import request, samples, scrapeKeepingAlive
 from tests.support.sockets import Backend, connect, echo, ping, recvAll, unixPath, waitUntil
 
 
@@ -115,6 +117,59 @@ class MetricsTests(ConsoleScriptTestCase):
             self.assertEqual(held.recv(1), b"x")
             found = samples(metrics)
         self.assertEqual(found["socketproxyd_connections_total", (("route", ""),)], 1)
+
+    def test_scrapeOutOfDescriptors(self) -> None:
+        """
+        With RLIMIT_NOFILE at 64 and the proxied connections holding every
+        descriptor they may (more clients wait in the backlog),
+        L{KEPT_SCRAPES} scrapers that keep their connections are answered,
+        twice each, with the count of what is served; once they close, a
+        scrape on a new connection is answered too, and every client's
+        bytes arrive.
+        """
+        if not shutil.which("prlimit"):
+            raise SkipTest("prlimit (util-linux) is not installed")
+        backend = Backend(self, echo)
+        metrics = unixPath(self, "metrics.sock")
+        notify = NotifyListener(self)
+        proxy, address = self.start(
+            backend.address,
+            "-c",
+            "1000",
+            f"--metrics=unix:{metrics}",
+            prefix=["prlimit", "--nofile=64:64"],
+            env={"NOTIFY_SOCKET": notify.address},
+        )
+        notify.waitFor("READY=1")
+        status = [m for _, m in notify.messages if "READY=1" in m][0]
+        served = int(status.rsplit("at most ", 1)[1].rstrip(")"))
+        self.assertTrue(5 <= served < 30, status)
+        clients = []
+        for i in range(served + 5):
+            sock = connect(address, timeout=30)
+            sock.sendall(b"%03d" % i)
+            clients.append(sock)
+        self.assertTrue(backend.waitFor(lambda: backend.accepted >= served))
+        active = f'socketproxyd_connections_active{{route=""}} {served}.0\n'
+        scrapers = [connect(metrics) for _ in range(KEPT_SCRAPES)]
+        for _ in range(2):
+            for scraper in scrapers:
+                status, body = scrapeKeepingAlive(scraper)
+                self.assertEqual((status, active in body), ("HTTP/1.1 200 OK", True), body)
+        for scraper in scrapers:
+            scraper.close()
+        self.assertEqual(
+            samples(metrics)["socketproxyd_connections_active", (("route", ""),)], served
+        )
+        self.assertEqual(backend.accepted, served)
+        for i, sock in enumerate(clients):
+            self.assertEqual(recvAll(sock, 3), b"%03d" % i)
+            if i < served:
+                sock.close()
+        for sock in clients:
+            sock.close()
+        self.assertEqual(proxy.stop(), 0)
+        self.assertNotIn("Traceback", proxy.stderr)
 
     def test_inheritedByName(self) -> None:
         """

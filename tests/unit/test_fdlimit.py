@@ -20,6 +20,21 @@ class FdBudgetTests(SynchronousTestCase):
         self.assertEqual(FdBudget.forLimit(10 + RESERVE + 1, 10).connections(), 0)
         self.assertEqual(FdBudget.forLimit(10, 10).connections(), 0)
 
+    def test_kept(self) -> None:
+        """
+        What L{FdBudget.keep} sets aside is never counted free: not at
+        once, not when the limit is counted, not when the budget is
+        counted afresh.
+        """
+        budget = FdBudget()
+        budget.keep(6)
+        budget.count(1024, 10)
+        self.assertEqual(budget.free, 1024 - 10 - RESERVE - 6)
+        budget.keep(2)
+        self.assertEqual(budget.free, 1024 - 10 - RESERVE - 8)
+        budget.recount(20)
+        self.assertEqual(budget.free, 1024 - 20 - RESERVE - 8)
+
     def test_followsTheLimit(self) -> None:
         """
         A soft limit lowered (or raised) from outside moves what is free by

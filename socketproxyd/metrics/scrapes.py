@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.unit.test_metrics -*-
+"""
+L{ScrapeAdmission}: the scrapers' connections, within the descriptor
+budget but not the connection limit, so that a scrape is answered while
+the proxied connections hold every descriptor they may.
+
+The budget keeps L{KEPT_SCRAPES} connections' worth of descriptors (and
+what collecting needs) aside for scrapers; one more scraper takes its
+descriptor from what the connections could use, while there is any. The
+metrics listeners accept through the proxy's own
+L{socketproxyd.stream.acceptor.Acceptor}: when not even that is left, or
+the process is out of descriptors, scrapers wait in the backlog until one
+closes or a back-off has passed, rather than being accepted only to be
+closed as Twisted's own ports would.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.web.server import Site
+
+from socketproxyd.events import cancelled
+from socketproxyd.fdbudget import FdBudget
+from socketproxyd.reactors import ProxyReactor
+from socketproxyd.stream.acceptor import Acceptor
+
+KEPT_SCRAPES = 4
+"""
+How many scrapers' connections the budget keeps descriptors for.
+"""
+
+COLLECTING_FDS = 2
+"""
+The descriptors a scrape opens for a moment: the listing of
+C{/proc/self/fd} for C{process_open_fds}, and the duplicate
+C{adoptStreamConnection} makes of an accepted socket.
+"""
+
+ACCEPTS_PER_WAKEUP = 16
+
+
+class ScrapeAdmission(WrappingFactory, ServerFactory):
+    """
+    Wraps the metrics' site, to count its open connections against the
+    descriptors kept for them (see the module docstring); the
+    L{socketproxyd.events.Admission} of the metrics' acceptors.
+
+    @ivar acceptors: the acceptors of the metrics listeners.
+    @ivar scrapers: how many scrapers' connections are open.
+    """
+
+    protocol = ProtocolWrapper
+    noisy = False
+    backoff = 1.0
+
+    def __init__(self, reactor: ProxyReactor, site: Site, budget: FdBudget) -> None:
+        super().__init__(site)
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.budget = budget
+        budget.keep(KEPT_SCRAPES + COLLECTING_FDS)
+        self.acceptors: list[Acceptor] = []
+        self.scrapers = 0
+        self._paused = False
+        self._retry: IDelayedCall | None = None
+
+    def logPrefix(self) -> str:
+        return "metrics"
+
+    def room(self) -> int:
+        """
+        How many more scrapers may be accepted now.
+        """
+        kept = max(0, KEPT_SCRAPES - self.scrapers)
+        return int(min(ACCEPTS_PER_WAKEUP, kept + max(0, self.budget.free)))
+
+    def accepted(self, sock: socket.socket, address: object) -> None:
+        """
+        A scraper accepted by an acceptor: serve it on a Twisted transport.
+        """
+        try:
+            self.reactor.adoptStreamConnection(sock.fileno(), sock.family, self)
+        finally:
+            sock.close()
+
+    def registerProtocol(self, p: IProtocol) -> None:
+        super().registerProtocol(p)
+        self.scrapers += 1
+        if self.scrapers > KEPT_SCRAPES:
+            self.budget.take(1)
+
+    def unregisterProtocol(self, p: IProtocol) -> None:
+        super().unregisterProtocol(p)
+        self.scrapers -= 1
+        if self.scrapers >= KEPT_SCRAPES:
+            self.budget.give(1)
+        self._resume()
+
+    def fdsExhausted(self) -> None:
+        """
+        No room for another scraper: leave them in the backlog until one
+        closes, or a back-off has passed.
+        """
+        if not self._paused:
+            self._paused = True
+            for acceptor in self.acceptors:
+                acceptor.stopReading()
+        if self._retry is None:
+            self._retry = self.clock.callLater(self.backoff, self._resume)
+
+    def _resume(self) -> None:
+        cancelled(self._retry)
+        self._retry = None
+        if self._paused:
+            self._paused = False
+            for acceptor in self.acceptors:
+                acceptor.startReading()
+
+    def close(self) -> None:
+        """
+        Stop accepting scrapers for good: the listeners are closing.
+        """
+        cancelled(self._retry)
+        self._retry = None
+        acceptors, self.acceptors = self.acceptors, []
+        for acceptor in acceptors:
+            acceptor.stopReading()

@@ -1,0 +1,123 @@
+"""
+Tests for L{socketproxyd.metrics.scrapes}: scrapers within the descriptors
+kept for them, then within what the connections leave, and otherwise in
+the backlog.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from socketproxyd.fdbudget import RESERVE, FdBudget
+from socketproxyd.metrics.scrapes import COLLECTING_FDS, KEPT_SCRAPES, ScrapeAdmission
+
+DONE = Failure(ConnectionDone())
+
+
+class Reading:
+    """
+    An acceptor as the admission drives it: whether it reads.
+    """
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+class ScrapeAdmissionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.budget = FdBudget()
+        self.budget.count(100, 10)
+        self.admission = ScrapeAdmission(self.reactor, Site(Resource()), self.budget)
+        self.acceptor = Reading()
+        self.admission.acceptors.append(self.acceptor)  # type: ignore[arg-type]
+
+    def scraper(self) -> ProtocolWrapper:
+        """
+        A scraper's connection, made as the reactor makes an accepted one.
+        """
+        protocol = self.admission.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def test_keeps(self) -> None:
+        """
+        The budget keeps descriptors for L{KEPT_SCRAPES} scrapers and for
+        collecting, before any scraper comes.
+        """
+        self.assertEqual(self.budget.free, 100 - 10 - RESERVE - KEPT_SCRAPES - COLLECTING_FDS)
+
+    def test_keptThenBudget(self) -> None:
+        """
+        With no descriptor left to the connections, L{KEPT_SCRAPES}
+        scrapers still fit; beyond them a scraper takes its descriptor from
+        the budget and gives it back when it closes.
+        """
+        self.budget.free = 0
+        self.assertEqual(self.admission.room(), KEPT_SCRAPES)
+        scrapers = [self.scraper() for _ in range(KEPT_SCRAPES)]
+        self.assertEqual((self.admission.room(), self.admission.scrapers), (0, KEPT_SCRAPES))
+        self.budget.free = 3
+        self.assertEqual(self.admission.room(), 3)
+        scrapers.append(self.scraper())
+        self.assertEqual((self.budget.free, self.admission.room()), (2, 2))
+        scrapers.pop().connectionLost(DONE)
+        self.assertEqual((self.budget.free, self.admission.scrapers), (3, KEPT_SCRAPES))
+        scrapers.pop().connectionLost(DONE)
+        self.assertEqual(self.budget.free, 3)
+        self.assertEqual(self.admission.room(), 4)
+
+    def test_backlogUntilOneCloses(self) -> None:
+        """
+        Out of room, the acceptors stop reading; they read again when a
+        scraper closes, and the back-off is called off.
+        """
+        self.budget.free = 0
+        scrapers = [self.scraper() for _ in range(KEPT_SCRAPES)]
+        self.admission.fdsExhausted()
+        self.admission.fdsExhausted()
+        self.assertFalse(self.acceptor.reading)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        scrapers[0].connectionLost(DONE)
+        self.assertTrue(self.acceptor.reading)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_backlogUntilBackoff(self) -> None:
+        """
+        Out of descriptors with no scraper open, the acceptors read again
+        once the back-off has passed, and stop for good when closed.
+        """
+        self.admission.fdsExhausted()
+        self.reactor.advance(self.admission.backoff - 0.01)
+        self.assertFalse(self.acceptor.reading)
+        self.reactor.advance(0.01)
+        self.assertTrue(self.acceptor.reading)
+        self.admission.fdsExhausted()
+        self.admission.close()
+        self.assertEqual((self.acceptor.reading, self.reactor.getDelayedCalls()), (False, []))
+        self.scraper().connectionLost(DONE)
+        self.assertFalse(self.acceptor.reading)
+
+    def test_servesTheSite(self) -> None:
+        """
+        A scraper's connection speaks the wrapped site's protocol.
+        """
+        transport = StringTransport()
+        protocol = self.admission.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "), transport.value())
