@@ -75,7 +75,7 @@ class MetricsService(Service):
         registry = CollectorRegistry()
         registry.register(self.collector)
         ProcessCollector(registry=registry)
-        self.site = MetricsSite(registry)
+        self.site = MetricsSite(registry, reactor)
         self.scrapes = ScrapeAdmission(reactor, self.site, limit.budget)
         self.ports: list[IListeningPort] = []
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -65,10 +66,10 @@ class MetricsSite(Site):
 
     noisy = False
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, reactor: IReactorTime) -> None:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry))
-        super().__init__(root)
+        super().__init__(root, reactor=reactor)
 
     def log(self, request: Request) -> None:
         """
