@@ -3,7 +3,8 @@
 L{MetricsCollector}: what the proxy has served, as Prometheus metric
 families. It follows the ledger as a consumer, adding each client's
 counts to its route's totals when it closes, and at scrape time adds the
-counts of what is open: nothing is done per read.
+counts of what is open: nothing is done per read. Every listener's route
+has its counts from the start, at zero.
 """
 
 from __future__ import annotations
@@ -107,11 +108,21 @@ class MetricsCollector(Collector):
         Every metric family, with the counts of what is open now added to
         the totals of what has closed.
         """
-        active: Counter[str] = Counter()
-        activeSessions: Counter[str] = Counter()
-        moved = Counter(self.moved)
-        sessionBytes = Counter(self.sessionBytes)
-        sessionDatagrams = Counter(self.sessionDatagrams)
+        streams = {factory.route or "" for factory in self.listening.factories.values()}
+        relays = {relay.route or "" for relay in self.listening.relays}
+        active: Counter[str] = Counter(dict.fromkeys(streams | set(self.accepted), 0))
+        activeSessions: Counter[str] = Counter(dict.fromkeys(relays | set(self.sessions), 0))
+        accepted, sessions = Counter(active), Counter(activeSessions)
+        accepted.update(self.accepted)
+        sessions.update(self.sessions)
+        moved, sessionBytes, sessionDatagrams = (
+            _zeros(active),
+            _zeros(activeSessions),
+            _zeros(activeSessions),
+        )
+        moved.update(self.moved)
+        sessionBytes.update(self.sessionBytes)
+        sessionDatagrams.update(self.sessionDatagrams)
         for served in self.ledger.open:
             route = routeLabel(served)
             datagrams = served.datagrams
@@ -122,16 +133,12 @@ class MetricsCollector(Collector):
                 activeSessions[route] += 1
                 _add(sessionBytes, route, served.counts)
                 _add(sessionDatagrams, route, datagrams)
-        for route in self.accepted:
-            active.setdefault(route, 0)
-        for route in self.sessions:
-            activeSessions.setdefault(route, 0)
 
         yield _family(
             GaugeMetricFamily, "connections_active", "Connections open now.", ["route"], active
         )
         yield _family(
-            CounterMetricFamily, "connections", "Connections accepted.", ["route"], self.accepted
+            CounterMetricFamily, "connections", "Connections accepted.", ["route"], accepted
         )
         yield _family(
             CounterMetricFamily,
@@ -155,7 +162,7 @@ class MetricsCollector(Collector):
             activeSessions,
         )
         yield _family(
-            CounterMetricFamily, "sessions", "Datagram sessions opened.", ["route"], self.sessions
+            CounterMetricFamily, "sessions", "Datagram sessions opened.", ["route"], sessions
         )
         yield _family(
             CounterMetricFamily,
@@ -225,6 +232,14 @@ class MetricsCollector(Collector):
                 "python_version": platform.python_version(),
             },
         )
+
+
+def _zeros(routes: Counter[str]) -> Counter[tuple[str, str]]:
+    """
+    A zero for each direction of each of C{routes}, so that a route's
+    series exist before its first client.
+    """
+    return Counter({(route, label): 0 for route in routes for label in DIRECTIONS.values()})
 
 
 def _add(totals: Counter[tuple[str, str]], route: str, counts: list[int]) -> None:

@@ -116,6 +116,28 @@ class CollectorTests(SynchronousTestCase):
         for family in self.families.values():
             self.assertTrue(family.documentation, family.name)
 
+    def test_routesFromTheStart(self) -> None:
+        """
+        Every listener's route has its series at zero before its first
+        client: connections and bytes of a stream route, sessions,
+        datagrams and bytes of a datagram route.
+        """
+        self.listening.factories = {"web": Route("web"), None: Route(None)}
+        self.listening.relays = [Route("dns")]
+        samples = self.scrape()
+        for route in ("web", ""):
+            for name in ("connections_total", "connections_active"):
+                self.assertEqual(samples[f"socketproxyd_{name}", (("route", route),)], 0)
+            for direction in ("upstream", "downstream"):
+                labels = (("direction", direction), ("route", route))
+                self.assertEqual(samples["socketproxyd_bytes_total", labels], 0)
+        self.assertEqual(samples["socketproxyd_sessions_total", (("route", "dns"),)], 0)
+        self.assertEqual(samples["socketproxyd_sessions_active", (("route", "dns"),)], 0)
+        for name in ("datagrams_total", "datagram_bytes_total"):
+            labels = (("direction", "downstream"), ("route", "dns"))
+            self.assertEqual(samples[f"socketproxyd_{name}", labels], 0)
+        self.assertNotIn(("socketproxyd_sessions_total", (("route", "web"),)), samples)
+
     def test_connections(self) -> None:
         """
         Closed connections count by route and ending; bytes include those
