@@ -164,7 +164,10 @@ class Scenario:
     on 127.0.0.1 from C{port} on (one port per form, in order), and its
     Type=notify service running the form with C{arguments}, after
     C{requires}, with C{unit} and C{service} lines added to its sections;
-    C{listen} is the socket unit's line.
+    C{listen} is the socket unit's line. With C{scrapePort}, a second
+    socket unit per form, C{NAME-FORM-metrics.socket} on 127.0.0.1 from
+    that port on, named C{metrics} for the same service (as
+    examples/systemd/proxy-to-nginx-metrics.socket is).
     """
 
     port: int
@@ -174,12 +177,20 @@ class Scenario:
     unit: str = ""
     service: str = ""
     listen: str = "ListenStream=127.0.0.1:{port}"
+    scrapePort: int | None = None
 
     def portOf(self, form: str) -> int:
         """
         The port of this scenario's socket unit for C{form}.
         """
         return self.port + self.forms.index(form)
+
+    def scrapePortOf(self, form: str) -> int:
+        """
+        The port of this scenario's metrics socket unit for C{form}.
+        """
+        assert self.scrapePort is not None
+        return self.scrapePort + self.forms.index(form)
 
 
 SCENARIOS = {
@@ -205,6 +216,7 @@ SCENARIOS = {
     "dgram": Scenario(
         8170, "127.0.0.1:8002", requires="dgram-backend.service", listen="ListenDatagram={port}"
     ),
+    "metrics": Scenario(8180, "--metrics=metrics 127.0.0.1:8000", scrapePort=8190),
 }
 
 
@@ -218,8 +230,15 @@ def scenarioUnits() -> dict[str, str]:
             path = f"etc/systemd/system/{name}-{form}"
             listen = scenario.listen.format(port=scenario.portOf(form))
             units[f"{path}.socket"] = f"[Socket]\n{listen}\n"
+            requires = scenario.requires
+            if scenario.scrapePort is not None:
+                units[f"{path}-metrics.socket"] = (
+                    f"[Socket]\nListenStream=127.0.0.1:{scenario.scrapePortOf(form)}\n"
+                    f"FileDescriptorName=metrics\nService={name}-{form}.service\n"
+                )
+                requires += f" {name}-{form}-metrics.socket"
             units[f"{path}.service"] = (
-                f"[Unit]\nRequires={scenario.requires}\nAfter={scenario.requires}\n"
+                f"[Unit]\nRequires={requires}\nAfter={requires}\n"
                 f"{scenario.unit}\n[Service]\nType=notify\n{scenario.service}"
                 f"ExecStart={FORMS[form]} {scenario.arguments}\n"
             )

@@ -261,6 +261,43 @@ class SystemdTests(SystemdTestCase):
             shown = self.container.show(f"{unit}.service", "ActiveState", "Result")
             self.assertEqual(shown, {"ActiveState": "inactive", "Result": "success"}, form)
 
+    def test_metricsSocket(self) -> None:
+        """
+        A second socket unit named C{metrics} (C{FileDescriptorName=}) for
+        the same service, as examples/systemd/ has it: a scrape there starts
+        the proxy and is answered; the proxied socket's connections are
+        counted under its name and the scrapes are not, under both forms.
+        """
+        scenario = SCENARIOS["metrics"]
+        for form in BOTH:
+            unit = f"metrics-{form}"
+            self.systemctl("start", f"{unit}.socket", f"{unit}-metrics.socket")
+            url = f"http://127.0.0.1:{scenario.scrapePortOf(form)}/metrics"
+            total = f'socketproxyd_connections_total{{route="{unit}.socket"}}'
+            self.assertIn(f"{total} 0.0\n", self.scrape(url))
+            self.waitShow(
+                f"{unit}.service", {"ActiveState": "active", "StatusText": statusText(unit)}
+            )
+            for payload in ("one", "two"):
+                self.assertEqual(self.client(scenario.portOf(form), payload), payload.upper())
+            self.assertIn(f"{total} 2.0\n", self.scrape(url))
+            self.journalEntries(
+                f"{unit}.service",
+                rf"^Serving metrics on 127\.0\.0\.1:{scenario.scrapePortOf(form)} \(metrics\)$",
+            )
+
+    def scrape(self, url: str) -> str:
+        """
+        The exposition at C{url}, fetched inside the container.
+        """
+        fetch = (
+            "import urllib.request; "
+            f"print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')"
+        )
+        result = self.container.run([PYTHON, "-c", fetch])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout
+
     def test_datagrams(self) -> None:
         """
         C{ListenDatagram=PORT} (a wildcard dual-stack socket): the first
