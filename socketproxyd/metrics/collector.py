@@ -3,16 +3,17 @@
 L{MetricsCollector}: what the proxy has served, as Prometheus metric
 families. It follows the ledger as a consumer, adding each client's
 counts to its route's totals when it closes, and at scrape time adds the
-counts of what is open: nothing is done per read. Every listener's route
-has its counts from the start, at zero.
+counts of what is open: nothing is done per read or per accept, and a
+close costs a few additions (``benchmarks/profile.py metrics``). Every
+listener's route has its counts from the start, at zero.
 """
 
 from __future__ import annotations
 
 import platform
-from collections import Counter
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import twisted
 from prometheus_client.core import (
@@ -26,15 +27,24 @@ from twisted.internet.interfaces import IReactorTime
 
 from socketproxyd import __version__
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, Served
-from socketproxyd.metrics.durations import CONNECT_BUCKETS, DURATION_BUCKETS, Durations
+from socketproxyd.metrics.durations import (
+    CONNECT_BUCKETS,
+    DURATION_BUCKETS,
+    Durations,
+    durationsFamily,
+)
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.listenerset import ListenerSet
+
+if TYPE_CHECKING:
+    from socketproxyd.routeserver import RouteServer
 
 DIRECTIONS = {UPSTREAM: "upstream", DOWNSTREAM: "downstream"}
 """
 The C{direction} label of each direction: C{upstream} is client to target.
 """
+DONE = Ending.DONE
 ENDINGS = {ending: ending.value.replace(" ", "_") for ending in Ending}
 """
 The C{ending} label of each L{Ending}: as the close line says it, in
@@ -42,11 +52,64 @@ snake_case.
 """
 
 
-def routeLabel(served: Served) -> str:
+def routeLabel(server: RouteServer) -> str:
     """
     The C{route} label: the listener's name, empty for an unnamed one.
     """
-    return served.server.route or ""
+    return server.route or ""
+
+
+class RouteCounts:
+    """
+    What one route's clients add up to: kept per route server for those
+    that have closed, so that a close is a handful of additions, and
+    summed by route label at scrape time with what is open.
+
+    @ivar active: connections (or sessions) open now; counted at scrape
+        time only.
+    @ivar closed: connections (or sessions) closed. What is accepted is
+        what has closed and what is open, so an accept adds nothing.
+    @ivar endings: the closed connections that did not end as C{done},
+        by how they ended (the rest ended as C{done}: an enum's hash is
+        computed in Python, and most connections need none).
+    @ivar moved: bytes, indexed by direction.
+    @ivar datagrams: datagrams of sessions, indexed by direction.
+    @ivar lifetimes: accept to close, of connections with recorded times.
+    @ivar connectTimes: accept to connected, of those that connected.
+    """
+
+    __slots__ = ("active", "closed", "endings", "moved", "datagrams", "lifetimes", "connectTimes")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.closed = 0
+        self.endings: dict[Ending, int] = {}
+        self.moved = [0, 0]
+        self.datagrams = [0, 0]
+        self.lifetimes = Durations(DURATION_BUCKETS)
+        self.connectTimes = Durations(CONNECT_BUCKETS)
+
+    def add(self, other: RouteCounts) -> None:
+        """
+        Count C{other}'s clients too.
+        """
+        self.active += other.active
+        self.closed += other.closed
+        for ending, count in other.endings.items():
+            self.endings[ending] = self.endings.get(ending, 0) + count
+        _addTo(self.moved, other.moved)
+        _addTo(self.datagrams, other.datagrams)
+        self.lifetimes.add(other.lifetimes)
+        self.connectTimes.add(other.connectTimes)
+
+    def byEnding(self) -> dict[str, int]:
+        """
+        The closed connections by C{ending} label, C{done} always among
+        them.
+        """
+        labelled = {ENDINGS[DONE]: self.closed - sum(self.endings.values())}
+        labelled.update((ENDINGS[ending], count) for ending, count in self.endings.items())
+        return labelled
 
 
 class MetricsCollector(Collector):
@@ -54,16 +117,11 @@ class MetricsCollector(Collector):
     The proxy's own metrics (see the module docstring), for a
     C{CollectorRegistry}; a consumer of C{ledger}'s events.
 
-    @ivar accepted: connections accepted, by route.
-    @ivar sessions: datagram sessions opened, by route.
-    @ivar ended: connections closed, by route and how they ended.
-    @ivar moved: bytes of closed connections, by route and direction.
-    @ivar sessionBytes: bytes of closed sessions, by route and direction.
-    @ivar sessionDatagrams: datagrams of closed sessions, likewise.
+    @ivar streams: the closed connections' L{RouteCounts}, by route server.
+    @ivar relays: the closed sessions' L{RouteCounts}, by route server.
     @ivar listening: the listeners, whose route servers count connect
-        retries and dropped datagrams.
-    @ivar connectTimes: accept to connected, of connections that connected.
-    @ivar lifetimes: accept to close, of every connection.
+        retries and dropped datagrams, and whose routes have series before
+        their first client.
     """
 
     def __init__(
@@ -73,126 +131,133 @@ class MetricsCollector(Collector):
         self.ledger = ledger
         self.limit = limit
         self.listening = listening
-        self.connectTimes = Durations(CONNECT_BUCKETS)
-        self.lifetimes = Durations(DURATION_BUCKETS)
-        self.accepted: Counter[str] = Counter()
-        self.sessions: Counter[str] = Counter()
-        self.ended: Counter[tuple[str, str]] = Counter()
-        self.moved: Counter[tuple[str, str]] = Counter()
-        self.sessionBytes: Counter[tuple[str, str]] = Counter()
-        self.sessionDatagrams: Counter[tuple[str, str]] = Counter()
+        self.streams: dict[RouteServer, RouteCounts] = {}
+        self.relays: dict[RouteServer, RouteCounts] = {}
 
     def opened(self, served: Served) -> None:
-        if served.datagrams is None:
-            self.accepted[routeLabel(served)] += 1
-        else:
-            self.sessions[routeLabel(served)] += 1
+        """
+        Nothing: an open client is counted at scrape time.
+        """
 
     def closed(self, served: Served) -> None:
-        route = routeLabel(served)
+        """
+        Add C{served}'s counts to its route server's.
+        """
+        server = served.server
         datagrams = served.datagrams
-        if datagrams is None:
-            ending = served.ending
-            self.ended[route, ENDINGS[ending] if ending is not None else "done"] += 1
-            _add(self.moved, route, served.counts)
-            if served.started:
-                self.lifetimes.observe(route, self.clock.seconds() - served.started)
-                if served.connected:
-                    self.connectTimes.observe(route, served.connected - served.started)
-        else:
-            _add(self.sessionBytes, route, served.counts)
-            _add(self.sessionDatagrams, route, datagrams)
+        byServer = self.streams if datagrams is None else self.relays
+        totals = byServer.get(server)
+        if totals is None:
+            totals = byServer[server] = RouteCounts()
+        totals.closed += 1
+        counts, moved = served.counts, totals.moved
+        moved[UPSTREAM] += counts[UPSTREAM]
+        moved[DOWNSTREAM] += counts[DOWNSTREAM]
+        if datagrams is not None:
+            _addTo(totals.datagrams, datagrams)
+            return
+        ending = served.ending
+        if ending is not None and ending is not DONE:
+            totals.endings[ending] = totals.endings.get(ending, 0) + 1
+        started = served.started
+        if started:
+            totals.lifetimes.observe(self.clock.seconds() - started)
+            if served.connected:
+                totals.connectTimes.observe(served.connected - started)
 
     def collect(self) -> Iterator[Metric]:
         """
         Every metric family, with the counts of what is open now added to
         the totals of what has closed.
         """
-        streams = {factory.route or "" for factory in self.listening.factories.values()}
-        relays = {relay.route or "" for relay in self.listening.relays}
-        active: Counter[str] = Counter(dict.fromkeys(streams | set(self.accepted), 0))
-        activeSessions: Counter[str] = Counter(dict.fromkeys(relays | set(self.sessions), 0))
-        accepted, sessions = Counter(active), Counter(activeSessions)
-        accepted.update(self.accepted)
-        sessions.update(self.sessions)
-        moved, sessionBytes, sessionDatagrams = (
-            _zeros(active),
-            _zeros(activeSessions),
-            _zeros(activeSessions),
-        )
-        moved.update(self.moved)
-        sessionBytes.update(self.sessionBytes)
-        sessionDatagrams.update(self.sessionDatagrams)
+        streams = _byRoute(self.streams, self.listening.factories.values())
+        relays = _byRoute(self.relays, self.listening.relays)
         for served in self.ledger.open:
-            route = routeLabel(served)
             datagrams = served.datagrams
-            if datagrams is None:
-                active[route] += 1
-                _add(moved, route, served.counts)
-            else:
-                activeSessions[route] += 1
-                _add(sessionBytes, route, served.counts)
-                _add(sessionDatagrams, route, datagrams)
+            counts = (streams if datagrams is None else relays)[routeLabel(served.server)]
+            counts.active += 1
+            _addTo(counts.moved, served.counts)
+            if datagrams is not None:
+                _addTo(counts.datagrams, datagrams)
 
         yield _family(
-            GaugeMetricFamily, "connections_active", "Connections open now.", ["route"], active
+            GaugeMetricFamily,
+            "connections_active",
+            "Connections open now.",
+            ["route"],
+            {route: counts.active for route, counts in streams.items()},
         )
         yield _family(
-            CounterMetricFamily, "connections", "Connections accepted.", ["route"], accepted
+            CounterMetricFamily,
+            "connections",
+            "Connections accepted.",
+            ["route"],
+            {route: counts.closed + counts.active for route, counts in streams.items()},
         )
         yield _family(
             CounterMetricFamily,
             "connections_closed",
             "Connections closed, by how they ended (as the close line says it).",
             ["route", "ending"],
-            self.ended,
+            {
+                (route, ending): count
+                for route, counts in streams.items()
+                for ending, count in counts.byEnding().items()
+            },
         )
         yield _family(
             CounterMetricFamily,
             "bytes",
             "Bytes moved by connections, open ones included; upstream is client to target.",
             ["route", "direction"],
-            moved,
+            _byDirection(streams, "moved"),
         )
         yield _family(
             GaugeMetricFamily,
             "sessions_active",
             "Datagram sessions open now.",
             ["route"],
-            activeSessions,
+            {route: counts.active for route, counts in relays.items()},
         )
         yield _family(
-            CounterMetricFamily, "sessions", "Datagram sessions opened.", ["route"], sessions
+            CounterMetricFamily,
+            "sessions",
+            "Datagram sessions opened.",
+            ["route"],
+            {route: counts.closed + counts.active for route, counts in relays.items()},
         )
         yield _family(
             CounterMetricFamily,
             "datagrams",
             "Datagrams forwarded by sessions, open ones included.",
             ["route", "direction"],
-            sessionDatagrams,
+            _byDirection(relays, "datagrams"),
         )
         yield _family(
             CounterMetricFamily,
             "datagram_bytes",
             "Bytes of the datagrams forwarded by sessions, open ones included.",
             ["route", "direction"],
-            sessionBytes,
+            _byDirection(relays, "moved"),
         )
-        yield self.connectTimes.family(
+        timed = {route: counts for route, counts in streams.items() if counts.closed}
+        yield durationsFamily(
             "socketproxyd_connect_duration_seconds",
             "Seconds from accepting a client to its target's answer.",
+            {route: counts.connectTimes for route, counts in timed.items()},
         )
-        yield self.lifetimes.family(
+        yield durationsFamily(
             "socketproxyd_connection_duration_seconds",
             "Seconds from accepting a client to closing its connection.",
+            {route: counts.lifetimes for route, counts in timed.items()},
         )
         retries: Counter[str] = Counter()
         for factory in self.listening.factories.values():
-            retries[factory.route or ""] += factory.connectRetries
+            retries[routeLabel(factory)] += factory.connectRetries
         drops: Counter[tuple[str, str]] = Counter()
         for relay in self.listening.relays:
             for reason, count in relay.drops.items():
-                drops[relay.route or "", reason] += count
+                drops[routeLabel(relay), reason] += count
         yield _family(
             CounterMetricFamily,
             "connect_retries",
@@ -234,17 +299,35 @@ class MetricsCollector(Collector):
         )
 
 
-def _zeros(routes: Counter[str]) -> Counter[tuple[str, str]]:
+def _byRoute(
+    totals: Mapping[RouteServer, RouteCounts], servers: Iterable[RouteServer]
+) -> defaultdict[str, RouteCounts]:
     """
-    A zero for each direction of each of C{routes}, so that a route's
-    series exist before its first client.
+    The closed clients' counts summed by route label, with every one of
+    C{servers}' routes among them (at zero before its first client).
     """
-    return Counter({(route, label): 0 for route in routes for label in DIRECTIONS.values()})
+    routes: defaultdict[str, RouteCounts] = defaultdict(RouteCounts)
+    for server in servers:
+        routes[routeLabel(server)]
+    for server, counts in totals.items():
+        routes[routeLabel(server)].add(counts)
+    return routes
 
 
-def _add(totals: Counter[tuple[str, str]], route: str, counts: list[int]) -> None:
-    for direction, label in DIRECTIONS.items():
-        totals[route, label] += counts[direction]
+def _byDirection(routes: Mapping[str, RouteCounts], field: str) -> dict[tuple[str, str], int]:
+    """
+    One of L{RouteCounts}' per-direction counts, by route and direction.
+    """
+    return {
+        (route, label): getattr(counts, field)[direction]
+        for route, counts in routes.items()
+        for direction, label in DIRECTIONS.items()
+    }
+
+
+def _addTo(totals: list[int], counts: list[int]) -> None:
+    for direction in DIRECTIONS:
+        totals[direction] += counts[direction]
 
 
 def _family(

@@ -1,12 +1,13 @@
 # -*- test-case-name: tests.unit.test_metrics -*-
 """
-L{Durations}: the proxy's histograms of how long connecting and serving
-took, by route, and their buckets.
+L{Durations}: a route's histogram of how long connecting or serving took,
+and the buckets of both.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -26,42 +27,53 @@ Seconds from accept to close: a request, a session, a day-long tunnel.
 
 class Durations:
     """
-    A histogram of durations by route, counted in plain lists as each
+    One route's histogram of durations, counted in a plain list as each
     connection closes and laid out as Prometheus's cumulative buckets at
     scrape time (C{prometheus_client.Histogram} takes a lock and looks up
-    its labels on every observation).
+    its labels on every observation, which a close cannot afford).
 
     @ivar bounds: the buckets' upper bounds, ascending (C{+Inf} is added).
-    @ivar routes: per route, the count in each bucket (not cumulative,
-        the last for C{+Inf}) and the sum.
+    @ivar counts: the count in each bucket (not cumulative, the last for
+        C{+Inf}).
+    @ivar total: the sum of the durations.
     """
+
+    __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.routes: dict[str, tuple[list[int], list[float]]] = {}
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
 
-    def observe(self, route: str, seconds: float) -> None:
+    def observe(self, seconds: float) -> None:
         """
-        Count one duration of C{route}.
+        Count one duration.
         """
-        counted = self.routes.get(route)
-        if counted is None:
-            counted = self.routes[route] = ([0] * (len(self.bounds) + 1), [0.0])
-        counted[0][bisect.bisect_left(self.bounds, seconds)] += 1
-        counted[1][0] += seconds
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+    def add(self, other: Durations) -> None:
         """
-        The histogram C{name}, one series per route.
+        Count C{other}'s durations too (of a route served by two servers).
         """
-        family = HistogramMetricFamily(name, documentation, labels=["route"])
-        for route in sorted(self.routes):
-            counts, total = self.routes[route]
-            cumulative, buckets = 0, []
-            for bound, count in zip(
-                (*map(floatToGoString, self.bounds), "+Inf"), counts, strict=True
-            ):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            family.add_metric([route], buckets, total[0])
-        return family
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+
+def durationsFamily(
+    name: str, documentation: str, routes: Mapping[str, Durations]
+) -> HistogramMetricFamily:
+    """
+    The histogram C{name}, one series per route.
+    """
+    family = HistogramMetricFamily(name, documentation, labels=["route"])
+    for route in sorted(routes):
+        durations = routes[route]
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*map(floatToGoString, durations.bounds), "+Inf"), durations.counts, strict=True
+        ):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric([route], buckets, durations.total)
+    return family

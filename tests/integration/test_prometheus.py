@@ -122,6 +122,7 @@ class PrometheusTests(ConsoleScriptTestCase):
             (("ending", "done"), ("route", "web")): 4.0,
             (("ending", "done"), ("route", "db")): 2.0,
             (("ending", "connect_failed"), ("route", "dead")): 1.0,
+            (("ending", "done"), ("route", "dead")): 0.0,
         }
         self.assertTrue(waitUntil(lambda: closed() == expected, 30), closed())
         self.assertEqual(

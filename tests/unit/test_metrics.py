@@ -119,7 +119,8 @@ class CollectorTests(SynchronousTestCase):
     def test_routesFromTheStart(self) -> None:
         """
         Every listener's route has its series at zero before its first
-        client: connections and bytes of a stream route, sessions,
+        client: connections (closed as done among them) and bytes of a
+        stream route, sessions,
         datagrams and bytes of a datagram route.
         """
         self.listening.factories = {"web": Route("web"), None: Route(None)}
@@ -128,6 +129,8 @@ class CollectorTests(SynchronousTestCase):
         for route in ("web", ""):
             for name in ("connections_total", "connections_active"):
                 self.assertEqual(samples[f"socketproxyd_{name}", (("route", route),)], 0)
+            closed = (("ending", "done"), ("route", route))
+            self.assertEqual(samples["socketproxyd_connections_closed_total", closed], 0)
             for direction in ("upstream", "downstream"):
                 labels = (("direction", direction), ("route", route))
                 self.assertEqual(samples["socketproxyd_bytes_total", labels], 0)
@@ -167,6 +170,7 @@ class CollectorTests(SynchronousTestCase):
             {
                 (("ending", "done"), ("route", "web")): 1,
                 (("ending", "connect_timeout"), ("route", "web")): 1,
+                (("ending", "done"), ("route", "")): 0,
             },
         )
         moved = {k[1]: v for k, v in samples.items() if k[0] == "socketproxyd_bytes_total"}
