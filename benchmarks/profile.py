@@ -2,8 +2,8 @@
 Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
-    python benchmarks/profile.py connections|requests|split [--seconds 4] [--data-path auto]
-        [--unix-target] [--routed] [--metrics]
+    python benchmarks/profile.py connections|requests|split|metrics [--seconds 4]
+        [--data-path auto] [--unix-target] [--routed] [--metrics] [--rounds 3]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -14,12 +14,23 @@ against the original (when installed), the floor (benchmarks/floor.py: the
 same system calls from a bare Python loop) and socketproxyd, and prints
 each one's user and system CPU time per connection and per GiB: where a
 profile cannot tell system calls from the Python around them, this can.
+
+C{metrics} is the cost of C{--metrics} (nothing scraping): CPU per new
+connection of socketproxyd without and with it, to nginx on TCP and on its
+UNIX socket, measured in the order plain, metrics, metrics, plain for each
+of C{--rounds} rounds. Each run leaves some 30,000 connections in
+TIME_WAIT for a minute, which makes the next run's connects to a TCP
+target dearer; always measuring one side after the other would count that
+against it. A difference of a few per cent is within the noise of such
+runs, so it then times the collector's own calls inside one more running
+proxy (C{benchmarks/timedexporter.py}).
 """
 
 from __future__ import annotations
 
 import argparse
 import pstats
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -40,6 +51,8 @@ from run import (  # noqa: E402
     proxyRoutes,
     socketproxyd,
 )
+
+TIMED_EXPORTER = Path(__file__).resolve().parent / "timedexporter.py"
 
 
 def _connections(port: int, seconds: int) -> float:
@@ -107,9 +120,100 @@ def split(
                     route.stop()
 
 
+def alternated(
+    rounds: int,
+    sides: tuple[Route, Route],
+    target: int | str,
+    unit: str,
+    perUnit: Callable[[int], float],
+) -> dict[str, float]:
+    """
+    User and system CPU of each of two proxies per unit of C{perUnit(port)}
+    (which loads the proxy on C{port} and says how many units it moved),
+    measured in the order A, B, B, A for each of C{rounds} rounds; each
+    run's figures are printed, then each side's medians and how the second
+    side's total differs. The median total of each side.
+    """
+    cpu: dict[str, list[tuple[float, float]]] = {side.name: [] for side in sides}
+    first, second = sides
+    for round in range(rounds):
+        for side in (first, second, second, first):
+            port = side.start(target)
+            try:
+                units, user, system = measureCpu(side, perUnit, port)
+            finally:
+                side.stop()
+            assert isinstance(units, float)
+            cpu[side.name].append((user / units, system / units))
+            print(f"  round {round + 1} {side.name:8s} user {user / units:8.3f}  "
+                  f"system {system / units:8.3f}  {unit}")  # fmt: skip
+    totals = {}
+    for name, runs in cpu.items():
+        user = statistics.median(u for u, _ in runs)
+        totals[name] = statistics.median(u + s for u, s in runs)
+        print(f"  median {name:8s} user {user:8.3f}  total {totals[name]:8.3f}  {unit}")
+    change = totals[second.name] / totals[first.name] - 1
+    print(f"  {second.name} against {first.name}: total {100 * change:+.1f} %")
+    return totals
+
+
+def metricsCost(seconds: int, dataPath: str, rounds: int) -> None:
+    """
+    CPU per new connection (to nginx on TCP and on its UNIX socket) and
+    per GiB (one bulk stream each way) of socketproxyd without and with
+    C{--metrics}, L{alternated}; after each new-connection scenario, the
+    collector's own time per connection, timed inside a running proxy
+    (C{benchmarks/timedexporter.py}).
+    """
+    plain = socketproxyd("plain", dataPath)
+    metrics = socketproxyd("metrics", dataPath, "--metrics=tcp:0:interface=127.0.0.1")
+    with tempfile.TemporaryDirectory() as tmp:
+        spentFile = Path(tmp) / "exporter"
+        timed = Route(
+            "timed",
+            ["env", f"SPX_TIMED_EXPORTER={spentFile}", sys.executable, str(TIMED_EXPORTER),
+             "-c", "20000", f"--data-path={dataPath}", "--metrics=tcp:0:interface=127.0.0.1"],
+        )  # fmt: skip
+        nginx = Nginx(Path(tmp))
+        try:
+            for label, target in (("TCP", nginx.port), ("UNIX", nginx.unixPath)):
+                print(f"new connections to nginx on {label} (wrk, Connection: close):")
+                totals = alternated(
+                    rounds,
+                    (plain, metrics),
+                    target,
+                    "us/conn",
+                    lambda port: _connections(port, seconds) / 1e6,
+                )
+                port = timed.start(target)
+                try:
+                    _connections(port, seconds)
+                finally:
+                    timed.stop()
+                own = 0.0
+                for line in spentFile.read_text().splitlines():
+                    name, calls, mean = line.split()
+                    own += float(mean) / 1000
+                    print(f"  the collector's {name}: {mean} ns a call ({calls} calls)")
+                print(f"  the collector's own: {own:.2f} us a connection, "
+                      f"{100 * own / totals['plain']:.1f} % of plain's CPU")  # fmt: skip
+        finally:
+            nginx.stop()
+    with iperfServer() as serverPort:
+        for label, extra in DIRECTIONS:
+            print(f"bulk {label} (iperf3, one stream):")
+            alternated(
+                rounds,
+                (plain, metrics),
+                serverPort,
+                "s/GiB",
+                lambda port, extra=extra: _gibibytes(port, seconds, extra),
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["connections", "requests", "split"])
+    parser.add_argument("scenario", choices=["connections", "requests", "split", "metrics"])
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--data-path", default="auto")
     parser.add_argument(
@@ -121,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--metrics", action="store_true", help="split: also socketproxyd with --metrics on"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="metrics: rounds of four runs")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
@@ -128,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     ensureTools()
     if args.scenario == "split":
         split(args.seconds, args.data_path, args.unix_target, args.routed, args.metrics)
+        return
+    if args.scenario == "metrics":
+        metricsCost(args.seconds, args.data_path, args.rounds)
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"

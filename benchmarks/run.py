@@ -81,7 +81,7 @@ def _sbin(tool: str) -> str | None:
     return str(path) if path.exists() else None
 
 
-_LAUNCHERS = ("prlimit", "taskset", "sh", "dash", "bash")
+_LAUNCHERS = ("prlimit", "taskset", "sh", "dash", "bash", "env")
 
 
 def freePort() -> int:
