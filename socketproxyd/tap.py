@@ -206,7 +206,10 @@ class Options(usage.Options):
 
     def parseArgs(self, *targets: str) -> None:
         if len(targets) > 1:
-            raise usage.UsageError(f"one TARGET expected, got {len(targets)}: {targets}")
+            raise usage.UsageError(
+                f"one TARGET expected, got {len(targets)}: {' '.join(targets)}; "
+                "route named sockets to others with --target=NAME=TARGET"
+            )
         self["target-text"] = targets[0] if targets else None
 
     def postOptions(self) -> None:

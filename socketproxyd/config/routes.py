@@ -111,11 +111,19 @@ class Routes:
         @raise RouteError: naming the first that does not.
         """
         for name in self.named:
-            if name not in names:
-                known = ", ".join(sorted(n for n in names if n)) or "none"
+            if name in names:
+                continue
+            known = ", ".join(sorted(n for n in names if n))
+            if not known:
+                passed = "the sockets passed have no names" if names else "no socket was passed"
                 raise RouteError(
-                    f"--target={name}=...: no listener is named {name!r} (listener names: {known})"
+                    f"--target={name}=...: no listener is named {name!r} ({passed}): pass one "
+                    f"named {name} (FileDescriptorName={name} in its .socket unit) or give "
+                    f"--listen={name}=ENDPOINT"
                 )
+            raise RouteError(
+                f"--target={name}=...: no listener is named {name!r} (listener names: {known})"
+            )
 
     def __str__(self) -> str:
         parts = [f"{name}={target}" for name, target in self.named.items()]

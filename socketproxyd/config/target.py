@@ -155,7 +155,10 @@ def parseTarget(text: str) -> Target:
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise ValueError(f"target {text!r} has '[' without ']'")
+            raise ValueError(
+                f"target {text!r} has '[' without ']': write an IPv6 target as "
+                "[ADDRESS]:PORT, e.g. [::1]:8080"
+            )
         host, rest = text[1:close], text[close + 1 :]
         try:
             if ipaddress.ip_address(host.split("%", 1)[0]).version != 6:

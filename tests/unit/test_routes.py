@@ -44,3 +44,20 @@ class RoutesTests(SynchronousTestCase):
             str(caught.exception),
             "--target=api=...: no listener is named 'api' (listener names: db, web)",
         )
+
+    def test_unusedWithoutNames(self) -> None:
+        """
+        With no socket, or none named, the message says how to name one.
+        """
+        routes = Routes(None, {"web": WEB})
+        for names, passed in [
+            (set(), "no socket was passed"),
+            ({None}, "the sockets passed have no names"),
+        ]:
+            with self.assertRaises(RouteError) as caught:
+                routes.checkUsed(names)
+            self.assertEqual(
+                str(caught.exception),
+                f"--target=web=...: no listener is named 'web' ({passed}): pass one named web "
+                "(FileDescriptorName=web in its .socket unit) or give --listen=web=ENDPOINT",
+            )

@@ -82,7 +82,11 @@ class OptionsTests(SynchronousTestCase):
 
     def test_target(self) -> None:
         self.assertIn("TARGET is missing", self.rejected())
-        self.assertIn("one TARGET expected", self.rejected("a:1", "b:2"))
+        self.assertIn(
+            "one TARGET expected, got 2: a:1 b:2; route named sockets to others with "
+            "--target=NAME=TARGET",
+            self.rejected("a:1", "b:2"),
+        )
         self.assertIn("99999", self.rejected("127.0.0.1:99999"))
 
     def test_namedTargets(self) -> None:

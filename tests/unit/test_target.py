@@ -62,6 +62,19 @@ class ParseTargetTests(SynchronousTestCase):
                 parseTarget(text)
             self.assertNotIn("\n", str(caught.exception))
 
+    def test_unclosedBracket(self) -> None:
+        """
+        An IPv6 address without its closing bracket is told the form to
+        use.
+        """
+        with self.assertRaises(ValueError) as caught:
+            parseTarget("[::1")
+        self.assertEqual(
+            str(caught.exception),
+            "target '[::1' has '[' without ']': write an IPv6 target as [ADDRESS]:PORT, "
+            "e.g. [::1]:8080",
+        )
+
     def test_str(self) -> None:
         """
         Targets print the way an operator would write them.
