@@ -433,24 +433,38 @@ class DigTests(ProxyTestMixin, SynchronousTestCase):
         if not (shutil.which("dig") and dnsmasqPath()):
             raise SkipTest("dig and dnsmasq are not installed")
 
+    def startDnsmasq(self, hosts: str) -> int:
+        """
+        dnsmasq answering from C{hosts} on a free port of 127.0.0.1, until
+        the test ends; its port. A port found free can be taken by another
+        process before dnsmasq binds it (dnsmasq then exits): another is
+        tried, up to five.
+        """
+        for _ in range(5):
+            probe, (_, port) = udpSocket()
+            probe.close()
+            dnsmasq = subprocess.Popen(
+                [dnsmasqPath(), "--keep-in-foreground",
+                 "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--port", str(port),
+                 "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+                 "--pid-file="],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                dnsmasq.wait(0.5)
+            except subprocess.TimeoutExpired:
+                self.addCleanup(dnsmasq.wait)
+                self.addCleanup(dnsmasq.terminate)
+                return port
+        self.fail("dnsmasq could not bind a port in five tries")
+
     def test_dig(self) -> None:
-        probe, (_, port) = udpSocket()
-        probe.close()
         hosts = os.path.abspath(self.mktemp())
-        os.makedirs(hosts)
-        with open(os.path.join(hosts, "hosts"), "w") as f:
+        with open(hosts, "w") as f:
             f.write("192.0.2.7 web.test\n2001:db8::7 web.test\n")
             for i in range(40):
                 f.write(f"192.0.2.{i + 10} many.test\n")
-        dnsmasq = subprocess.Popen(
-            [dnsmasqPath(), "--keep-in-foreground",
-             "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}/hosts", "--port", str(port),
-             "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
-             "--pid-file="],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.addCleanup(dnsmasq.wait)
-        self.addCleanup(dnsmasq.terminate)
+        port = self.startDnsmasq(hosts)
         stream = socket.socket()
         stream.bind(("127.0.0.1", 0))
         stream.listen()
