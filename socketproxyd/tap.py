@@ -17,6 +17,8 @@ import twisted
 from twisted.python import usage
 
 from socketproxyd import __version__
+from socketproxyd.config.optiontext import BY_NAME as TEXTS
+from socketproxyd.config.optiontext import helpText, plain
 from socketproxyd.config.routes import RouteError, Routes, parseNamedTarget, splitListen
 from socketproxyd.config.settings import ProxySettings, parsePipeSize
 from socketproxyd.config.target import parseTarget
@@ -67,6 +69,13 @@ def _choice(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _doc(option: str) -> str:
+    """
+    An option's summary as Twisted's own help shows it.
+    """
+    return plain(TEXTS[option].summary)
+
+
 class Options(usage.Options):
     """
     The options and TARGET of systemd-socket-proxyd, plus the ones an
@@ -80,47 +89,29 @@ class Options(usage.Options):
     longdesc = (
         "Accept clients on the listening sockets passed in by socket activation "
         "(and on --listen endpoints) and forward each to TARGET: HOST:PORT, "
-        "[IPv6]:PORT, /path/to/unix.socket or @abstract. --target=NAME=TARGET "
+        "[IPv6]:PORT (port 80 when none is given), /path/to/unix.socket or "
+        "@abstract. --target=NAME=TARGET "
         "sends the clients of the listeners named NAME (FileDescriptorName=, "
         "--listen=NAME=ENDPOINT) elsewhere; TARGET serves all others."
     )
-    optFlags = [
-        ["keepalive", None, "Enable TCP keepalive on both sockets of every connection."],
-    ]
+    optFlags = [["keepalive", None, _doc("keepalive")]]
     optParameters = [
-        ["connections-max", "c", 256,
-         "Proxy at most N connections at once; more wait in the backlog.",
-         _connectionsMax],
-        ["exit-idle-time", None, "infinity",
-         "Exit after this time span with no open connection.", _span("exit-idle-time")],
-        ["connect-timeout", None, "30s",
-         "Give up connecting to TARGET after this time span.", _span("connect-timeout")],
-        ["connect-retry", None, "0",
-         "Keep trying a TARGET that refuses or does not exist yet for this time "
-         "span after a client arrives, the client waiting (0: off).",
-         _span("connect-retry")],
-        ["idle-timeout", None, "infinity",
-         "Close a connection that moved no byte for this time span.",
+        ["connections-max", "c", 256, _doc("connections-max"), _connectionsMax],
+        ["exit-idle-time", None, "infinity", _doc("exit-idle-time"),
+         _span("exit-idle-time")],
+        ["connect-timeout", None, "30s", _doc("connect-timeout"),
+         _span("connect-timeout")],
+        ["connect-retry", None, "0", _doc("connect-retry"), _span("connect-retry")],
+        ["idle-timeout", None, "infinity", _doc("idle-timeout"),
          _span("idle-timeout")],
-        ["drain-timeout", None, "0",
-         "On SIGTERM, let open connections finish for this time span.",
-         _span("drain-timeout")],
-        ["proxy-protocol", None, None,
-         "Send a PROXY protocol header (v1 or v2) to TARGET first.",
+        ["drain-timeout", None, "0", _doc("drain-timeout"), _span("drain-timeout")],
+        ["proxy-protocol", None, None, _doc("proxy-protocol"),
          _choice("proxy-protocol", ("v1", "v2"))],
-        ["data-path", None, "auto",
-         "auto (splice(2) where possible), splice, or transport (Twisted transports).",
+        ["data-path", None, "auto", _doc("data-path"),
          _choice("data-path", ("auto", "splice", "transport"))],
-        ["pipe-size", None, "256K",
-         "Pipe size of the splice data path, in bytes or with K or M "
-         "(4K to fs.pipe-max-size).", parsePipeSize],
-        ["log-level", None, None,
-         "debug, info, warning or error [default: info, or SYSTEMD_LOG_LEVEL].",
-         _choice("log-level", tuple(LEVELS))],
-        ["metrics", None, None,
-         "Serve Prometheus metrics at /metrics on this server endpoint "
-         "(tcp:9105:interface=127.0.0.1, unix:/run/socketproxyd/metrics.sock), "
-         "or on the inherited sockets of this name, which are then not proxied."],
+        ["pipe-size", None, "256K", _doc("pipe-size"), parsePipeSize],
+        ["log-level", None, None, _doc("log-level"), _choice("log-level", tuple(LEVELS))],
+        ["metrics", None, None, _doc("metrics")],
     ]  # fmt: skip
 
     stderr: IO[str] = sys.stderr
@@ -154,14 +145,6 @@ class Options(usage.Options):
 
     opt_h = usage.Options.opt_help
 
-    placeholders = {
-        "connections-max": "N", "exit-idle-time": "SPAN", "connect-timeout": "SPAN",
-        "connect-retry": "SPAN", "idle-timeout": "SPAN", "drain-timeout": "SPAN",
-        "proxy-protocol": "v1|v2", "data-path": "PATH", "pipe-size": "BYTES",
-        "log-level": "LEVEL", "metrics": "ENDPOINT|NAME", "listen": "[NAME=]ENDPOINT",
-        "target": "NAME=TARGET",
-    }  # fmt: skip
-
     def getUsage(self, width: int | None = None) -> str:
         """
         The option list, laid out by Twisted's C{docMakeChunks} from the
@@ -177,11 +160,10 @@ class Options(usage.Options):
         entries = []
         for declared in self.longOpt:
             name = declared.removesuffix("=")
-            doc = self.docs[name].strip()
-            if declared.endswith("="):
-                if (default := self.defaults.get(name)) is not None:
-                    doc += f" [default: {default}]"
-                declared = f"{name}={self.placeholders.get(name, 'VALUE')}"
+            text = TEXTS.get(name)
+            doc = helpText(text) if text is not None else self.docs[name].strip()
+            if text is not None and text.placeholder is not None:
+                declared = f"{name}={text.placeholder}"
             doc = doc.replace("[default: ", "[default:\xa0")
             entries.append({"long": declared, "short": shortOf.get(name), "doc": doc})
         options = "".join(usage.docMakeChunks(entries, width)).replace("\xa0", " ")

@@ -12,7 +12,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.config.target import Target
 from socketproxyd.tap import Options
-from tests.support.processes import README
 
 
 class OptionsTests(SynchronousTestCase):
@@ -219,22 +218,6 @@ class MakeServiceTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         self.assertEqual(calls, ["inherited"])
         self.assertEqual(len(reactor.tcpServers), 1)
-
-
-class DocumentationTests(SynchronousTestCase):
-    """
-    README.rst documents every option C{--help} lists.
-    """
-
-    def test_everyOptionInReadme(self) -> None:
-
-        readme = README.read_text()
-        options = Options()
-        names = [p[0] for p in options.optParameters + options.optFlags]
-        names += [n for n in ("listen", "target", "version") if hasattr(options, f"opt_{n}")]
-        self.assertGreater(len(names), 12)
-        for name in names:
-            self.assertIn(f"``--{name}", readme, name)
 
 
 class HelpTests(SynchronousTestCase):

@@ -1,0 +1,233 @@
+# -*- test-case-name: tests.unit.test_optiontext -*-
+"""
+Every option's text, in one place: C{--help} shows each option's summary
+and default, and the README's option list and the manual page's OPTIONS
+are rendered from the same texts (the summary, then the details), so the
+three cannot say different things. C{tests.support.optiondocs} writes the
+rendered texts into README.rst and man/socketproxyd.8, and a test keeps
+them equal.
+
+In the texts, C{`literal`} marks what is typed as it stands (a command,
+a value, a file): plain in C{--help}, a literal in reStructuredText, bold
+in the manual page.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OptionText:
+    """
+    What one option is called, takes and means.
+
+    @ivar long: the long name, without C{--}.
+    @ivar short: the one-letter name, if any.
+    @ivar placeholder: what follows C{=} (C{None} for a flag).
+    @ivar default: the default as the texts show it (C{None}: none shown).
+    @ivar summary: what the option does, for C{--help} and the README.
+    @ivar details: more, for the manual page only.
+    """
+
+    long: str
+    short: str | None
+    placeholder: str | None
+    default: str | None
+    summary: str
+    details: str = ""
+
+    def spelling(self) -> str:
+        """
+        The option as typed, with its placeholder: C{--connections-max=N}.
+        """
+        if self.placeholder is None:
+            return f"--{self.long}"
+        return f"--{self.long}={self.placeholder}"
+
+
+OPTIONS = (
+    OptionText(
+        "connections-max", "c", "N", "256",
+        "Proxy at most N connections and datagram sessions at once (decimal, N >= 1); more "
+        "clients wait in the listening socket's backlog.",
+        "A client is served as soon as one of the N closes. The limit is also kept below "
+        "what the process's descriptors allow.",
+    ),
+    OptionText(
+        "exit-idle-time", None, "SPAN", "infinity",
+        "Exit with status 0 once no connection has been open for SPAN, counted from "
+        "start-up too.",
+        "Under systemd the socket unit keeps the listening sockets, and the next client "
+        "starts the proxy again.",
+    ),
+    OptionText(
+        "connect-timeout", None, "SPAN", "30s",
+        "Give up connecting to TARGET after SPAN (each attempt, with `--connect-retry`); the "
+        "client is closed.",
+    ),
+    OptionText(
+        "connect-retry", None, "SPAN", "0, off",
+        "Try again a TARGET that refuses, whose UNIX socket does not exist yet or whose "
+        "backlog is full, until SPAN after the first failed attempt; the client waits and "
+        "its first bytes are kept.",
+        "Attempts follow after 10 ms, 20 ms, ... at most 1 s apart.",
+    ),
+    OptionText(
+        "idle-timeout", None, "SPAN", "infinity",
+        "Close a connection that moved no byte either way for SPAN; end a datagram session "
+        "without a datagram either way for SPAN (60s for sessions when not given).",
+    ),
+    OptionText(
+        "drain-timeout", None, "SPAN", "0",
+        "On SIGTERM or SIGINT, let open connections finish for SPAN, then close the rest "
+        "(datagram sessions end at once).",
+    ),
+    OptionText(
+        "keepalive", None, None, None,
+        "Enable TCP keepalive on both sockets of every connection.",
+    ),
+    OptionText(
+        "proxy-protocol", None, "v1|v2", "off",
+        "Send a PROXY protocol header with the client's address to TARGET first (v2 before "
+        "every datagram of a datagram listener; v1 has no datagram form and is refused "
+        "there).",
+    ),
+    OptionText(
+        "listen", None, "[NAME=]ENDPOINT", None,
+        "Also listen on a Twisted server endpoint (`tcp:8080`, `web=unix:/run/app.sock`) or "
+        "on `udp:PORT[:interface=ADDRESS]`, named NAME when given; repeatable.",
+    ),
+    OptionText(
+        "target", None, "NAME=TARGET", None,
+        "Forward the clients of the listeners named NAME (`FileDescriptorName=` of their "
+        "socket unit, or `--listen=NAME=...`) to TARGET; repeatable. The positional TARGET "
+        "serves every other listener.",
+    ),
+    OptionText(
+        "data-path", None, "auto|splice|transport", "auto",
+        "How bytes move: `splice` (splice(2) through a pipe pair, Linux), `transport` "
+        "(Twisted transports), or `auto`: splice where both sockets allow it.",
+    ),
+    OptionText(
+        "pipe-size", None, "BYTES", "256K",
+        "Pipe size of the splice data path, in bytes or with a K or M suffix, from 4K to "
+        "`fs.pipe-max-size`.",
+    ),
+    OptionText(
+        "log-level", None, "LEVEL", "SYSTEMD_LOG_LEVEL, else info",
+        "Log at `debug`, `info`, `warning` or `error`; when not given, at the level "
+        "`SYSTEMD_LOG_LEVEL` names, else at info.",
+        "At debug level every connection ends with one line: listener, client, target, "
+        "bytes each way, duration and how it ended.",
+    ),
+    OptionText(
+        "metrics", None, "ENDPOINT|NAME", "off",
+        "Serve Prometheus metrics at `/metrics` on this Twisted server endpoint "
+        "(`tcp:9105:interface=127.0.0.1`, `unix:/run/socketproxyd/metrics.sock`), or on "
+        "the inherited sockets named NAME, which are then not proxied.",
+        "Connections and datagram sessions per route (the listener's name), bytes each "
+        "way, how connections ended and how long connecting and serving took, connect "
+        "retries, the limit, and the process's CPU, memory and descriptors. A scrape is "
+        "not a connection: `-c`, `--exit-idle-time` and STATUS do not count it, and it is "
+        "answered at the limit and when the connections hold every descriptor they may. "
+        "Other paths answer 404, other methods 405.",
+    ),
+)  # fmt: skip
+"""
+Every option but C{--help} and C{--version}, in the order the texts list
+them.
+"""
+
+BY_NAME = {option.long: option for option in OPTIONS}
+
+_LITERAL = re.compile(r"`([^`]+)`")
+
+
+def plain(text: str) -> str:
+    """
+    C{text} for C{--help}: the literals as they stand.
+    """
+    return _LITERAL.sub(r"\1", text)
+
+
+def helpText(option: OptionText) -> str:
+    """
+    An option's line in C{--help}: its summary and default.
+    """
+    default = f" [default: {option.default}]" if option.default is not None else ""
+    return plain(option.summary) + default
+
+
+def readmeList() -> str:
+    """
+    The README's option list, as reStructuredText: a definition list of
+    every option with its default, summary and details.
+    """
+    entries = []
+    for option in OPTIONS:
+        names = f"``-{option.short} {option.placeholder}``, " if option.short else ""
+        default = f" (default: {option.default})" if option.default is not None else ""
+        text = _LITERAL.sub(r"``\1``", " ".join(filter(None, [option.summary, option.details])))
+        entries.append(f"{names}``{option.spelling()}``{default}\n{_indented(text, 4)}\n")
+    entries.append(
+        "``-h``, ``--help``; ``--version``\n    Print the options, or the version, and exit 0.\n"
+    )
+    return "\n".join(entries)
+
+
+def manOptions() -> str:
+    """
+    The manual page's OPTIONS, as roff: a tagged paragraph for every
+    option.
+    """
+    entries = []
+    for option in OPTIONS:
+        tag = _escaped(option.spelling())
+        if option.short:
+            tag = f"{_escaped(f'-{option.short} {option.placeholder}')}, {tag}"
+        text = " ".join(filter(None, [option.summary, option.details]))
+        if option.default is not None:
+            text += f" Default: {option.default}."
+        entries.append(f'.TP\n.B "{tag}"\n{_roff(text)}')
+    entries.append('.TP\n.B "\\-h, \\-\\-help"\nPrint the options and exit with status 0.')
+    entries.append('.TP\n.B "\\-\\-version"\nPrint the version and exit with status 0.')
+    return "\n".join(entries) + "\n"
+
+
+def _indented(text: str, by: int) -> str:
+    return textwrap.fill(
+        text,
+        width=99,
+        initial_indent=" " * by,
+        subsequent_indent=" " * by,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _escaped(text: str) -> str:
+    """
+    C{text} with every hyphen a roff minus sign (as options are typed).
+    """
+    return text.replace("\\", "\\e").replace("-", "\\-")
+
+
+_WORD_DASH = re.compile(r"(?<![\w-])-+")
+
+
+def _roff(text: str) -> str:
+    """
+    C{text} as roff: literals bold with their hyphens as minus signs, and
+    the dashes that begin a word (C{-c}) likewise; hyphens within words
+    stay hyphens.
+    """
+    parts = _LITERAL.split(text.replace("\\", "\\e"))
+    for i, part in enumerate(parts):
+        if i % 2:
+            parts[i] = f"\\fB{part.replace('-', chr(92) + '-')}\\fR"
+        else:
+            parts[i] = _WORD_DASH.sub(lambda m: "\\-" * len(m.group()), part)
+    return "".join(parts)
