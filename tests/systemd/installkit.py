@@ -48,6 +48,33 @@ def readmeCommands(readme: Path = SOURCE / "README.rst") -> tuple[str, str]:
     return INSTALL, cache.group(1)
 
 
+def deploySteps(readme: Path = SOURCE / "README.rst") -> list[str]:
+    """
+    The command blocks of the README's numbered "Deploy under systemd"
+    steps (literal blocks inside its list), in order, as the README
+    spells them; L{ValueError} when the section is missing.
+    """
+    text = readme.read_text()
+    heading = "Deploy under systemd\n--------------------\n"
+    if heading not in text:
+        raise ValueError("README.rst no longer has a 'Deploy under systemd' section")
+    section = text.split(heading, 1)[1]
+    lines = section[: section.index("\n------")].splitlines()
+    steps = []
+    for i, line in enumerate(lines):
+        if not line.endswith("::"):
+            continue
+        body = []
+        for following in lines[i + 1 :]:
+            if following.strip() and not following.startswith(" " * 7):
+                break
+            body.append(following[7:])
+        block = "\n".join(body).strip("\n")
+        if block:
+            steps.append(block + "\n")
+    return steps
+
+
 def targetInterpreter(path: str = CONTAINER_PATH) -> list[str]:
     """
     The C{pip download} options that choose wheels for the C{python3} the

@@ -16,6 +16,7 @@ import time
 from twisted.trial.unittest import SkipTest
 
 from .container import waitFor
+from .installkit import deploySteps, readmeCommands
 from .suite import (
     BOTH,
     CLIENT,
@@ -51,9 +52,14 @@ class SystemdTests(SystemdTestCase):
         examples = f"{KIT}/src/examples/systemd"
         stubs = " ".join(
             f"printf '[Service]\\nExecStart=/bin/true\\n' > /etc/systemd/system/{name}.service;"
-            for name in ("nginx", "postgresql")
+            for name in ("nginx", "postgresql@15-main")
         )
         prepared = self.container.run(["sh", "-c", stubs])
+        self.addCleanup(
+            self.container.run,
+            ["rm", "-f", "/etc/systemd/system/nginx.service",
+             "/etc/systemd/system/postgresql@15-main.service"],
+        )  # fmt: skip
         self.assertEqual(prepared.returncode, 0, prepared.stderr)
         listed = self.container.run(["ls", examples]).stdout.split()
         units = sorted(name for name in listed if name.endswith((".socket", ".service")))
@@ -62,6 +68,47 @@ class SystemdTests(SystemdTestCase):
             ["systemd-analyze", "verify", *(f"{examples}/{unit}" for unit in units)]
         )
         self.assertEqual((verified.returncode, verified.stdout + verified.stderr), (0, ""), units)
+
+    def test_deployAsTheReadmeSays(self) -> None:
+        """
+        The README's "Deploy under systemd" steps, run as written in the
+        checkout (the install of step 1 is the suite's own, from the same
+        README, with apt-get left out: the container has no network and
+        nginx comes from the host): the first request on port 80 starts
+        the proxy and Debian's nginx and gets nginx's page; stopping the
+        proxy stops nginx, no longer needed; the next request starts both
+        again.
+        """
+        if not os.access(NGINX, os.X_OK) or not os.path.exists("/etc/nginx/nginx.conf"):
+            raise SkipTest("Debian's nginx is not installed")
+        install, cache, backend, units, tryIt = deploySteps()
+        self.assertIn(" ".join(readmeCommands()[0].split()), " ".join(install.split()))
+        self.assertEqual(cache.strip(), readmeCommands()[1])
+        self.addCleanup(
+            self.container.run,
+            ["systemctl", "disable", "--now", "proxy-to-nginx.socket",
+             "proxy-to-nginx-metrics.socket", "proxy-to-nginx.service"],
+        )  # fmt: skip
+        for step in (backend, units):
+            ran = self.container.run(["sh", "-ec", f"cd {KIT}/src\n{step}"])
+            self.assertEqual(ran.returncode, 0, f"{step}\n{ran.stdout}{ran.stderr}")
+        self.assertEqual(tryIt, "curl http://localhost/\n")
+
+        def page() -> str:
+            fetched = self.container.run(
+                [PYTHON, "-c", "import urllib.request; "
+                 "print(urllib.request.urlopen('http://localhost/', timeout=10).read().decode())"]
+            )  # fmt: skip
+            self.assertEqual(fetched.returncode, 0, fetched.stderr + self.journal("nginx.service"))
+            return fetched.stdout
+
+        self.assertIn("Welcome to nginx!", page())
+        for unit in ("proxy-to-nginx.service", "nginx.service"):
+            self.waitShow(unit, {"ActiveState": "active"})
+        self.systemctl("stop", "proxy-to-nginx.service")
+        self.waitShow("nginx.service", {"ActiveState": "inactive"})
+        self.assertIn("Welcome to nginx!", page())
+        self.waitShow("nginx.service", {"ActiveState": "active"})
 
     def test_activation(self) -> None:
         """
