@@ -77,11 +77,12 @@ class SystemdTests(SystemdTestCase):
         nginx comes from the host): the first request on port 80 starts
         the proxy and Debian's nginx and gets nginx's page; stopping the
         proxy stops nginx, no longer needed; the next request starts both
-        again.
+        again; and with step 5's drop-in, nginx, started again, runs in a
+        network namespace of its own and still answers through the proxy.
         """
         if not os.access(NGINX, os.X_OK) or not os.path.exists("/etc/nginx/nginx.conf"):
             raise SkipTest("Debian's nginx is not installed")
-        install, cache, backend, units, tryIt = deploySteps()
+        install, cache, backend, units, tryIt, privateNetwork = deploySteps()
         self.assertIn(" ".join(readmeCommands()[0].split()), " ".join(install.split()))
         self.assertEqual(cache.strip(), readmeCommands()[1])
         self.addCleanup(
@@ -89,9 +90,13 @@ class SystemdTests(SystemdTestCase):
             ["systemctl", "disable", "--now", "proxy-to-nginx.socket",
              "proxy-to-nginx-metrics.socket", "proxy-to-nginx.service"],
         )  # fmt: skip
-        for step in (backend, units):
+
+        def run(step: str) -> None:
             ran = self.container.run(["sh", "-ec", f"cd {KIT}/src\n{step}"])
             self.assertEqual(ran.returncode, 0, f"{step}\n{ran.stdout}{ran.stderr}")
+
+        run(backend)
+        run(units)
         self.assertEqual(tryIt, "curl http://localhost/\n")
 
         def page() -> str:
@@ -109,6 +114,18 @@ class SystemdTests(SystemdTestCase):
         self.waitShow("nginx.service", {"ActiveState": "inactive"})
         self.assertIn("Welcome to nginx!", page())
         self.waitShow("nginx.service", {"ActiveState": "active"})
+
+        def networkOf(unit: str | None = None) -> str:
+            pid = self.container.show(unit, "MainPID")["MainPID"] if unit else "1"
+            return self.container.run(["readlink", f"/proc/{pid}/ns/net"]).stdout.strip()
+
+        self.assertTrue(networkOf().startswith("net:["), networkOf())
+        self.assertEqual(networkOf("nginx.service"), networkOf())
+        run(privateNetwork)
+        self.waitShow("nginx.service", {"ActiveState": "inactive"})
+        self.assertIn("Welcome to nginx!", page())
+        self.waitShow("nginx.service", {"ActiveState": "active"})
+        self.assertNotEqual(networkOf("nginx.service"), networkOf())
 
     def test_activation(self) -> None:
         """
