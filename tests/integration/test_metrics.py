@@ -6,17 +6,16 @@ connection, and that without the option the libraries are not imported.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.metrics.scrapes import KEPT_SCRAPES
-from tests.support.processes import ConsoleScriptTestCase, NotifyListener
+from tests.support.processes import ConsoleScriptTestCase
 from tests.support.scraping import request, samples, scrapeKeepingAlive
 from tests.support.sockets import Backend, connect, echo, ping, recvAll, unixPath, waitUntil
 
@@ -127,23 +126,12 @@ class MetricsTests(ConsoleScriptTestCase):
         scrape on a new connection is answered too, and every client's
         bytes arrive.
         """
-        if not shutil.which("prlimit"):
-            raise SkipTest("prlimit (util-linux) is not installed")
         backend = Backend(self, echo)
         metrics = unixPath(self, "metrics.sock")
-        notify = NotifyListener(self)
-        proxy, address = self.start(
-            backend.address,
-            "-c",
-            "1000",
-            f"--metrics=unix:{metrics}",
-            prefix=["prlimit", "--nofile=64:64"],
-            env={"NOTIFY_SOCKET": notify.address},
+        proxy, address, served = self.startWithFewDescriptors(
+            backend.address, f"--metrics=unix:{metrics}"
         )
-        notify.waitFor("READY=1")
-        status = [m for _, m in notify.messages if "READY=1" in m][0]
-        served = int(status.rsplit("at most ", 1)[1].rstrip(")"))
-        self.assertTrue(5 <= served < 30, status)
+        self.assertTrue(5 <= served < 30, served)
         clients = []
         for i in range(served + 5):
             sock = connect(address, timeout=30)

@@ -306,21 +306,9 @@ class FileDescriptorTests(ConsoleScriptTestCase):
     """
 
     def test_cappedLimit(self) -> None:
-        if not shutil.which("prlimit"):
-            raise SkipTest("prlimit (util-linux) is not installed")
         backend = Backend(self, echo)
-        notify = NotifyListener(self)
-        proxy, address = self.start(
-            backend.address,
-            "-c",
-            "1000",
-            prefix=["prlimit", "--nofile=64:64"],
-            env={"NOTIFY_SOCKET": notify.address},
-        )
-        notify.waitFor("READY=1")
-        status = [m for _, m in notify.messages if "READY=1" in m][0]
-        served = int(status.rsplit("at most ", 1)[1].rstrip(")"))
-        self.assertTrue(10 <= served < 30, status)
+        proxy, address, served = self.startWithFewDescriptors(backend.address)
+        self.assertTrue(10 <= served < 30, served)
         clients = []
         for i in range(40):
             sock = connect(address, timeout=30)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
@@ -421,3 +422,27 @@ class TransportProtocol:
 
     def __init__(self, sock: socket.socket) -> None:
         self.transport = PausedTransport(sock)
+
+
+class FakePort:
+    """
+    A listening port that records its reading state (and whether it was
+    closed), for what starts and stops accepting.
+    """
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.stopped = False
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopListening(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8000)

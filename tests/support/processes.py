@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -300,3 +301,27 @@ class ConsoleScriptTestCase(ProxyTestMixin, SynchronousTestCase):
     ) -> tuple[ProxyProcess, str]:
         process, [address] = self.startProxy(target, *args, env=env, prefix=tuple(prefix))
         return process, address
+
+    def startWithFewDescriptors(
+        self, target: str, *args: str, descriptors: int = 64
+    ) -> tuple[ProxyProcess, str, int]:
+        """
+        The proxy under C{prlimit --nofile=N:N} with C{-c 1000}, once it is
+        ready; its address, and how many connections it says it serves at
+        most (its READY=1 status), which the descriptors bound. Skips
+        without prlimit.
+        """
+        if not shutil.which("prlimit"):
+            raise SkipTest("prlimit (util-linux) is not installed")
+        notify = NotifyListener(self)
+        process, address = self.start(
+            target,
+            "-c",
+            "1000",
+            *args,
+            prefix=["prlimit", f"--nofile={descriptors}:{descriptors}"],
+            env={"NOTIFY_SOCKET": notify.address},
+        )
+        notify.waitFor("READY=1")
+        status = [m for _, m in notify.messages if "READY=1" in m][0]
+        return process, address, int(status.rsplit("at most ", 1)[1].rstrip(")"))

@@ -16,23 +16,9 @@ from twisted.web.server import Site
 
 from socketproxyd.fdbudget import RESERVE, FdBudget
 from socketproxyd.metrics.scrapes import COLLECTING_FDS, KEPT_SCRAPES, ScrapeAdmission
+from tests.support.fakes import FakePort
 
 DONE = Failure(ConnectionDone())
-
-
-class Reading:
-    """
-    An acceptor as the admission drives it: whether it reads.
-    """
-
-    def __init__(self) -> None:
-        self.reading = True
-
-    def startReading(self) -> None:
-        self.reading = True
-
-    def stopReading(self) -> None:
-        self.reading = False
 
 
 class ScrapeAdmissionTests(SynchronousTestCase):
@@ -43,7 +29,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         self.admission = ScrapeAdmission(
             self.reactor, Site(Resource(), reactor=self.reactor), self.budget
         )
-        self.acceptor = Reading()
+        self.acceptor = FakePort()
         self.admission.acceptors.append(self.acceptor)  # type: ignore[arg-type]
 
     def scraper(self) -> ProtocolWrapper:

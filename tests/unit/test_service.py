@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import sys
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,29 +18,7 @@ from socketproxyd.events import Ending
 from socketproxyd.service.closelog import CloseLog
 from socketproxyd.service.opening import StreamListener
 from socketproxyd.service.proxy import ProxyService
-
-
-class FakePort:
-    """
-    A listening port that records its reading state.
-    """
-
-    def __init__(self) -> None:
-        self.reading = True
-        self.stopped = False
-
-    def stopReading(self) -> None:
-        self.reading = False
-
-    def startReading(self) -> None:
-        self.reading = True
-
-    def stopListening(self):
-        self.stopped = True
-        return succeed(None)
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", 8000)
+from tests.support.fakes import FakePort
 
 
 class FakeConnection:
