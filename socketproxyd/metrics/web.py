@@ -16,11 +16,22 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 
-class MetricsResource(Resource):
+class NothingBelow(Resource):
+    """
+    A resource under which every path but its own children is 404 (the
+    child C{twisted.web}'s L{Resource} gives otherwise is deprecated).
+    """
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+
+class MetricsResource(NothingBelow):
     """
     C{/metrics}: the exposition of C{registry}, encoded as the request's
     C{Accept} header chooses (it has no children: below it is 404).
@@ -67,7 +78,7 @@ class MetricsSite(Site):
     noisy = False
 
     def __init__(self, registry: CollectorRegistry, reactor: IReactorTime) -> None:
-        root = Resource()
+        root = NothingBelow()
         root.putChild(b"metrics", MetricsResource(registry))
         super().__init__(root, reactor=reactor)
 

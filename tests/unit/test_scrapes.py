@@ -11,11 +11,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from socketproxyd.fdbudget import RESERVE, FdBudget
 from socketproxyd.metrics.scrapes import COLLECTING_FDS, KEPT_SCRAPES, ScrapeAdmission
+from socketproxyd.metrics.web import NothingBelow
 from tests.support.fakes import FakePort
 
 DONE = Failure(ConnectionDone())
@@ -27,7 +27,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         self.budget = FdBudget()
         self.budget.count(100, 10)
         self.admission = ScrapeAdmission(
-            self.reactor, Site(Resource(), reactor=self.reactor), self.budget
+            self.reactor, Site(NothingBelow(), reactor=self.reactor), self.budget
         )
         self.acceptor = FakePort()
         self.admission.acceptors.append(self.acceptor)  # type: ignore[arg-type]
@@ -117,3 +117,4 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "), transport.value())
+        self.assertEqual(self.flushWarnings(), [])
