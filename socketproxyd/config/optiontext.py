@@ -83,7 +83,7 @@ OPTIONS = (
     OptionText(
         "drain-timeout", None, "SPAN", "0",
         "On SIGTERM or SIGINT, let open connections finish for SPAN, then close the rest "
-        "(datagram sessions end at once).",
+        "(datagram sessions end at once); a second SIGTERM or SIGINT closes them at once.",
     ),
     OptionText(
         "keepalive", None, None, None,

@@ -45,10 +45,12 @@ if TYPE_CHECKING:
     from socketproxyd.metrics.service import MetricsService
 
 
-def installSignalHandlers(reactor: ProxyReactor, log: Logger) -> None:
+def installSignalHandlers(reactor: ProxyReactor, log: Logger, hurry: Callable[[], None]) -> None:
     """
     Once the reactor runs (after Twisted installs its own handlers): stop
-    on SIGTERM and SIGINT, and log and otherwise ignore SIGHUP.
+    on SIGTERM and SIGINT, call C{hurry} on every such signal after the
+    first (the stop, a drain, is under way), and log and otherwise ignore
+    SIGHUP.
 
     Twisted's handlers make twistd and twist re-raise the signal that
     stopped the reactor, so the process would die of it; the contract is
@@ -56,9 +58,18 @@ def installSignalHandlers(reactor: ProxyReactor, log: Logger) -> None:
     nothing to reload on SIGHUP, and dying of it (as the original does)
     would drop every connection.
     """
+    stopping = False
+
+    def stopOrHurry() -> None:
+        nonlocal stopping
+        if stopping:
+            hurry()
+            return
+        stopping = True
+        reactor.stop()
 
     def stop(signum: int, frame: object) -> None:
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(stopOrHurry)
 
     def hangup(signum: int, frame: object) -> None:
         reactor.callFromThread(log.info, "SIGHUP ignored: there is no configuration to reload")
@@ -152,10 +163,20 @@ class ProxyService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
-        installSignalHandlers(self.reactor, self.log)
+        installSignalHandlers(self.reactor, self.log, self.stopNow)
         if self.metrics is not None:
             self.metrics.startService()
         super().startService()
+
+    def stopNow(self) -> None:
+        """
+        A second SIGTERM or SIGINT while stopping: end what a drain is
+        still waiting for, at once (streams with a reset).
+        """
+        count = self.ledger.count()
+        if count:
+            self.log.info("Stopping now: closing {count} connections", count=count)
+            self.ledger.shutdownAll()
 
     def stopService(self) -> Deferred[object]:
         """

@@ -161,6 +161,38 @@ class StopTests(ConsoleScriptTestCase):
         self.assertLess(len(data), 64 * 65536)
         self.assertLess(elapsed, 2.0)
 
+    def assertSecondSignalEndsTheDrain(self, second: signal.Signals) -> None:
+        """
+        C{second} during a drain closes what is left at once, says so, and
+        the proxy exits 0 with no error line.
+        """
+        backend = Backend(self, slowStream)
+        notify = NotifyListener(self)
+        proxy, address = self.start(
+            backend.address, "--drain-timeout=30s", env={"NOTIFY_SOCKET": notify.address}
+        )
+        with connect(address) as client:
+            client.sendall(b"go")
+            client.recv(65536)
+            proxy.popen.send_signal(signal.SIGTERM)
+            notify.waitFor("STOPPING=1")
+            signalled = time.monotonic()
+            proxy.popen.send_signal(second)
+            try:
+                recvAll(client)
+            except ConnectionResetError:
+                pass
+        self.assertEqual(proxy.wait(), 0)
+        self.assertLess(time.monotonic() - signalled, 2.0)
+        self.assertIn("Stopping now: closing 1 connections", proxy.stderr)
+        self.assertNotIn("ReactorNotRunning", proxy.stderr)
+
+    def test_secondSigtermEndsTheDrain(self) -> None:
+        self.assertSecondSignalEndsTheDrain(signal.SIGTERM)
+
+    def test_sigintEndsTheDrain(self) -> None:
+        self.assertSecondSignalEndsTheDrain(signal.SIGINT)
+
     def test_hangupIgnored(self) -> None:
         backend = Backend(self, echo)
         proxy, address = self.start(backend.address)
