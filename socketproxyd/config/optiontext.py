@@ -29,7 +29,8 @@ class OptionText:
     @ivar placeholder: what follows C{=} (C{None} for a flag).
     @ivar default: the default as the texts show it (C{None}: none shown).
     @ivar summary: what the option does, for C{--help} and the README.
-    @ivar details: more, for the manual page only.
+    @ivar details: more, for the README and the manual page (not for
+        C{--help}).
     """
 
     long: str

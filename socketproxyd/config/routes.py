@@ -115,7 +115,7 @@ class Routes:
                 continue
             known = ", ".join(sorted(n for n in names if n))
             if not known:
-                passed = "the sockets passed have no names" if names else "no socket was passed"
+                passed = "no listener has a name" if names else "no socket was passed"
                 raise RouteError(
                     f"--target={name}=...: no listener is named {name!r} ({passed}): pass one "
                     f"named {name} (FileDescriptorName={name} in its .socket unit) or give "

@@ -5,7 +5,9 @@ families. It follows the ledger as a consumer, adding each client's
 counts to its route's totals when it closes, and at scrape time adds the
 counts of what is open: nothing is done per read or per accept, and a
 close costs a few additions (``benchmarks/profile.py metrics``). Every
-listener's route has its counts from the start, at zero.
+listener's route has its connection, byte, session and datagram counts
+from the start, at zero (its histograms from its first close, its
+dropped datagrams from the first of each reason).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
@@ -48,9 +49,9 @@ if TYPE_CHECKING:
 def installSignalHandlers(reactor: ProxyReactor, log: Logger, hurry: Callable[[], None]) -> None:
     """
     Once the reactor runs (after Twisted installs its own handlers): stop
-    on SIGTERM and SIGINT, call C{hurry} on every such signal after the
-    first (the stop, a drain, is under way), and log and otherwise ignore
-    SIGHUP.
+    on SIGTERM and SIGINT, call C{hurry} on such a signal while a stop (a
+    drain) is already under way, however it began (a signal, an idle
+    exit), and log and otherwise ignore SIGHUP.
 
     Twisted's handlers make twistd and twist re-raise the signal that
     stopped the reactor, so the process would die of it; the contract is
@@ -58,15 +59,12 @@ def installSignalHandlers(reactor: ProxyReactor, log: Logger, hurry: Callable[[]
     nothing to reload on SIGHUP, and dying of it (as the original does)
     would drop every connection.
     """
-    stopping = False
 
     def stopOrHurry() -> None:
-        nonlocal stopping
-        if stopping:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
             hurry()
-            return
-        stopping = True
-        reactor.stop()
 
     def stop(signum: int, frame: object) -> None:
         reactor.callFromThread(stopOrHurry)

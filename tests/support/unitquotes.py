@@ -45,7 +45,7 @@ def unitText(name: str) -> str:
     lines = (UNITS / name).read_text().splitlines()
     while lines and lines[0].startswith(("#", ";")):
         lines.pop(0)
-    return "\n".join(lines)
+    return "\n".join(lines).strip("\n")
 
 
 def _roffUnescaped(line: str) -> str:
@@ -85,7 +85,9 @@ def manualQuotes(lines: list[str]) -> Iterator[Quote]:
         if found is None:
             continue
         end = i + 1
-        while lines[end] != ".fi" and not _HEADING.match(_roffUnescaped(lines[end])):
+        while end < len(lines) and lines[end] != ".fi":
+            if _HEADING.match(_roffUnescaped(lines[end])):
+                break
             end += 1
         while not lines[end - 1]:
             end -= 1

@@ -57,8 +57,8 @@ class SystemdTests(SystemdTestCase):
         prepared = self.container.run(["sh", "-c", stubs])
         self.addCleanup(
             self.container.run,
-            ["rm", "-f", "/etc/systemd/system/nginx.service",
-             "/etc/systemd/system/postgresql@15-main.service"],
+            ["sh", "-c", "rm -f /etc/systemd/system/nginx.service "
+             "/etc/systemd/system/postgresql@15-main.service && systemctl daemon-reload"],
         )  # fmt: skip
         self.assertEqual(prepared.returncode, 0, prepared.stderr)
         listed = self.container.run(["ls", examples]).stdout.split()
@@ -125,6 +125,7 @@ class SystemdTests(SystemdTestCase):
         self.waitShow("nginx.service", {"ActiveState": "inactive"})
         self.assertIn("Welcome to nginx!", page())
         self.waitShow("nginx.service", {"ActiveState": "active"})
+        self.assertTrue(networkOf("nginx.service").startswith("net:["))
         self.assertNotEqual(networkOf("nginx.service"), networkOf())
 
     def test_activation(self) -> None:

@@ -52,7 +52,7 @@ class RoutesTests(SynchronousTestCase):
         routes = Routes(None, {"web": WEB})
         for names, passed in [
             (set(), "no socket was passed"),
-            ({None}, "the sockets passed have no names"),
+            ({None}, "no listener has a name"),
         ]:
             with self.assertRaises(RouteError) as caught:
                 routes.checkUsed(names)
