@@ -80,8 +80,7 @@ class SystemdTests(SystemdTestCase):
         again; and with step 5's drop-in, nginx, started again, runs in a
         network namespace of its own and still answers through the proxy.
         """
-        if not os.access(NGINX, os.X_OK) or not os.path.exists("/etc/nginx/nginx.conf"):
-            raise SkipTest("Debian's nginx is not installed")
+        self.needDebianNginx()
         install, cache, backend, units, tryIt, privateNetwork = deploySteps()
         self.assertIn(" ".join(readmeCommands()[0].split()), " ".join(install.split()))
         self.assertEqual(cache.strip(), readmeCommands()[1])
@@ -90,22 +89,10 @@ class SystemdTests(SystemdTestCase):
             ["systemctl", "disable", "--now", "proxy-to-nginx.socket",
              "proxy-to-nginx-metrics.socket", "proxy-to-nginx.service"],
         )  # fmt: skip
-
-        def run(step: str) -> None:
-            ran = self.container.run(["sh", "-ec", f"cd {KIT}/src\n{step}"])
-            self.assertEqual(ran.returncode, 0, f"{step}\n{ran.stdout}{ran.stderr}")
-
+        run, page = self.runInCheckout, self.page
         run(backend)
         run(units)
         self.assertEqual(tryIt, "curl http://localhost/\n")
-
-        def page() -> str:
-            fetched = self.container.run(
-                [PYTHON, "-c", "import urllib.request; "
-                 "print(urllib.request.urlopen('http://localhost/', timeout=10).read().decode())"]
-            )  # fmt: skip
-            self.assertEqual(fetched.returncode, 0, fetched.stderr + self.journal("nginx.service"))
-            return fetched.stdout
 
         self.assertIn("Welcome to nginx!", page())
         for unit in ("proxy-to-nginx.service", "nginx.service"):
@@ -127,6 +114,58 @@ class SystemdTests(SystemdTestCase):
         self.waitShow("nginx.service", {"ActiveState": "active"})
         self.assertTrue(networkOf("nginx.service").startswith("net:["))
         self.assertNotEqual(networkOf("nginx.service"), networkOf())
+
+    def needDebianNginx(self) -> None:
+        """
+        Skip unless Debian's nginx (its package's configuration and unit)
+        is installed.
+        """
+        if not os.access(NGINX, os.X_OK) or not os.path.exists("/etc/nginx/nginx.conf"):
+            raise SkipTest("Debian's nginx is not installed")
+
+    def runInCheckout(self, commands: str) -> None:
+        """
+        Run C{commands} in the container's copy of the checkout, as an
+        operator would in theirs; fail with their output if one fails.
+        """
+        ran = self.container.run(["sh", "-ec", f"cd {KIT}/src\n{commands}"])
+        self.assertEqual(ran.returncode, 0, f"{commands}\n{ran.stdout}{ran.stderr}")
+
+    def page(self, url: str = "http://localhost/") -> str:
+        """
+        The body at C{url}, fetched inside the container.
+        """
+        fetched = self.container.run(
+            [PYTHON, "-c", "import sys, urllib.request; "
+             "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url]
+        )  # fmt: skip
+        self.assertEqual(fetched.returncode, 0, fetched.stderr + self.journal("nginx.service"))
+        return fetched.stdout
+
+    def test_twistdExampleAsShipped(self) -> None:
+        """
+        The shipped twistd pair, copied as the README copies the console
+        script's, in front of nginx as the README's step 2 sets it up: a
+        request on its port 8080 gets nginx's page through the hardened
+        service (a dynamic user, a read-only file system), whose journal
+        says nothing of the plugin cache.
+        """
+        self.needDebianNginx()
+        backend = deploySteps()[2]
+        self.addCleanup(
+            self.container.run,
+            ["systemctl", "stop", "proxy-to-nginx-twistd.socket", "proxy-to-nginx-twistd.service"],
+        )
+        self.runInCheckout(backend)
+        self.runInCheckout(
+            "cp examples/systemd/proxy-to-nginx-twistd.socket "
+            "examples/systemd/proxy-to-nginx-twistd.service /etc/systemd/system/\n"
+            "systemctl daemon-reload\n"
+            "systemctl start proxy-to-nginx-twistd.socket\n"
+        )
+        self.assertIn("Welcome to nginx!", self.page("http://localhost:8080/"))
+        self.waitShow("proxy-to-nginx-twistd.service", {"ActiveState": "active"})
+        self.assertNotIn("plugin cache", self.journal("proxy-to-nginx-twistd.service"))
 
     def test_activation(self) -> None:
         """
