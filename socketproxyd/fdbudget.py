@@ -65,6 +65,8 @@ class FdBudget:
     @ivar free: fds not spoken for; C{math.inf} without a limit.
     @ivar reserve: fds never counted free: L{RESERVE}, and what L{keep}
         sets aside.
+    @ivar keptOpen: how many of the fds L{keep} set aside are open now
+        (which L{recount}'s count of open fds includes).
     @ivar onReleased: called after fds are given back.
     """
 
@@ -72,6 +74,7 @@ class FdBudget:
         self.free = free
         self.limit = limit
         self.reserve = RESERVE
+        self.keptOpen = 0
         self.onReleased: Callable[[], None] = lambda: None
         self.readLimit: Callable[[], float] = softLimit
 
@@ -120,7 +123,7 @@ class FdBudget:
         be more than the budget knew of.
         """
         if not math.isinf(self.limit):
-            self.free = self.limit - inUse - self.reserve
+            self.free = self.limit - inUse - (self.reserve - self.keptOpen)
 
     def connections(self) -> float:
         """

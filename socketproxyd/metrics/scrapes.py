@@ -92,10 +92,12 @@ class ScrapeAdmission(WrappingFactory, ServerFactory):
         self.scrapers += 1
         if self.scrapers > KEPT_SCRAPES:
             self.budget.take(1)
+        self.budget.keptOpen = min(self.scrapers, KEPT_SCRAPES)
 
     def unregisterProtocol(self, p: IProtocol) -> None:
         super().unregisterProtocol(p)
         self.scrapers -= 1
+        self.budget.keptOpen = min(self.scrapers, KEPT_SCRAPES)
         if self.scrapers >= KEPT_SCRAPES:
             self.budget.give(1)
         self._resume()

@@ -35,6 +35,18 @@ class FdBudgetTests(SynchronousTestCase):
         budget.recount(20)
         self.assertEqual(budget.free, 1024 - 20 - RESERVE - 8)
 
+    def test_keptOpenCountedOnce(self) -> None:
+        """
+        Kept fds that are open now are in the count of open fds a recount
+        takes: they are not set aside a second time.
+        """
+        budget = FdBudget()
+        budget.keep(6)
+        budget.count(1024, 10)
+        budget.keptOpen = 3
+        budget.recount(13)
+        self.assertEqual(budget.free, 1024 - 13 - RESERVE - (6 - 3))
+
     def test_followsTheLimit(self) -> None:
         """
         A soft limit lowered (or raised) from outside moves what is free by

@@ -66,6 +66,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         self.assertEqual(self.admission.room(), KEPT_SCRAPES)
         scrapers = [self.scraper() for _ in range(KEPT_SCRAPES)]
         self.assertEqual((self.admission.room(), self.admission.scrapers), (0, KEPT_SCRAPES))
+        self.assertEqual(self.budget.keptOpen, KEPT_SCRAPES)
         self.budget.free = 3
         self.assertEqual(self.admission.room(), 3)
         scrapers.append(self.scraper())
@@ -73,7 +74,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         scrapers.pop().connectionLost(DONE)
         self.assertEqual((self.budget.free, self.admission.scrapers), (3, KEPT_SCRAPES))
         scrapers.pop().connectionLost(DONE)
-        self.assertEqual(self.budget.free, 3)
+        self.assertEqual((self.budget.free, self.budget.keptOpen), (3, KEPT_SCRAPES - 1))
         self.assertEqual(self.admission.room(), 4)
 
     def test_backlogUntilOneCloses(self) -> None:
