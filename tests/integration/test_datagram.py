@@ -436,9 +436,9 @@ class DigTests(ProxyTestMixin, SynchronousTestCase):
     def startDnsmasq(self, hosts: str) -> int:
         """
         dnsmasq answering from C{hosts} on a free port of 127.0.0.1, until
-        the test ends; its port. A port found free can be taken by another
-        process before dnsmasq binds it (dnsmasq then exits): another is
-        tried, up to five.
+        the test ends; its port, once dnsmasq answers a query there. A port
+        found free can be taken by another process before dnsmasq binds it
+        (dnsmasq then exits): another is tried, up to five.
         """
         for _ in range(5):
             probe, (_, port) = udpSocket()
@@ -450,11 +450,19 @@ class DigTests(ProxyTestMixin, SynchronousTestCase):
                  "--pid-file="],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            try:
-                dnsmasq.wait(0.5)
-            except subprocess.TimeoutExpired:
-                self.addCleanup(dnsmasq.wait)
-                self.addCleanup(dnsmasq.terminate)
+            self.addCleanup(dnsmasq.wait)
+            self.addCleanup(dnsmasq.terminate)
+
+            def settled(port: int = port, dnsmasq: subprocess.Popen[bytes] = dnsmasq) -> bool:
+                if dnsmasq.poll() is not None:
+                    return True
+                asked = subprocess.run(
+                    ["dig", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1", "test", "SOA"],
+                    capture_output=True, timeout=10,
+                )  # fmt: skip
+                return asked.returncode == 0
+
+            if waitUntil(settled, 15) and dnsmasq.poll() is None:
                 return port
         self.fail("dnsmasq could not bind a port in five tries")
 

@@ -118,10 +118,18 @@ class SystemdTests(SystemdTestCase):
     def needDebianNginx(self) -> None:
         """
         Skip unless Debian's nginx (its package's configuration and unit)
-        is installed.
+        is installed; once the test ends, undo what the README's steps 2
+        and 5 change about it in the shared container.
         """
         if not os.access(NGINX, os.X_OK) or not os.path.exists("/etc/nginx/nginx.conf"):
             raise SkipTest("Debian's nginx is not installed")
+        self.addCleanup(
+            self.container.run,
+            ["sh", "-c", "systemctl stop nginx.service; "
+             "rm -f /etc/nginx/conf.d/proxied.conf /etc/systemd/system/nginx.service.d/*.conf; "
+             "ln -sf /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default; "
+             "systemctl daemon-reload"],
+        )  # fmt: skip
 
     def runInCheckout(self, commands: str) -> None:
         """
