@@ -75,6 +75,24 @@ def deploySteps(readme: Path = SOURCE / "README.rst") -> list[str]:
     return steps
 
 
+def routesCommands(readme: Path = SOURCE / "README.rst") -> str:
+    """
+    The README's commands that deploy the two-route namespace example
+    (the literal block that copies its units), as the README spells them;
+    L{ValueError} when it is missing.
+    """
+    for block in readme.read_text().split("::\n\n")[1:]:
+        lines = []
+        for line in block.splitlines():
+            if line.strip() and not line.startswith("    "):
+                break
+            lines.append(line[4:])
+        commands = "\n".join(lines).strip("\n") + "\n"
+        if "examples/systemd/routes-proxy.service /etc/systemd/system/" in commands:
+            return commands
+    raise ValueError("README.rst no longer gives the commands that deploy the routes example")
+
+
 def targetInterpreter(path: str = CONTAINER_PATH) -> list[str]:
     """
     The C{pip download} options that choose wheels for the C{python3} the

@@ -16,7 +16,7 @@ import time
 from twisted.trial.unittest import SkipTest
 
 from .container import waitFor
-from .installkit import deploySteps, readmeCommands
+from .installkit import deploySteps, readmeCommands, routesCommands
 from .suite import (
     BOTH,
     CLIENT,
@@ -126,7 +126,8 @@ class SystemdTests(SystemdTestCase):
         self.addCleanup(
             self.container.run,
             ["sh", "-c", "systemctl stop nginx.service; "
-             "rm -f /etc/nginx/conf.d/proxied.conf /etc/systemd/system/nginx.service.d/*.conf; "
+             "rm -f /etc/nginx/conf.d/proxied.conf /etc/nginx/conf.d/routes.conf "
+             "/etc/systemd/system/nginx.service.d/*.conf; "
              "ln -sf /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default; "
              "systemctl daemon-reload"],
         )  # fmt: skip
@@ -174,6 +175,40 @@ class SystemdTests(SystemdTestCase):
         self.assertIn("Welcome to nginx!", self.page("http://localhost:8080/"))
         self.waitShow("proxy-to-nginx-twistd.service", {"ActiveState": "active"})
         self.assertNotIn("plugin cache", self.journal("proxy-to-nginx-twistd.service"))
+
+    def test_routesExampleAsShipped(self) -> None:
+        """
+        The two-route namespace example, deployed by the README's commands
+        as written: port 80 gets nginx's page and port 5432 PostgreSQL's
+        answer, both through the one hardened proxy, which runs in the
+        network namespace of both backends, not in the host's.
+        """
+        self.needDebianNginx()
+        if not os.path.isdir("/etc/postgresql/15/main"):
+            raise SkipTest("PostgreSQL 15's main cluster is not installed")
+        self.addCleanup(
+            self.container.run,
+            ["sh", "-c", "systemctl stop routes-web.socket routes-db.socket routes-proxy.service "
+             "postgresql@15-main.service; "
+             "rm -rf /etc/systemd/system/postgresql@15-main.service.d"],
+        )  # fmt: skip
+        self.runInCheckout(routesCommands())
+        self.assertIn("Welcome to nginx!", self.page())
+        ready = self.container.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "20"])
+        self.assertEqual(
+            ready.returncode, 0, ready.stdout + self.journal("postgresql@15-main.service")
+        )
+
+        def networkOf(unit: str | None = None) -> str:
+            pid = self.container.show(unit, "MainPID")["MainPID"] if unit else "1"
+            return self.container.run(["readlink", f"/proc/{pid}/ns/net"]).stdout.strip()
+
+        proxy = networkOf("routes-proxy.service")
+        self.assertTrue(proxy.startswith("net:["), proxy)
+        self.assertEqual(
+            (networkOf("nginx.service"), networkOf("postgresql@15-main.service")), (proxy, proxy)
+        )
+        self.assertNotEqual(proxy, networkOf())
 
     def test_activation(self) -> None:
         """
