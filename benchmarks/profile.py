@@ -3,7 +3,7 @@ Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
     python benchmarks/profile.py connections|requests|split|metrics [--seconds 4]
-        [--data-path auto] [--unix-target] [--routed] [--metrics] [--rounds 3]
+        [--data-path auto] [--unix-target] [--routed] [--rounds 3]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -53,6 +53,10 @@ from run import (  # noqa: E402
 )
 
 TIMED_EXPORTER = Path(__file__).resolve().parent / "timedexporter.py"
+METRICS = "--metrics=tcp:0:interface=127.0.0.1"
+"""
+Metrics on, on a port of their own that nothing scrapes.
+"""
 
 
 def _connections(port: int, seconds: int) -> float:
@@ -68,20 +72,17 @@ def split(
     dataPath: str,
     unixTarget: bool = False,
     routed: bool = False,
-    metrics: bool = False,
 ) -> None:
     """
     User and system CPU of each proxy per connection at its full
     new-connection rate (to nginx on TCP, or on its UNIX socket), and per
     GiB of one bulk stream each way; with C{routed}, socketproxyd also with
-    its socket named and routed by C{--target=NAME=TARGET}; with
-    C{metrics}, socketproxyd also with C{--metrics} on (nothing scrapes).
+    its socket named and routed by C{--target=NAME=TARGET} (the cost of
+    C{--metrics} is the C{metrics} scenario's, whose runs alternate).
     """
     routes = proxyRoutes(dataPath, floor=True)
     if routed:
         routes.append(socketproxyd("spx routed", dataPath, fdname="web"))
-    if metrics:
-        routes.append(socketproxyd("spx metrics", dataPath, "--metrics=tcp:0:interface=127.0.0.1"))
     if unixTarget:
         routes = [route for route in routes if route.unixTarget]
 
@@ -166,13 +167,13 @@ def metricsCost(seconds: int, dataPath: str, rounds: int) -> None:
     (C{benchmarks/timedexporter.py}).
     """
     plain = socketproxyd("plain", dataPath)
-    metrics = socketproxyd("metrics", dataPath, "--metrics=tcp:0:interface=127.0.0.1")
+    metrics = socketproxyd("metrics", dataPath, METRICS)
     with tempfile.TemporaryDirectory() as tmp:
         spentFile = Path(tmp) / "exporter"
         timed = Route(
             "timed",
             ["env", f"SPX_TIMED_EXPORTER={spentFile}", sys.executable, str(TIMED_EXPORTER),
-             "-c", "20000", f"--data-path={dataPath}", "--metrics=tcp:0:interface=127.0.0.1"],
+             "-c", "20000", f"--data-path={dataPath}", METRICS],
         )  # fmt: skip
         nginx = Nginx(Path(tmp))
         try:
@@ -222,9 +223,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--routed", action="store_true", help="split: also socketproxyd with a named route"
     )
-    parser.add_argument(
-        "--metrics", action="store_true", help="split: also socketproxyd with --metrics on"
-    )
     parser.add_argument("--rounds", type=int, default=3, help="metrics: rounds of four runs")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ensureTools()
     if args.scenario == "split":
-        split(args.seconds, args.data_path, args.unix_target, args.routed, args.metrics)
+        split(args.seconds, args.data_path, args.unix_target, args.routed)
         return
     if args.scenario == "metrics":
         metricsCost(args.seconds, args.data_path, args.rounds)

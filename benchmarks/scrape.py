@@ -28,10 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from run import Nginx, ensureTools, freePort, socketproxyd  # noqa: E402
 
@@ -85,29 +85,6 @@ def activeConnections(body: bytes) -> float:
     )
 
 
-@dataclass(eq=False)
-class _Route:
-    route: str | None
-    connectRetries: int = 0
-    drops: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class _Client:
-    server: _Route
-    counts: list[int]
-    datagrams: None = None
-    started: float = 1.0
-    connected: float = 1.001
-    ending: None = None
-
-
-@dataclass
-class _Listening:
-    factories: dict[str | None, _Route]
-    relays: list[_Route] = field(default_factory=list)
-
-
 def collectorAlone(count: int, scrapes: int) -> list[float]:
     """
     Seconds of each of C{scrapes} expositions of the collector (and the
@@ -120,23 +97,24 @@ def collectorAlone(count: int, scrapes: int) -> list[float]:
     from socketproxyd.metrics.collector import MetricsCollector
     from socketproxyd.service.ledger import Ledger
     from socketproxyd.service.limit import ConnectionLimit
+    from tests.support.fakes import FakeListening, FakeRouteServer, FakeServed
 
     clock = Clock()
     limit = ConnectionLimit(clock, count)
     ledger = Ledger(limit)
-    routes = [_Route("web"), _Route("db")]
+    routes = [FakeRouteServer("web"), FakeRouteServer("db")]
     collector = MetricsCollector(
         clock,
         ledger,
         limit,
-        _Listening({route.route: route for route in routes}),  # type: ignore[arg-type]
+        FakeListening({route.route: route for route in routes}),  # type: ignore[arg-type]
     )
     ledger.consumers.append(collector)
     registry = CollectorRegistry()
     registry.register(collector)
     ProcessCollector(registry=registry)
     for i in range(count):
-        ledger.opened(_Client(routes[i % 2], [i, 2 * i]))  # type: ignore[arg-type]
+        ledger.opened(FakeServed(routes[i % 2], [i, 2 * i], started=1.0, connected=1.001))
     times = []
     for _ in range(scrapes):
         start = time.perf_counter()

@@ -3,7 +3,7 @@
 Every option's text, in one place: C{--help} shows each option's summary
 and default, and the README's option list and the manual page's OPTIONS
 are rendered from the same texts (the summary, then the details), so the
-three cannot say different things. C{tests.support.optiondocs} writes the
+three cannot say different things. C{tests.support.docs} writes the
 rendered texts into README.rst and man/socketproxyd.8, and a test keeps
 them equal.
 
@@ -15,7 +15,6 @@ in the manual page.
 from __future__ import annotations
 
 import re
-import textwrap
 from dataclasses import dataclass
 
 
@@ -39,6 +38,12 @@ class OptionText:
     default: str | None
     summary: str
     details: str = ""
+
+    def whole(self) -> str:
+        """
+        The summary and the details, as the README and the manual give them.
+        """
+        return " ".join(filter(None, [self.summary, self.details]))
 
     def spelling(self) -> str:
         """
@@ -144,14 +149,17 @@ them.
 
 BY_NAME = {option.long: option for option in OPTIONS}
 
-_LITERAL = re.compile(r"`([^`]+)`")
+LITERAL = re.compile(r"`([^`]+)`")
+"""
+A literal in the texts: C{`text`}.
+"""
 
 
 def plain(text: str) -> str:
     """
     C{text} for C{--help}: the literals as they stand.
     """
-    return _LITERAL.sub(r"\1", text)
+    return LITERAL.sub(r"\1", text)
 
 
 def helpText(option: OptionText) -> str:
@@ -160,75 +168,3 @@ def helpText(option: OptionText) -> str:
     """
     default = f" [default: {option.default}]" if option.default is not None else ""
     return plain(option.summary) + default
-
-
-def readmeList() -> str:
-    """
-    The README's option list, as reStructuredText: a definition list of
-    every option with its default, summary and details.
-    """
-    entries = []
-    for option in OPTIONS:
-        names = f"``-{option.short} {option.placeholder}``, " if option.short else ""
-        default = f" (default: {option.default})" if option.default is not None else ""
-        text = _LITERAL.sub(r"``\1``", " ".join(filter(None, [option.summary, option.details])))
-        entries.append(f"{names}``{option.spelling()}``{default}\n{_indented(text, 4)}\n")
-    entries.append(
-        "``-h``, ``--help``; ``--version``\n    Print the options, or the version, and exit 0.\n"
-    )
-    return "\n".join(entries)
-
-
-def manOptions() -> str:
-    """
-    The manual page's OPTIONS, as roff: a tagged paragraph for every
-    option.
-    """
-    entries = []
-    for option in OPTIONS:
-        tag = _escaped(option.spelling())
-        if option.short:
-            tag = f"{_escaped(f'-{option.short} {option.placeholder}')}, {tag}"
-        text = " ".join(filter(None, [option.summary, option.details]))
-        if option.default is not None:
-            text += f" Default: {option.default}."
-        entries.append(f'.TP\n.B "{tag}"\n{_roff(text)}')
-    entries.append('.TP\n.B "\\-h, \\-\\-help"\nPrint the options and exit with status 0.')
-    entries.append('.TP\n.B "\\-\\-version"\nPrint the version and exit with status 0.')
-    return "\n".join(entries) + "\n"
-
-
-def _indented(text: str, by: int) -> str:
-    return textwrap.fill(
-        text,
-        width=99,
-        initial_indent=" " * by,
-        subsequent_indent=" " * by,
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-
-
-def _escaped(text: str) -> str:
-    """
-    C{text} with every hyphen a roff minus sign (as options are typed).
-    """
-    return text.replace("\\", "\\e").replace("-", "\\-")
-
-
-_WORD_DASH = re.compile(r"(?<![\w-])-+")
-
-
-def _roff(text: str) -> str:
-    """
-    C{text} as roff: literals bold with their hyphens as minus signs, and
-    the dashes that begin a word (C{-c}) likewise; hyphens within words
-    stay hyphens.
-    """
-    parts = _LITERAL.split(text.replace("\\", "\\e"))
-    for i, part in enumerate(parts):
-        if i % 2:
-            parts[i] = f"\\fB{part.replace('-', chr(92) + '-')}\\fR"
-        else:
-            parts[i] = _WORD_DASH.sub(lambda m: "\\-" * len(m.group()), part)
-    return "".join(parts)

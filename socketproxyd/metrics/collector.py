@@ -182,20 +182,7 @@ class MetricsCollector(Collector):
             if datagrams is not None:
                 _addTo(counts.datagrams, datagrams)
 
-        yield _family(
-            GaugeMetricFamily,
-            "connections_active",
-            "Connections open now.",
-            ["route"],
-            {route: counts.active for route, counts in streams.items()},
-        )
-        yield _family(
-            CounterMetricFamily,
-            "connections",
-            "Connections accepted.",
-            ["route"],
-            {route: counts.closed + counts.active for route, counts in streams.items()},
-        )
+        yield from _openAndServed("connections", "Connections", "accepted", streams)
         yield _family(
             CounterMetricFamily,
             "connections_closed",
@@ -214,20 +201,7 @@ class MetricsCollector(Collector):
             ["route", "direction"],
             _byDirection(streams, "moved"),
         )
-        yield _family(
-            GaugeMetricFamily,
-            "sessions_active",
-            "Datagram sessions open now.",
-            ["route"],
-            {route: counts.active for route, counts in relays.items()},
-        )
-        yield _family(
-            CounterMetricFamily,
-            "sessions",
-            "Datagram sessions opened.",
-            ["route"],
-            {route: counts.closed + counts.active for route, counts in relays.items()},
-        )
+        yield from _openAndServed("sessions", "Datagram sessions", "opened", relays)
         yield _family(
             CounterMetricFamily,
             "datagrams",
@@ -299,6 +273,29 @@ class MetricsCollector(Collector):
                 "python_version": platform.python_version(),
             },
         )
+
+
+def _openAndServed(
+    name: str, what: str, served: str, routes: Mapping[str, RouteCounts]
+) -> Iterator[Metric]:
+    """
+    The gauge C{NAME_active} of what is open now and the counter C{NAME}
+    of all served (closed and open), by route: connections or sessions.
+    """
+    yield _family(
+        GaugeMetricFamily,
+        f"{name}_active",
+        f"{what} open now.",
+        ["route"],
+        {route: counts.active for route, counts in routes.items()},
+    )
+    yield _family(
+        CounterMetricFamily,
+        name,
+        f"{what} {served}.",
+        ["route"],
+        {route: counts.closed + counts.active for route, counts in routes.items()},
+    )
 
 
 def _byRoute(

@@ -21,7 +21,8 @@ class DrainService(Service):
     """
     On stop, ends the datagram sessions (nothing of theirs is in flight),
     lets the open connections finish for up to C{drainTimeout}, then
-    closes the rest (at once when it is 0, as the original does).
+    closes the rest (at once when it is 0, as the original does, or when
+    hurried).
     """
 
     log = Logger(observer=observer)
@@ -45,6 +46,16 @@ class DrainService(Service):
         if not self.ledger.open and self._drained is not None:
             drained, self._drained = self._drained, None
             drained.callback(None)
+
+    def hurry(self) -> None:
+        """
+        A second SIGTERM or SIGINT while stopping: end what the drain is
+        still waiting for, at once (streams with a reset).
+        """
+        count = self.ledger.count()
+        if count:
+            self.log.info("Stopping now: closing {count} connections", count=count)
+            self.ledger.shutdownAll()
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

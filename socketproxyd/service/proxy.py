@@ -87,6 +87,7 @@ class ProxyService(MultiService):
     @ivar ledger: what is served now; the tracker of every connection.
     @ivar limit: C{--connections-max} and the descriptor budget.
     @ivar listeners: the service that opens and closes the listeners.
+    @ivar drain: the drain on stop, which a second SIGTERM or SIGINT hurries.
     """
 
     log = Logger(observer=observer)
@@ -120,7 +121,7 @@ class ProxyService(MultiService):
         )
         listening = self.listeners.listening
         notifier = notifier if notifier is not None else Notifier(reactor, {})
-        drain = DrainService(reactor, ledger, listening, drainTimeout)
+        self.drain = drain = DrainService(reactor, ledger, listening, drainTimeout)
         idleExit = IdleExitService(reactor, ledger, exitIdleTime)
         status = StatusService(reactor, notifier, ledger, self.limit, listening)
         for service in (self.listeners, self.limit, drain, idleExit, status):
@@ -161,20 +162,10 @@ class ProxyService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
-        installSignalHandlers(self.reactor, self.log, self.stopNow)
+        installSignalHandlers(self.reactor, self.log, self.drain.hurry)
         if self.metrics is not None:
             self.metrics.startService()
         super().startService()
-
-    def stopNow(self) -> None:
-        """
-        A second SIGTERM or SIGINT while stopping: end what a drain is
-        still waiting for, at once (streams with a reset).
-        """
-        count = self.ledger.count()
-        if count:
-            self.log.info("Stopping now: closing {count} connections", count=count)
-            self.ledger.shutdownAll()
 
     def stopService(self) -> Deferred[object]:
         """

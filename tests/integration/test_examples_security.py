@@ -12,7 +12,7 @@ import subprocess
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.support.unitquotes import UNITS
+from tests.support.docs import UNITS
 
 MOST = 2.0
 """

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -25,7 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socketproxyd import logs
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
-from socketproxyd.events import DOWNSTREAM, UPSTREAM, Served
+from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, Served
 from socketproxyd.service.closelog import CloseLog
 from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.stream.splice.pump import SplicePump
@@ -446,3 +448,46 @@ class FakePort:
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("TCP", "127.0.0.1", 8000)
+
+
+@dataclass(eq=False)
+class FakeRouteServer:
+    """
+    A route's server as the metrics collector reads it: its name, connect
+    retries and dropped datagrams.
+    """
+
+    route: str | None
+    connectRetries: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class FakeListening:
+    """
+    The listeners' route servers, as the collector reads them.
+    """
+
+    factories: dict[str | None, FakeRouteServer] = field(default_factory=dict)
+    relays: list[FakeRouteServer] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class FakeServed:
+    """
+    A served client as the ledger sees it: a connection, or a session
+    when it has datagram counts.
+    """
+
+    server: FakeRouteServer
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+    datagrams: list[int] | None = None
+    started: float = 0.0
+    connected: float = 0.0
+    ending: Ending | None = None
+
+    def addresses(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        pass

@@ -7,31 +7,10 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.sockets import TIMEOUT, connect, recvAll
-
-
-def connectWaiting(address: str, timeout: float = TIMEOUT) -> socket.socket:
-    """
-    A client of the metrics listener at C{address} that waits, up to
-    C{timeout}, while the listener's backlog is full: a connect in
-    Python's timeout mode is non-blocking, which on a UNIX socket fails at
-    once with EAGAIN instead (a TCP client's SYN is retried by the kernel).
-    """
-    if not address.startswith("/"):
-        return connect(address, timeout)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(timeout), 0))
-    try:
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    sock.settimeout(timeout)
-    return sock
+from tests.support.sockets import connect, recvAll
 
 
 def request(
@@ -42,7 +21,7 @@ def request(
     C{Accept} header if given): the status line, the headers and the body.
     """
     extra = f"Accept: {accept}\r\n" if accept else ""
-    with connectWaiting(path) as sock:
+    with connect(path) as sock:
         sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: metrics\r\n{extra}\r\n".encode())
         response = recvAll(sock)
     head, _, body = response.partition(b"\r\n\r\n")

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -62,7 +63,11 @@ def listeningSocket(testcase: object, kind: str, backlog: int = 128) -> tuple[so
 def connect(address: str, timeout: float = TIMEOUT) -> socket.socket:
     """
     A blocking client socket connected to an address string of
-    L{listeningSocket}.
+    L{listeningSocket}, within C{timeout}. A UNIX socket connects in
+    blocking mode, bounded by C{SO_SNDTIMEO}: in Python's timeout mode the
+    connect is non-blocking, and on a UNIX socket whose backlog is full
+    that fails at once with EAGAIN instead of waiting for the listener
+    (a TCP client's SYN is retried by the kernel).
     """
     if address.startswith("/"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -78,8 +83,19 @@ def connect(address: str, timeout: float = TIMEOUT) -> socket.socket:
         host, _, port = address.rpartition(":")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         target = (host, int(port))
-    sock.settimeout(timeout)
-    sock.connect(target)
+    try:
+        if sock.family == socket.AF_UNIX:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(timeout), 0)
+            )
+            sock.connect(target)
+            sock.settimeout(timeout)
+        else:
+            sock.settimeout(timeout)
+            sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 

@@ -48,48 +48,62 @@ def readmeCommands(readme: Path = SOURCE / "README.rst") -> tuple[str, str]:
     return INSTALL, cache.group(1)
 
 
+def literalBlocks(text: str) -> list[tuple[str, int, str]]:
+    """
+    Every literal block of the reStructuredText C{text} (what follows a
+    paragraph ending in C{::}, indented): the title of the section it is
+    in, how far it is indented (a block inside a list is indented more
+    than one at the top), and its text without the indentation.
+    """
+    lines = text.splitlines()
+    blocks, section = [], ""
+    for i, line in enumerate(lines):
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if line and following and set(following) <= set("-=") and len(following) == len(line):
+            section = line
+        if not line.endswith("::"):
+            continue
+        start = i + 1
+        while start < len(lines) and not lines[start].strip():
+            start += 1
+        if start == len(lines):
+            continue
+        indent = len(lines[start]) - len(lines[start].lstrip())
+        if indent <= len(line) - len(line.lstrip()):
+            continue
+        end = start
+        while end < len(lines) and (not lines[end].strip() or lines[end][:indent].isspace()):
+            end += 1
+        body = "\n".join(line[indent:] for line in lines[start:end]).strip("\n")
+        blocks.append((section, indent, body + "\n"))
+    return blocks
+
+
 def deploySteps(readme: Path = SOURCE / "README.rst") -> list[str]:
     """
     The command blocks of the README's numbered "Deploy under systemd"
-    steps (literal blocks inside its list), in order, as the README
-    spells them; L{ValueError} when the section is missing.
+    steps (the literal blocks inside its list), in order, as the README
+    spells them; L{ValueError} when the section has none.
     """
-    text = readme.read_text()
-    heading = "Deploy under systemd\n--------------------\n"
-    if heading not in text:
-        raise ValueError("README.rst no longer has a 'Deploy under systemd' section")
-    section = text.split(heading, 1)[1]
-    lines = section[: section.index("\n------")].splitlines()
-    steps = []
-    for i, line in enumerate(lines):
-        if not line.endswith("::"):
-            continue
-        body = []
-        for following in lines[i + 1 :]:
-            if following.strip() and not following.startswith(" " * 7):
-                break
-            body.append(following[7:])
-        block = "\n".join(body).strip("\n")
-        if block:
-            steps.append(block + "\n")
+    steps = [
+        block
+        for section, indent, block in literalBlocks(readme.read_text())
+        if section == "Deploy under systemd" and indent > 4
+    ]
+    if not steps:
+        raise ValueError("README.rst no longer has the steps of 'Deploy under systemd'")
     return steps
 
 
 def routesCommands(readme: Path = SOURCE / "README.rst") -> str:
     """
     The README's commands that deploy the two-route namespace example
-    (the literal block that copies its units), as the README spells them;
-    L{ValueError} when it is missing.
+    (the literal block of its Routes section that copies the units), as
+    the README spells them; L{ValueError} when it is missing.
     """
-    for block in readme.read_text().split("::\n\n")[1:]:
-        lines = []
-        for line in block.splitlines():
-            if line.strip() and not line.startswith("    "):
-                break
-            lines.append(line[4:])
-        commands = "\n".join(lines).strip("\n") + "\n"
-        if "examples/systemd/routes-proxy.service /etc/systemd/system/" in commands:
-            return commands
+    for section, _, block in literalBlocks(readme.read_text()):
+        if section == "Routes" and "examples/systemd/routes-proxy.service /etc" in block:
+            return block
     raise ValueError("README.rst no longer gives the commands that deploy the routes example")
 
 

@@ -102,18 +102,14 @@ class SystemdTests(SystemdTestCase):
         self.assertIn("Welcome to nginx!", page())
         self.waitShow("nginx.service", {"ActiveState": "active"})
 
-        def networkOf(unit: str | None = None) -> str:
-            pid = self.container.show(unit, "MainPID")["MainPID"] if unit else "1"
-            return self.container.run(["readlink", f"/proc/{pid}/ns/net"]).stdout.strip()
-
-        self.assertTrue(networkOf().startswith("net:["), networkOf())
-        self.assertEqual(networkOf("nginx.service"), networkOf())
+        self.assertTrue(self.networkOf().startswith("net:["), self.networkOf())
+        self.assertEqual(self.networkOf("nginx.service"), self.networkOf())
         run(privateNetwork)
         self.waitShow("nginx.service", {"ActiveState": "inactive"})
         self.assertIn("Welcome to nginx!", page())
         self.waitShow("nginx.service", {"ActiveState": "active"})
-        self.assertTrue(networkOf("nginx.service").startswith("net:["))
-        self.assertNotEqual(networkOf("nginx.service"), networkOf())
+        self.assertTrue(self.networkOf("nginx.service").startswith("net:["))
+        self.assertNotEqual(self.networkOf("nginx.service"), self.networkOf())
 
     def needDebianNginx(self) -> None:
         """
@@ -140,15 +136,24 @@ class SystemdTests(SystemdTestCase):
         ran = self.container.run(["sh", "-ec", f"cd {KIT}/src\n{commands}"])
         self.assertEqual(ran.returncode, 0, f"{commands}\n{ran.stdout}{ran.stderr}")
 
-    def page(self, url: str = "http://localhost/") -> str:
+    def networkOf(self, unit: str | None = None) -> str:
         """
-        The body at C{url}, fetched inside the container.
+        The network namespace of C{unit}'s main process (of the
+        container's systemd when none is named), as C{/proc} names it.
+        """
+        pid = self.container.show(unit, "MainPID")["MainPID"] if unit else "1"
+        return self.container.run(["readlink", f"/proc/{pid}/ns/net"]).stdout.strip()
+
+    def page(self, url: str = "http://localhost/", serving: str = "nginx.service") -> str:
+        """
+        The body at C{url}, fetched inside the container; failing with the
+        journal of the unit C{serving} it when it cannot be had.
         """
         fetched = self.container.run(
-            [PYTHON, "-c", "import sys, urllib.request; "
-             "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url]
+            [PYTHON, "-c", "import sys, urllib.request; print(urllib.request.urlopen("
+             "sys.argv[1], timeout=10).read().decode(), end='')", url]
         )  # fmt: skip
-        self.assertEqual(fetched.returncode, 0, fetched.stderr + self.journal("nginx.service"))
+        self.assertEqual(fetched.returncode, 0, f"{fetched.stderr}\n{self.journal(serving)}")
         return fetched.stdout
 
     def test_twistdExampleAsShipped(self) -> None:
@@ -199,16 +204,11 @@ class SystemdTests(SystemdTestCase):
             ready.returncode, 0, ready.stdout + self.journal("postgresql@15-main.service")
         )
 
-        def networkOf(unit: str | None = None) -> str:
-            pid = self.container.show(unit, "MainPID")["MainPID"] if unit else "1"
-            return self.container.run(["readlink", f"/proc/{pid}/ns/net"]).stdout.strip()
-
-        proxy = networkOf("routes-proxy.service")
+        proxy = self.networkOf("routes-proxy.service")
         self.assertTrue(proxy.startswith("net:["), proxy)
-        self.assertEqual(
-            (networkOf("nginx.service"), networkOf("postgresql@15-main.service")), (proxy, proxy)
-        )
-        self.assertNotEqual(proxy, networkOf())
+        backends = (self.networkOf("nginx.service"), self.networkOf("postgresql@15-main.service"))
+        self.assertEqual(backends, (proxy, proxy))
+        self.assertNotEqual(proxy, self.networkOf())
 
     def test_activation(self) -> None:
         """
@@ -246,17 +246,8 @@ class SystemdTests(SystemdTestCase):
             raise SkipTest("nginx is not installed")
         for name, (port, _) in HTTP_ROUTES.items():
             self.systemctl("start", f"{name}.socket")
-            fetch = (
-                "import urllib.request; "
-                f"print(urllib.request.urlopen('http://127.0.0.1:{port}/index.html', "
-                "timeout=10).read().decode(), end='')"
-            )
-            result = self.container.run([PYTHON, "-c", fetch])
-            self.assertEqual(
-                (result.returncode, result.stdout),
-                (0, "socket-activated nginx\n"),
-                f"{name}: {result.stderr}\n{self.journal(name + '.service')}",
-            )
+            page = self.page(f"http://127.0.0.1:{port}/index.html", f"{name}.service")
+            self.assertEqual(page, "socket-activated nginx\n", name)
             self.waitShow(f"{name}.service", {"ActiveState": "active"})
 
     def test_warningsOnly(self) -> None:

@@ -7,7 +7,6 @@ exposition Prometheus parses.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,49 +17,7 @@ from socketproxyd.events import Ending
 from socketproxyd.metrics.collector import MetricsCollector
 from socketproxyd.service.ledger import Ledger
 from socketproxyd.service.limit import ConnectionLimit
-
-
-@dataclass(eq=False)
-class Route:
-    """
-    A route's server: its name, connect retries and dropped datagrams.
-    """
-
-    route: str | None
-    connectRetries: int = 0
-    drops: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
-class Listening:
-    """
-    The listeners' route servers, as the collector reads them.
-    """
-
-    factories: dict[str | None, Route] = field(default_factory=dict)
-    relays: list[Route] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class Client:
-    """
-    A served client as the ledger sees it: a connection, or a session
-    when it has datagram counts.
-    """
-
-    server: Route
-    counts: list[int] = field(default_factory=lambda: [0, 0])
-    datagrams: list[int] | None = None
-    started: float = 0.0
-    connected: float = 0.0
-    ending: Ending | None = None
-
-    def addresses(self) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        pass
-
+from tests.support.fakes import FakeListening, FakeRouteServer, FakeServed
 
 DOCUMENTED = {
     "socketproxyd_connections_active": "gauge",
@@ -87,7 +44,7 @@ class CollectorTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.limit = ConnectionLimit(self.clock, 100)
         self.ledger = Ledger(self.limit)
-        self.listening = Listening()
+        self.listening = FakeListening()
         self.collector = MetricsCollector(self.clock, self.ledger, self.limit, self.listening)
         self.ledger.consumers.append(self.collector)
         self.registry = CollectorRegistry()
@@ -123,8 +80,8 @@ class CollectorTests(SynchronousTestCase):
         stream route, sessions,
         datagrams and bytes of a datagram route.
         """
-        self.listening.factories = {"web": Route("web"), None: Route(None)}
-        self.listening.relays = [Route("dns")]
+        self.listening.factories = {"web": FakeRouteServer("web"), None: FakeRouteServer(None)}
+        self.listening.relays = [FakeRouteServer("dns")]
         samples = self.scrape()
         for route in ("web", ""):
             for name in ("connections_total", "connections_active"):
@@ -146,10 +103,10 @@ class CollectorTests(SynchronousTestCase):
         Closed connections count by route and ending; bytes include those
         of the connections still open.
         """
-        web, other = Route("web"), Route(None)
-        done = Client(web, [10, 200])
-        reset = Client(web, [1, 2])
-        held = Client(other, [5, 7])
+        web, other = FakeRouteServer("web"), FakeRouteServer(None)
+        done = FakeServed(web, [10, 200])
+        reset = FakeServed(web, [1, 2])
+        held = FakeServed(other, [5, 7])
         for client in (done, reset, held):
             self.ledger.opened(client)
         done.ending = Ending.DONE
@@ -196,11 +153,11 @@ class CollectorTests(SynchronousTestCase):
         connect and its accept to close to the route's histograms; one
         that never connected only the latter; retries are the route's.
         """
-        web = self.listening.factories["web"] = Route("web", connectRetries=3)
+        web = self.listening.factories["web"] = FakeRouteServer("web", connectRetries=3)
         self.clock.advance(100)
-        quick = Client(web, started=100.0, connected=100.002)
-        failed = Client(web, started=100.0)
-        untimed = Client(web)
+        quick = FakeServed(web, started=100.0, connected=100.002)
+        failed = FakeServed(web, started=100.0)
+        untimed = FakeServed(web)
         for client in (quick, failed, untimed):
             self.ledger.opened(client)
         self.clock.advance(5)
@@ -223,9 +180,9 @@ class CollectorTests(SynchronousTestCase):
         Datagram sessions count apart from connections, with datagrams and
         their bytes by direction.
         """
-        dns = Route("dns")
-        first = Client(dns, [30, 300], datagrams=[1, 2])
-        second = Client(dns, [5, 0], datagrams=[1, 0])
+        dns = FakeRouteServer("dns")
+        first = FakeServed(dns, [30, 300], datagrams=[1, 2])
+        second = FakeServed(dns, [5, 0], datagrams=[1, 0])
         self.ledger.opened(first)
         self.ledger.opened(second)
         first.ending = Ending.IDLE_TIMEOUT
@@ -248,7 +205,7 @@ class CollectorTests(SynchronousTestCase):
         Dropped datagrams count by route and why, whether or not any
         session was ever opened.
         """
-        dns = Route("dns", drops=Counter(limit=4, upstream_failed=1))
+        dns = FakeRouteServer("dns", drops=Counter(limit=4, upstream_failed=1))
         self.listening.relays.append(dns)
         samples = self.scrape()
         dropped = {

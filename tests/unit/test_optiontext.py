@@ -9,9 +9,9 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from socketproxyd.config.optiontext import BY_NAME, OPTIONS, helpText, manOptions, readmeList
+from socketproxyd.config.optiontext import BY_NAME, OPTIONS, helpText
 from socketproxyd.tap import Options
-from tests.support.optiondocs import stale
+from tests.support.docs import manOptions, readmeList, staleOptions
 
 UNTEXTED = {"help", "version"}
 """
@@ -68,7 +68,7 @@ class OptionTextTests(SynchronousTestCase):
         README.rst and the manual page hold the texts as rendered.
         """
         self.assertEqual(
-            stale(), [], "run python -m tests.support.optiondocs to render the option texts"
+            staleOptions(), [], "run python -m tests.support.docs to render the option texts"
         )
 
     def test_rendered(self) -> None:

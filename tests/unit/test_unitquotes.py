@@ -1,13 +1,13 @@
 """
 README.rst and the manual page quote the units of examples/systemd/ as
-they are (L{tests.support.unitquotes}).
+they are (L{tests.support.docs}).
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.unitquotes import MANUAL, README, UNITS, quoted, stale, unitText
+from tests.support.docs import MANUAL, README, UNITS, quoted, staleQuotes, unitText
 
 
 class UnitQuoteTests(SynchronousTestCase):
@@ -21,7 +21,7 @@ class UnitQuoteTests(SynchronousTestCase):
                 self.assertTrue((UNITS / quote.unit).is_file(), quote.unit)
                 self.assertEqual(text, unitText(quote.unit), f"{document.name}: {quote.unit}")
         self.assertEqual(
-            stale(), [], "run python -m tests.support.unitquotes to quote the units anew"
+            staleQuotes(), [], "run python -m tests.support.docs to quote the units anew"
         )
 
     def test_whatIsQuoted(self) -> None:
