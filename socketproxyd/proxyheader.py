@@ -2,14 +2,18 @@
 """
 PROXY protocol headers (haproxy's proxy-protocol.txt, versions 1 and 2), so a
 backend behind the proxy learns the real client address.
+
+Addresses are Twisted's C{IPv4Address}/C{IPv6Address} or the socket
+module's C{(host, port, ...)} tuples, whichever the caller has: the early
+relay builds headers before Twisted is imported, so this module needs only
+the standard library.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-
-from twisted.internet.address import IPv4Address, IPv6Address
+from typing import Any, cast
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V2_PROXY = 0x21
@@ -21,19 +25,35 @@ _V2_TCP6 = 0x21
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _ipPair(peer: object, local: object) -> tuple[_IP, int, _IP, int] | None:
-    if not isinstance(peer, (IPv4Address, IPv6Address)) or not isinstance(
-        local, (IPv4Address, IPv6Address)
-    ):
+def _hostPort(address: object) -> tuple[str, int] | None:
+    """
+    The IP host and port of C{address}, if it is an IP address.
+    """
+    if isinstance(address, tuple):
+        if len(address) >= 2 and isinstance(address[0], str) and isinstance(address[1], int):
+            return address[0], address[1]
         return None
-    source = ipaddress.ip_address(peer.host.split("%", 1)[0])
-    destination = ipaddress.ip_address(local.host.split("%", 1)[0])
+    if getattr(address, "type", None) in ("TCP", "UDP"):
+        ip = cast(Any, address)
+        return ip.host, ip.port
+    return None
+
+
+def _ipPair(peer: object, local: object) -> tuple[_IP, int, _IP, int] | None:
+    peerPair, localPair = _hostPort(peer), _hostPort(local)
+    if peerPair is None or localPair is None:
+        return None
+    try:
+        source = ipaddress.ip_address(peerPair[0].split("%", 1)[0])
+        destination = ipaddress.ip_address(localPair[0].split("%", 1)[0])
+    except ValueError:
+        return None
     if isinstance(source, ipaddress.IPv6Address) and isinstance(destination, ipaddress.IPv6Address):
         if source.ipv4_mapped and destination.ipv4_mapped:
             source, destination = source.ipv4_mapped, destination.ipv4_mapped
     if source.version != destination.version:
         return None
-    return source, peer.port, destination, local.port
+    return source, peerPair[1], destination, localPair[1]
 
 
 def headerV1(peer: object, local: object) -> bytes:

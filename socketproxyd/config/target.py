@@ -3,6 +3,11 @@
 The TARGET argument: its grammar, its validation at start-up, its socket
 address, the client endpoint that reaches it, and which failures to reach it mean it is not
 ready yet.
+
+The grammar and the socket address need only the standard library, so the
+early relay (L{socketproxyd.stream.earlyrelay}) parses TARGET with them
+before Twisted is imported; Twisted's endpoints are imported when one is
+built.
 """
 
 from __future__ import annotations
@@ -13,18 +18,12 @@ import math
 import re
 import socket
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from twisted.internet import error
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    UNIXClientEndpoint,
-)
-from twisted.internet.interfaces import IStreamClientEndpoint
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamClientEndpoint
 
-from socketproxyd.addresses import SocketAddress
+    from socketproxyd.addresses import SocketAddress
 
 DEFAULT_PORT = 80
 NOT_READY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
@@ -59,6 +58,13 @@ class Target:
         every address they resolve to is tried, each bounded by C{timeout}
         (the connection's own connect timer bounds them all).
         """
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+            UNIXClientEndpoint,
+        )
+
         # Twisted's connectors read a timeout of None as "none of mine"
         # (the kernel's own), though the endpoints' hints say float.
         attemptTimeout = cast(float, None) if math.isinf(timeout) else timeout
@@ -185,6 +191,8 @@ def notReady(reason: BaseException) -> bool:
     Whether a connect failed because the target is not ready yet: it
     refuses, its UNIX socket does not exist yet, or its backlog is full.
     """
+    from twisted.internet import error
+
     return isinstance(reason, error.ConnectionRefusedError) or (
         isinstance(reason, error.ConnectError) and reason.osError in NOT_READY
     )

@@ -38,6 +38,7 @@ from socketproxyd.systemd.activation import HOW_TO_PASS, InheritedSocket
 if TYPE_CHECKING:
     from socketproxyd.datagram.port import DatagramPort
     from socketproxyd.datagram.relay import DatagramRelay
+    from socketproxyd.stream.earlyrelay import EarlyPair
 
 
 class Readable(Protocol):
@@ -172,6 +173,14 @@ class ListenerSet:
             label=listener.label,
             target=str(listener.factory.target),
         )
+
+    def adopt(self, pairs: Sequence[EarlyPair]) -> None:
+        """
+        Serve the clients the early relay served while Twisted loaded, each
+        by the factory of the listener it came by.
+        """
+        for pair in pairs:
+            self.factories[pair.name].adopt(pair)
 
     def accept(self, accepting: bool) -> None:
         """

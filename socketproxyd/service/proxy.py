@@ -16,6 +16,7 @@ while one is under way.
 from __future__ import annotations
 
 import math
+import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from twisted.python.components import Componentized
 from socketproxyd.config.routes import Routes
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
+from socketproxyd.events import DOWNSTREAM, UPSTREAM
 from socketproxyd.logs import observer, runnerObserver
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.closelog import CloseLog
@@ -44,6 +46,7 @@ from socketproxyd.systemd.notify import Notifier
 
 if TYPE_CHECKING:
     from socketproxyd.metrics.service import MetricsService
+    from socketproxyd.stream.earlyrelay import Handover
 
 
 def installSignalHandlers(reactor: ProxyReactor, log: Logger, hurry: Callable[[], None]) -> None:
@@ -166,6 +169,26 @@ class ProxyService(MultiService):
         if self.metrics is not None:
             self.metrics.startService()
         super().startService()
+
+    def takeOver(self, handover: Handover) -> None:
+        """
+        Serve on the connections the early relay served while Twisted
+        loaded, and, once running, act on the signals it received
+        meanwhile as on any other: each is sent again then.
+        """
+        pairs = handover.pairs
+        self.listeners.listening.adopt(pairs)
+        if pairs:
+            self.log.debug(
+                "Took over {count} connection(s) from the early relay after {ms} ms, "
+                "with {upstream} bytes sent to the target and {downstream} to clients",
+                count=len(pairs),
+                ms=round((self.reactor.seconds() - handover.started) * 1000),
+                upstream=sum(pair.directions[UPSTREAM].count for pair in pairs),
+                downstream=sum(pair.directions[DOWNSTREAM].count for pair in pairs),
+            )
+        for signum in handover.signals:
+            self.reactor.callWhenRunning(os.kill, os.getpid(), signum)
 
     def stopService(self) -> Deferred[object]:
         """

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from twisted.internet.protocol import Protocol
 
+    from socketproxyd.stream.earlyrelay import EarlyPair
     from socketproxyd.stream.factory import ProxyFactory
 
 
@@ -159,10 +160,54 @@ class Connection:
         preamble = b""
         if settings.proxyProtocol is not None:
             preamble = HEADERS[settings.proxyProtocol](self.peer, self.host)
-        if not math.isinf(settings.idleTimeout):
-            self.lastMoved = self.server.reactor.seconds()
-            self.timer = self.server.reactor.callLater(settings.idleTimeout, self._idleCheck)
+        self._watchIdle(self.server.reactor.seconds())
         self.pump.attach(target, preamble)
+
+    def adopt(self, pair: EarlyPair) -> None:
+        """
+        Take over a client the early relay began to serve while Twisted
+        loaded (L{socketproxyd.stream.earlyrelay}), counted from its
+        accept. One it connected goes on from where it is: the bytes it
+        moved, what it read and has not sent (sent first), and each end of
+        stream or failure it saw, reported here as a pump reports them, so
+        that the rules are this class's alone. One it did not connect is
+        connected now, as any accepted client.
+        """
+        if self.server.recordsTimes:
+            self.started = pair.accepted
+        if pair.target is None:
+            self.start()
+            return
+        self.server.tracker.opened(self)
+        if self.server.recordsTimes:
+            self.connected = pair.connected
+        for direction, state in enumerate(pair.directions):
+            self.counts[direction] += state.count
+        self._watchIdle(pair.lastMoved)
+        self.pump.adopt(
+            pair.target,
+            tuple(state.backlog for state in pair.directions),
+            tuple(state.ended for state in pair.directions),
+        )
+        if pair.failed:
+            self.failed()
+            return
+        for direction, state in enumerate(pair.directions):
+            if state.ended:
+                self.readEnded(direction)
+
+    def _watchIdle(self, since: float) -> None:
+        """
+        With an idle timeout, close the connection once no byte has moved
+        for that long, counting from C{since}.
+        """
+        idleTimeout = self.server.settings.idleTimeout
+        if math.isinf(idleTimeout):
+            return
+        reactor = self.server.reactor
+        self.lastMoved = since
+        delay = max(0.0, since + idleTimeout - reactor.seconds())
+        self.timer = reactor.callLater(delay, self._idleCheck)
 
     def _connectTimedOut(self) -> None:
         self.timer = None

@@ -9,7 +9,7 @@ settings choose.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ServerFactory
@@ -30,6 +30,9 @@ from socketproxyd.stream.splice.pipes import PipeSweeper
 from socketproxyd.stream.splice.pipes import available as spliceAvailable
 from socketproxyd.stream.splice.pump import SplicePump
 from socketproxyd.stream.transportpump import ClientProtocol, ServerProtocol
+
+if TYPE_CHECKING:
+    from socketproxyd.stream.earlyrelay import EarlyPair
 
 
 class ProxyFactory(RouteServer, ServerFactory):
@@ -118,13 +121,27 @@ class ProxyFactory(RouteServer, ServerFactory):
             finally:
                 sock.close()
             return
+        self._connection(sock, address).start()
+
+    def adopt(self, pair: EarlyPair) -> None:
+        """
+        A client the early relay served while Twisted loaded: its
+        connection takes over where the relay left off (see
+        L{Connection.adopt}).
+        """
+        self._connection(pair.client, pair.peer).adopt(pair)
+
+    def _connection(self, sock: socket.socket, address: object) -> Connection:
+        """
+        The connection of an accepted client, on the splice pump.
+        """
         peer = host = None
         if self.recordsAddresses:
             family = sock.family
             peer = socketAddress(family, address)
             host = socketAddress(family, sock.getsockname())
         pump = SplicePump(self.reactor, self.sweeper, sock, self.settings.keepalive)
-        Connection(self, pump, peer, host).start()
+        return Connection(self, pump, peer, host)
 
     def connectTarget(self, takesSockets: bool) -> socket.socket | Deferred[Any]:
         """

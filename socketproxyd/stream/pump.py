@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Sequence
 
     from twisted.internet.interfaces import IAddress
     from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -50,6 +51,17 @@ class Pump(Protocol):
         """
         The target is connected (a socket, or a protocol on a Twisted
         transport): send C{preamble} to it, then move bytes both ways.
+        """
+
+    def adopt(
+        self, target: socket.socket, backlogs: Sequence[bytes], ended: Sequence[bool]
+    ) -> None:
+        """
+        Move bytes both ways between the client and C{target} (connected),
+        for a pair that carries state from before (see
+        L{Connection.adopt}): by direction, bytes read and not yet sent,
+        sent first, and whether the source ended (it is not read again).
+        Only pumps that take sockets adopt.
         """
 
     def shutdownWrite(self, direction: int) -> None:

@@ -28,6 +28,7 @@ from socketproxyd.stream.connection import Connection
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Sequence
 
     from socketproxyd.stream.factory import ProxyFactory
 
@@ -155,6 +156,15 @@ class TransportPump:
 
     def clientAddress(self) -> IAddress | None:
         return _transport(self.server).getPeer()
+
+    def adopt(
+        self, target: socket.socket, backlogs: Sequence[bytes], ended: Sequence[bool]
+    ) -> None:
+        """
+        This pump takes no sockets, so it adopts none: the early relay
+        serves only command lines on the splice path.
+        """
+        raise TypeError("the transport pump adopts no sockets")
 
     def attach(self, target: socket.socket | Protocol, preamble: bytes) -> None:
         """

@@ -11,6 +11,10 @@ L{twisted.internet.endpoints} deletes C{LISTEN_PID} and C{LISTEN_FDS} from
 C{os.environ} before any plugin code runs. The process's initial environment,
 as the kernel keeps it in C{/proc/self/environ}, is unaffected by that, so it
 is read when C{os.environ} has lost the variables.
+
+Reading the sockets needs only the cheapest of the standard library, and
+no Twisted, because the early relay (L{socketproxyd.stream.earlyrelay})
+reads them as the process starts.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
-from typing import Any
 
-from twisted.internet.interfaces import IListeningPort, IReactorSocket
-from twisted.internet.protocol import ServerFactory
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, MutableMapping
+    from typing import Any
+
+    from twisted.internet.interfaces import IListeningPort, IReactorSocket
+    from twisted.internet.protocol import ServerFactory
 
 LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -47,16 +53,37 @@ class ActivationError(Exception):
     """
 
 
-@dataclass(frozen=True)
 class InheritedSocket:
     """
     One listening socket passed in by the launcher.
     """
 
-    fd: int
-    family: socket.AddressFamily
-    name: str
-    datagram: bool = False
+    __slots__ = ("fd", "family", "name", "datagram")
+
+    def __init__(
+        self, fd: int, family: socket.AddressFamily, name: str, datagram: bool = False
+    ) -> None:
+        self.fd = fd
+        self.family = family
+        self.name = name
+        self.datagram = datagram
+
+    def _key(self) -> tuple[int, int, str, bool]:
+        return self.fd, self.family, self.name, self.datagram
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InheritedSocket):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"InheritedSocket(fd={self.fd}, family={self.family!r}, "
+            f"name={self.name!r}, datagram={self.datagram})"
+        )
 
     def describe(self) -> str:
         """

@@ -5,6 +5,7 @@ and what the console script imports before its first client.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -61,9 +62,32 @@ class ImportTests(SynchronousTestCase):
     nothing a stream-only proxy does not use.
     """
 
+    def test_nothingHeavyBeforeTheEarlyRelay(self) -> None:
+        """
+        Until the early relay has served the first clients, the console
+        script imports no Twisted, and none of the standard library's
+        costlier modules (issue 19).
+        """
+        code = (
+            "import sys; before = set(sys.modules); import socketproxyd.cli; "
+            "print(sorted(set(sys.modules) - before))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        loaded = ast.literal_eval(done.stdout)
+        self.assertIn("socketproxyd.stream.earlyrelay", loaded)
+        heavy = [
+            name
+            for name in loaded
+            if name.split(".")[0]
+            in ("twisted", "zope", "attr", "typing", "dataclasses", "re", "ipaddress", "asyncio")
+        ]
+        self.assertEqual(heavy, [])
+
     def test_noDatagramModules(self) -> None:
         code = (
-            "import sys, socketproxyd.cli; "
+            "import sys, socketproxyd.cli; socketproxyd.cli.load(); "
             "print(sorted(m for m in sys.modules if m.startswith('socketproxyd.')))"
         )
         done = subprocess.run(

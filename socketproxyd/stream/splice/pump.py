@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Sequence
 from typing import cast
 
 from twisted.internet import error, tcp
@@ -118,6 +119,39 @@ class SplicePump:
             transport.stopReading()
             transport.stopWriting()
             sock = transport.getHandle()
+        upstream, downstream = self._join(sock)
+        downstream.startReading()
+        if preamble:
+            upstream.backlog = preamble
+            if not upstream.flush():
+                return
+        upstream.startReading()
+        upstream.fill()
+
+    def adopt(
+        self, target: socket.socket, backlogs: Sequence[bytes], ended: Sequence[bool]
+    ) -> None:
+        """
+        Start moving bytes on a pair whose directions carry state from
+        before (see L{socketproxyd.stream.pump.Pump.adopt}).
+        """
+        self._join(target)
+        for end in self.ends:
+            end.backlog = backlogs[end.direction]
+            end.ended = ended[end.direction]
+        for end in self.ends:
+            if not self.running:
+                return
+            if end.backlog and not end.flush():
+                continue
+            if not end.ended:
+                end.startReading()
+
+    def _join(self, sock: socket.socket) -> tuple[SpliceEnd, SpliceEnd]:
+        """
+        Make C{sock} the target's end, facing the client's, and start
+        running.
+        """
         upstream = self.upstream
         downstream = self.downstream = SpliceEnd(self, sock, DOWNSTREAM)
         upstream.peer = downstream
@@ -127,13 +161,7 @@ class SplicePump:
                 if end.socket.family != socket.AF_UNIX:
                     end.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.running = True
-        downstream.startReading()
-        if preamble:
-            upstream.backlog = preamble
-            if not upstream.flush():
-                return
-        upstream.startReading()
-        upstream.fill()
+        return upstream, downstream
 
     @property
     def ends(self) -> tuple[SpliceEnd, ...]:
