@@ -173,8 +173,8 @@ class ProxyService(MultiService):
     def takeOver(self, handover: Handover) -> None:
         """
         Serve on the connections the early relay served while Twisted
-        loaded, and, once running, act on the signals it received
-        meanwhile as on any other: each is sent again then.
+        loaded, and, once running, act on the signals received since it
+        began as on any other: each is sent again then.
         """
         pairs = handover.pairs
         self.listeners.listening.adopt(pairs)
@@ -187,8 +187,12 @@ class ProxyService(MultiService):
                 upstream=sum(pair.directions[UPSTREAM].count for pair in pairs),
                 downstream=sum(pair.directions[DOWNSTREAM].count for pair in pairs),
             )
-        for signum in handover.signals:
-            self.reactor.callWhenRunning(os.kill, os.getpid(), signum)
+
+        def sendAgain() -> None:
+            for signum in handover.signals:
+                os.kill(os.getpid(), signum)
+
+        self.reactor.callWhenRunning(sendAgain)
 
     def stopService(self) -> Deferred[object]:
         """

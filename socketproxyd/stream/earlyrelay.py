@@ -295,16 +295,26 @@ class EarlyRelay:
         Relay until C{stop} (a file descriptor) is readable; the pairs,
         for their hand-over.
         """
-        while True:
-            handlers = self._register(stop)
-            for fd, events in self.poller.poll():
-                if fd == stop:
-                    self._unregisterAll()
-                    return self.pairs
-                handlers[fd](events)
+        while self.step(stop):
+            pass
+        self._unregisterAll()
+        return self.pairs
+
+    def step(self, stop: int, timeout: int | None = None) -> bool:
+        """
+        Wait for what the sockets wait for (or C{timeout} milliseconds)
+        and handle it: one poll. Whether C{stop} is still not readable.
+        """
+        handlers = self._register(stop)
+        ready = self.poller.poll(timeout)
+        if any(fd == stop for fd, _ in ready):
+            return False
+        for fd, events in ready:
+            handlers[fd](events)
+        return True
 
     def _register(self, stop: int) -> dict[int, Callable[[int], None]]:
-        wanted: dict[int, tuple[int, Callable[[int], None]]] = {stop: (select.POLLIN, _ignore)}
+        wanted: dict[int, tuple[int, Callable[[int], None]]] = {stop: (select.POLLIN, _stopped)}
         if self.accepting and len(self.pairs) < self.plan.connectionsMax:
             for name, listener in self.listeners:
                 wanted[listener.fileno()] = (select.POLLIN, self._acceptor(name, listener))
@@ -490,10 +500,10 @@ class EarlyRelay:
         return self.pairs
 
 
-def _ignore(events: int) -> None:
+def _stopped(events: int) -> None:
     """
-    The stop descriptor needs no handling: the relay returns when it is
-    readable.
+    The stop descriptor's handler, never called: the relay returns once
+    it is readable.
     """
 
 
@@ -528,8 +538,9 @@ def serveWhileLoading(
     stream socket, call C{load} on a second thread and serve clients on
     this one until it returns; the hand-over, or C{None} where there was no
     early phase (C{load} has not been called then). A signal received
-    meanwhile (SIGTERM, SIGINT, SIGHUP) is recorded in the hand-over, for
-    the proxy to act on once it runs.
+    from then on (SIGTERM, SIGINT, SIGHUP) until the proxy's own handlers
+    replace the relay's, as the reactor starts, is recorded in the
+    hand-over, for the proxy to act on once it runs.
     """
     started = time.time()
     plan = EarlyPlan.fromArgv(argv)
@@ -564,7 +575,8 @@ def serveWhileLoading(
     def received(signum: int, frame: FrameType | None) -> None:
         handover.signals.append(signum)
 
-    previous = {signum: signal.signal(signum, received) for signum in _SIGNALS}
+    for signum in _SIGNALS:
+        signal.signal(signum, received)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     loader = threading.Thread(target=loadThenStop, name="load", daemon=True)
@@ -574,8 +586,6 @@ def serveWhileLoading(
     finally:
         loader.join()
         sys.setswitchinterval(interval)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         os.close(stopRead)
         os.close(stopWrite)
     handover.pairs = relay.handOver()

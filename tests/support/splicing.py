@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from typing import cast
 
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -17,6 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.stream.connection import Connection
+from socketproxyd.stream.earlyrelay import EarlyPair
 from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.stream.splice import pipes
 from socketproxyd.stream.splice.pipes import PipeSweeper
@@ -110,8 +113,18 @@ class SpliceHarness:
     """
 
     def __init__(
-        self, settings: ProxySettings, tracker: FakeTracker, test: SynchronousTestCase, tcp: bool
+        self,
+        settings: ProxySettings,
+        tracker: FakeTracker,
+        test: SynchronousTestCase,
+        tcp: bool,
+        early: Callable[[socket.socket, socket.socket], EarlyPair] | None = None,
     ) -> None:
+        """
+        Start the connection; or, given C{early}, which makes the early
+        relay's pair of the client's and the target's inside sockets, have
+        the factory adopt that pair.
+        """
         if not pipes.available():
             raise SkipTest("splice(2) is not available")
         self.reactor = FakeFDReactor()
@@ -120,11 +133,15 @@ class SpliceHarness:
         self.target = self._pair(test, tcp)
         self.factory = ProxyFactory(self.reactor, parseTarget("127.0.0.1:8080"), settings, tracker)
         self.connector = self.factory.bareConnector = SocketConnector(self.target.inside)
-        pump = SplicePump(
-            self.reactor, self.factory.sweeper, self.client.inside, settings.keepalive
-        )
-        self.connection = Connection(self.factory, pump, PEER, HOST)
-        self.connection.start()
+        if early is None:
+            pump = SplicePump(
+                self.reactor, self.factory.sweeper, self.client.inside, settings.keepalive
+            )
+            self.connection = Connection(self.factory, pump, PEER, HOST)
+            self.connection.start()
+        else:
+            self.factory.adopt(early(self.client.inside, self.target.inside))
+            self.connection = cast(Connection, tracker.opens[-1])
         self.settle()
 
     @staticmethod
