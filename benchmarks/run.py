@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
+from activation import NAMES as ACTIVATION_NAMES  # noqa: E402
 from activation import activation  # noqa: E402
 
 ORIGINAL = "/lib/systemd/systemd-socket-proxyd"
@@ -585,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
                 nginx.stop()
     names = [p.name for p in throughputPaths + pipePaths]
     if "activation" in only:
-        names += ["console script", "twistd", "twist", "python -c pass", "reactor import"]
+        names += [n for n in ACTIVATION_NAMES if n not in names]
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, medians of {runs} run(s), proxies pinned to "

@@ -5,29 +5,20 @@ C{ExecStart=} line, running the same service as the twistd plugin.
 
 Nothing here imports Twisted before the early relay
 (L{socketproxyd.stream.earlyrelay}) has looked for a client waiting at
-activation: when one is, Twisted loads on a second thread while the relay
-serves it, and the proxy takes the relay's connections over once it runs.
+activation: when one is, the relay serves it on a thread of its own while
+Twisted loads, and the proxy takes the relay's connections over once it
+is built.
 """
 
 from __future__ import annotations
 
 import sys
 
-from socketproxyd.stream.earlyrelay import serveWhileLoading
+from socketproxyd.stream.earlyrelay import beginEarlyRelay
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-
-def load() -> None:
-    """
-    Import what the proxy runs on (Twisted's reactor module among it,
-    without installing the reactor: the main thread does that).
-    """
-    import twisted.internet.epollreactor  # noqa: F401
-
-    import socketproxyd.tap  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -36,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     line on stderr when the proxy cannot start.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    handover = serveWhileLoading(args, load)
+    handover = beginEarlyRelay(args)
 
     from typing import cast
 
@@ -61,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     service.privilegedStartService()
     service.startService()
     if handover is not None:
-        service.takeOver(handover)
+        service.takeOver(handover.finish())
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     sys.exit(0)

@@ -175,7 +175,8 @@ class Connection:
         """
         if self.server.recordsTimes:
             self.started = pair.accepted
-        if pair.target is None:
+        _, target = pair.sockets()
+        if target is None:
             self.start()
             return
         self.server.tracker.opened(self)
@@ -185,7 +186,7 @@ class Connection:
             self.counts[direction] += state.count
         self._watchIdle(pair.lastMoved)
         self.pump.adopt(
-            pair.target,
+            target,
             tuple(state.backlog for state in pair.directions),
             tuple(state.ended for state in pair.directions),
         )

@@ -4,50 +4,64 @@ The first clients of a socket-activated proxy, served while Twisted loads.
 
 Socket activation starts the proxy when its first client arrives, and that
 client waits for the process to start; importing Twisted's reactor takes
-about ten times as long as the rest of the start. So when the console
-script finds a client already waiting on an inherited socket, it loads
-Twisted on a second thread (L{serveWhileLoading}) and meanwhile, on the
-main thread, an L{EarlyRelay} accepts the waiting clients (within C{-c}),
-connects each to a literal TARGET, sends the PROXY header if asked, and
-moves bytes both ways with non-blocking socket calls and C{poll}.
+about fifteen times as long as the rest of the start. So when the console
+script finds a client already waiting on an inherited socket
+(L{beginEarlyRelay}), an L{EarlyRelay} accepts the waiting clients (within
+C{-c}), connects each to a literal TARGET, sends the PROXY header if asked,
+and moves bytes both ways with non-blocking socket calls and C{poll}, on a
+thread of its own, while the main thread imports Twisted as it always
+does.
 
-Once Twisted is loaded, each L{EarlyPair} (both sockets, each direction's
-byte count, end of stream and unsent bytes) is handed to a
-L{socketproxyd.stream.connection.Connection}, which adopts it
-(L{socketproxyd.stream.connection.Connection.adopt}) and from then on
-serves it as any other: the rules (half-close, resets, connect failures
-and retries, the limit, the close line) stay the Connection's. The relay
-only moves bytes and records what happened; it forwards an end of stream
-as a write shutdown once what preceded it is out, as the Connection would,
-and leaves everything else for the hand-over: a socket that failed (a
-reset) is handed over failed and reset by the Connection, a target that
-refused or is still connecting is handed over unconnected and connected
-again by the Connection, with its timeout, retries and warning.
+Once the proxy is built, L{Handover.finish} stops the relay, and each
+L{EarlyPair} (both sockets, each direction's byte count, end of stream and
+unsent bytes) is handed to a L{socketproxyd.stream.connection.Connection},
+which adopts it (L{socketproxyd.stream.connection.Connection.adopt}) and
+from then on serves it as any other: the rules (half-close, resets,
+connect failures and retries, the limit, the close line) stay the
+Connection's. The relay only moves bytes and records what happened; it
+forwards an end of stream as a write shutdown once what preceded it is
+out, as the Connection would, and leaves everything else for the
+hand-over: a socket that failed (a reset) is handed over failed and reset
+by the Connection, a target that refused or is still connecting is handed
+over unconnected and connected again by the Connection, with its timeout,
+retries and warning.
 
 Only command lines this module understands take this path
 (L{EarlyPlan.fromArgv}): anything else (routes, a name to resolve, the
 transport data path, options it does not know) starts as before, and the
 command line is parsed and checked in full once Twisted is loaded either
-way. This module, and what it imports, need only the standard library, and
-only its cheapest modules (no C{typing}, C{dataclasses}, C{re} or
-C{ipaddress}: each would cost the first client more than the relay does).
+way.
+
+Every millisecond of this module's own start is the first client's: it
+imports no Twisted and, of the standard library, only modules built into
+the interpreter. The socket, signal and threading modules would cost 4-7 ms
+each (C{enum}, C{collections}, C{selectors}), as much as the whole relay
+takes; their C cores (C{_socket}, C{_signal}, C{_thread}) do the same work,
+and the relay's sockets become C{socket.socket} objects at the hand-over.
+Twisted, and with it the threading module, is imported on the main thread,
+as without the relay.
 """
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import errno
 import os
 import select
-import signal
-import socket
 import sys
-import threading
 import time
 
 from socketproxyd.systemd.activation import ActivationError, InheritedSocket, inheritedSockets
 
+try:
+    import _signal  # type: ignore[import-not-found]
+except ImportError:  # not CPython
+    _signal = None
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Sequence
     from types import FrameType
 
@@ -59,10 +73,17 @@ The most bytes read at once from one socket, and so the most a direction
 holds unsent: a direction whose bytes are not yet all sent is not read.
 """
 
-SWITCH_INTERVAL = 0.0005
+HEAD_START = 0.002
 """
-How long the loading thread may hold the interpreter while the relay has
-bytes to move (the default, 5 ms, would add that much to every wake-up).
+How long the relay waits, at most, for its first connects before Twisted's
+import begins.
+"""
+
+SWITCH_INTERVAL = 0.0002
+"""
+How long the main thread, importing Twisted, may hold the interpreter while
+the relay has bytes to move (the default, 5 ms, would add that much to
+every wake-up).
 """
 
 _VALUED = frozenset(
@@ -75,8 +96,16 @@ _VALUED = frozenset(
 _FLAGS = frozenset(("keepalive",))
 _HEADERS = ("v1", "v2")
 _CLIENT_GONE = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.EINTR))
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_SIGNALS = (15, 2, 1)
+"""
+SIGTERM, SIGINT and SIGHUP (their numbers on every Linux architecture).
+"""
 UPSTREAM, DOWNSTREAM = 0, 1
+_BUILT_IN = hasattr(os, "splice") and _signal is not None and hasattr(_socket.socket, "_accept")
+"""
+Whether the relay can run here: the splice path the Connections take it
+over on, and the C cores it uses (CPython's).
+"""
 
 
 def _options(argv: Sequence[str]) -> tuple[dict[str, str], list[str]] | None:
@@ -124,26 +153,26 @@ def literalTarget(text: str) -> SocketAddress | None:
     """
     if text.startswith("/"):
         address = text
-        return (socket.AF_UNIX, address) if len(text.encode()) <= 107 else None
+        return (_socket.AF_UNIX, address) if len(text.encode()) <= 107 else None
     if text.startswith("@"):
-        return (socket.AF_UNIX, "\0" + text[1:]) if 1 < len(text.encode()) <= 107 else None
+        return (_socket.AF_UNIX, "\0" + text[1:]) if 1 < len(text.encode()) <= 107 else None
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
         if not close:
             return None
-        family = socket.AF_INET6
+        family = _socket.AF_INET6
     else:
         host, close, rest = text.partition(":")
         rest = ":" + rest if close else ""
-        family = socket.AF_INET
+        family = _socket.AF_INET
     port = rest[1:] if rest.startswith(":") else "80" if rest == "" else ""
     if not port.isdigit() or not 1 <= int(port) <= 65535 or "\0" in text:
         return None
     try:
-        socket.inet_pton(family, host)
+        _socket.inet_pton(family, host)
     except OSError:
         return None
-    if family == socket.AF_INET:
+    if family == _socket.AF_INET:
         return family, (host, int(port))
     return family, (host, int(port), 0, 0)
 
@@ -181,7 +210,7 @@ class EarlyPlan:
         parse to report.
         """
         parsed = _options(argv)
-        if parsed is None or not hasattr(os, "splice"):
+        if parsed is None or not _BUILT_IN:
             return None
         values, args = parsed
         if len(args) != 1:
@@ -241,22 +270,34 @@ class EarlyPair:
         "lastMoved", "directions", "failed",
     )  # fmt: skip
 
-    def __init__(self, name: str, client: socket.socket, peer: object, accepted: float) -> None:
+    def __init__(self, name: str, client: _socket.socket, peer: object, accepted: float) -> None:
         self.name = name
         self.client = client
         self.peer = peer
         self.accepted = accepted
-        self.target: socket.socket | None = None
-        self.connecting: socket.socket | None = None
+        self.target: _socket.socket | None = None
+        self.connecting: _socket.socket | None = None
         self.connected = 0.0
         self.lastMoved = 0.0
         self.directions = (Direction(), Direction())
         self.failed = False
 
-    def source(self, direction: int) -> socket.socket | None:
+    def sockets(self) -> tuple[socket.socket, socket.socket | None]:
+        """
+        The client's and the target's socket, once handed over (as
+        C{socket.socket} objects, see L{EarlyRelay.handOver}).
+        """
+        import socket
+
+        client, target = self.client, self.target
+        assert isinstance(client, socket.socket), "handed over"
+        assert target is None or isinstance(target, socket.socket), "handed over"
+        return client, target
+
+    def source(self, direction: int) -> _socket.socket | None:
         return self.client if direction == UPSTREAM else self.target
 
-    def destination(self, direction: int) -> socket.socket | None:
+    def destination(self, direction: int) -> _socket.socket | None:
         return self.target if direction == UPSTREAM else self.client
 
     def finished(self) -> bool:
@@ -273,7 +314,7 @@ class EarlyRelay:
     until told to stop (see the module docstring).
     """
 
-    def __init__(self, plan: EarlyPlan, listeners: Sequence[tuple[str, socket.socket]]) -> None:
+    def __init__(self, plan: EarlyPlan, listeners: Sequence[tuple[str, _socket.socket]]) -> None:
         self.plan = plan
         self.listeners = list(listeners)
         self.pairs: list[EarlyPair] = []
@@ -295,23 +336,40 @@ class EarlyRelay:
         Relay until C{stop} (a file descriptor) is readable; the pairs,
         for their hand-over.
         """
-        while self.step(stop):
+        while self.step(stop) is not None:
             pass
         self._unregisterAll()
         return self.pairs
 
-    def step(self, stop: int, timeout: int | None = None) -> bool:
+    def headStart(self, stop: int, budget: float = HEAD_START) -> None:
+        """
+        Before Twisted's import takes the interpreter: handle what is ready
+        now, and wait for the connects in flight for up to C{budget}
+        seconds (a local target answers in microseconds), so that the
+        first bytes are on their way before the relay has to share the
+        interpreter.
+        """
+        deadline = time.monotonic() + budget
+        while True:
+            left = deadline - time.monotonic()
+            connecting = left > 0 and any(pair.connecting for pair in self.pairs)
+            handled = self.step(stop, left * 1000 if connecting else 0)
+            if not handled and not connecting:
+                return
+
+    def step(self, stop: int, timeout: float | None = None) -> int | None:
         """
         Wait for what the sockets wait for (or C{timeout} milliseconds)
-        and handle it: one poll. Whether C{stop} is still not readable.
+        and handle it: one poll. How many sockets were handled, or C{None}
+        once C{stop} is readable.
         """
         handlers = self._register(stop)
         ready = self.poller.poll(timeout)
         if any(fd == stop for fd, _ in ready):
-            return False
+            return None
         for fd, events in ready:
             handlers[fd](events)
-        return True
+        return len(ready)
 
     def _register(self, stop: int) -> dict[int, Callable[[int], None]]:
         wanted: dict[int, tuple[int, Callable[[int], None]]] = {stop: (select.POLLIN, _stopped)}
@@ -341,13 +399,13 @@ class EarlyRelay:
         self.registered.clear()
 
     @staticmethod
-    def _interest(pair: EarlyPair) -> dict[socket.socket, int]:
+    def _interest(pair: EarlyPair) -> dict[_socket.socket, int]:
         """
         What each socket of a connected pair waits for: reading a source
         whose direction has nothing unsent and has not ended, writing a
         destination with bytes unsent.
         """
-        masks: dict[socket.socket, int] = {}
+        masks: dict[_socket.socket, int] = {}
         for direction, state in enumerate(pair.directions):
             source, destination = pair.source(direction), pair.destination(direction)
             assert source is not None and destination is not None
@@ -357,16 +415,16 @@ class EarlyRelay:
                 masks[destination] = masks.get(destination, 0) | select.POLLOUT
         return masks
 
-    def _acceptor(self, name: str, listener: socket.socket) -> Callable[[int], None]:
+    def _acceptor(self, name: str, listener: _socket.socket) -> Callable[[int], None]:
         return lambda events: self.accept(name, listener)
 
-    def _connectHandler(self, pair: EarlyPair, sock: socket.socket) -> Callable[[int], None]:
+    def _connectHandler(self, pair: EarlyPair, sock: _socket.socket) -> Callable[[int], None]:
         return lambda events: self._connectDone(pair, sock)
 
-    def _pairHandler(self, pair: EarlyPair, sock: socket.socket) -> Callable[[int], None]:
+    def _pairHandler(self, pair: EarlyPair, sock: _socket.socket) -> Callable[[int], None]:
         return lambda events: self._ready(pair, sock, events)
 
-    def accept(self, name: str, listener: socket.socket) -> None:
+    def accept(self, name: str, listener: _socket.socket) -> None:
         """
         Accept the clients waiting on C{listener}, as many as C{-c} leaves
         room for, and start connecting each to the target. Out of
@@ -375,7 +433,7 @@ class EarlyRelay:
         """
         while len(self.pairs) < self.plan.connectionsMax:
             try:
-                client, peer = listener.accept()
+                fd, peer = listener._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
             except OSError as e:
@@ -383,20 +441,21 @@ class EarlyRelay:
                     continue
                 self.accepting = False
                 return
+            client = _socket.socket(listener.family, _socket.SOCK_STREAM, 0, fd)
             client.setblocking(False)
             self._keepalive(client)
             pair = EarlyPair(name, client, peer, time.time())
             self.pairs.append(pair)
             self._connect(pair)
 
-    def _keepalive(self, sock: socket.socket) -> None:
-        if self.plan.keepalive and sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    def _keepalive(self, sock: _socket.socket) -> None:
+        if self.plan.keepalive and sock.family != _socket.AF_UNIX:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
 
     def _connect(self, pair: EarlyPair) -> None:
         family, address = self.plan.target
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
         except OSError:
             return
         code = sock.connect_ex(address)
@@ -407,14 +466,14 @@ class EarlyRelay:
         else:
             sock.close()
 
-    def _connectDone(self, pair: EarlyPair, sock: socket.socket) -> None:
+    def _connectDone(self, pair: EarlyPair, sock: _socket.socket) -> None:
         pair.connecting = None
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR):
             sock.close()
         else:
             self._connected(pair, sock)
 
-    def _connected(self, pair: EarlyPair, sock: socket.socket) -> None:
+    def _connected(self, pair: EarlyPair, sock: _socket.socket) -> None:
         pair.target = sock
         pair.connected = pair.lastMoved = time.time()
         self._keepalive(sock)
@@ -431,7 +490,7 @@ class EarlyRelay:
             self._send(pair, UPSTREAM)
         self._receive(pair, UPSTREAM)
 
-    def _ready(self, pair: EarlyPair, sock: socket.socket, events: int) -> None:
+    def _ready(self, pair: EarlyPair, sock: _socket.socket, events: int) -> None:
         for direction in (UPSTREAM, DOWNSTREAM):
             if pair.finished():
                 return
@@ -481,13 +540,14 @@ class EarlyRelay:
         if state.ended and not state.shut:
             state.shut = True
             try:
-                destination.shutdown(socket.SHUT_WR)
+                destination.shutdown(_socket.SHUT_WR)
             except OSError:
                 pass
 
     def handOver(self) -> list[EarlyPair]:
         """
-        The pairs as the Connections take them: a target still connecting
+        The pairs as the Connections take them, their sockets now
+        C{socket.socket} objects, non-blocking: a target still connecting
         is closed (its Connection connects again, bounded by its own
         timeout), and so are the relay's copies of the listeners.
         """
@@ -495,9 +555,23 @@ class EarlyRelay:
             if pair.connecting is not None:
                 pair.connecting.close()
                 pair.connecting = None
+            pair.client = _adopted(pair.client)
+            if pair.target is not None:
+                pair.target = _adopted(pair.target)
         for _, listener in self.listeners:
             listener.close()
         return self.pairs
+
+
+def _adopted(sock: _socket.socket) -> socket.socket:
+    """
+    C{sock} as a non-blocking C{socket.socket}.
+    """
+    import socket
+
+    adopted = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+    adopted.setblocking(False)
+    return adopted
 
 
 def _stopped(events: int) -> None:
@@ -509,9 +583,10 @@ def _stopped(events: int) -> None:
 
 class Handover:
     """
-    What the early phase leaves for the proxy proper: the inherited
-    sockets it read (or the error reading them raised), the pairs it
-    served, the signals it received, and when it started.
+    The early phase: the inherited sockets it read (or the error reading
+    them raised), the relay serving clients on its thread if there were
+    clients waiting, the signals received since it began, and when it
+    began; once finished, the pairs it served.
     """
 
     def __init__(self, inherited: list[InheritedSocket] | ActivationError, started: float) -> None:
@@ -519,6 +594,11 @@ class Handover:
         self.started = started
         self.pairs: list[EarlyPair] = []
         self.signals: list[int] = []
+        self.relay: EarlyRelay | None = None
+        self._stop: tuple[int, int] | None = None
+        self._stopped = _thread.allocate_lock()
+        self._failure: BaseException | None = None
+        self._interval = 0.0
 
     def findInherited(self) -> list[InheritedSocket]:
         """
@@ -529,18 +609,57 @@ class Handover:
             raise self.inherited
         return self.inherited
 
+    def _received(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
 
-def serveWhileLoading(
-    argv: Sequence[str], load: Callable[[], object], environ: dict[str, str] | None = None
-) -> Handover | None:
+    def begin(self, relay: EarlyRelay) -> None:
+        """
+        Serve on C{relay}'s thread until L{finish}; record the signals
+        received until the proxy's own handlers replace these.
+        """
+        self.relay = relay
+        for signum in _SIGNALS:
+            _signal.signal(signum, self._received)
+        self._stop = os.pipe()
+        relay.headStart(self._stop[0])
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self._stopped.acquire()
+        _thread.start_new_thread(self._serve, (relay, self._stop[0]))
+
+    def _serve(self, relay: EarlyRelay, stop: int) -> None:
+        try:
+            relay.serve(stop)
+        except BaseException as e:
+            self._failure = e
+        finally:
+            self._stopped.release()
+
+    def finish(self) -> Handover:
+        """
+        Stop the relay and wait for its thread to end; the pairs are ready
+        for their Connections.
+        """
+        if self.relay is None or self._stop is None:
+            return self
+        stopRead, stopWrite = self._stop
+        os.write(stopWrite, b"x")
+        self._stopped.acquire()
+        sys.setswitchinterval(self._interval)
+        os.close(stopRead)
+        os.close(stopWrite)
+        self.pairs = self.relay.handOver()
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+
+def beginEarlyRelay(argv: Sequence[str], environ: dict[str, str] | None = None) -> Handover | None:
     """
-    If the command line allows it and a client is waiting on an inherited
-    stream socket, call C{load} on a second thread and serve clients on
-    this one until it returns; the hand-over, or C{None} where there was no
-    early phase (C{load} has not been called then). A signal received
-    from then on (SIGTERM, SIGINT, SIGHUP) until the proxy's own handlers
-    replace the relay's, as the reactor starts, is recorded in the
-    hand-over, for the proxy to act on once it runs.
+    If the command line allows it, read the inherited sockets and, if a
+    client is waiting on one of stream sockets, start serving clients on a
+    thread of their own; the early phase, or C{None} where the command line
+    takes the normal path.
     """
     started = time.time()
     plan = EarlyPlan.fromArgv(argv)
@@ -554,41 +673,12 @@ def serveWhileLoading(
     listeners = []
     for sock in inherited:
         if not sock.datagram and sock.name != plan.metricsName:
-            listener = socket.socket(sock.family, socket.SOCK_STREAM, fileno=os.dup(sock.fd))
+            listener = _socket.socket(sock.family, _socket.SOCK_STREAM, 0, os.dup(sock.fd))
             listener.setblocking(False)
             listeners.append((sock.name, listener))
     relay = EarlyRelay(plan, listeners)
-    if not relay.acceptWaiting():
+    if relay.acceptWaiting():
+        handover.begin(relay)
+    else:
         relay.handOver()
-        return handover
-    stopRead, stopWrite = os.pipe()
-    failures: list[BaseException] = []
-
-    def loadThenStop() -> None:
-        try:
-            load()
-        except BaseException as e:
-            failures.append(e)
-        finally:
-            os.write(stopWrite, b"x")
-
-    def received(signum: int, frame: FrameType | None) -> None:
-        handover.signals.append(signum)
-
-    for signum in _SIGNALS:
-        signal.signal(signum, received)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    loader = threading.Thread(target=loadThenStop, name="load", daemon=True)
-    loader.start()
-    try:
-        relay.serve(stopRead)
-    finally:
-        loader.join()
-        sys.setswitchinterval(interval)
-        os.close(stopRead)
-        os.close(stopWrite)
-    handover.pairs = relay.handOver()
-    if failures:
-        raise failures[0]
     return handover

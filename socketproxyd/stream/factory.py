@@ -129,7 +129,8 @@ class ProxyFactory(RouteServer, ServerFactory):
         connection takes over where the relay left off (see
         L{Connection.adopt}).
         """
-        self._connection(pair.client, pair.peer).adopt(pair)
+        client, _ = pair.sockets()
+        self._connection(client, pair.peer).adopt(pair)
 
     def _connection(self, sock: socket.socket, address: object) -> Connection:
         """

@@ -12,19 +12,22 @@ C{os.environ} before any plugin code runs. The process's initial environment,
 as the kernel keeps it in C{/proc/self/environ}, is unaffected by that, so it
 is read when C{os.environ} has lost the variables.
 
-Reading the sockets needs only the cheapest of the standard library, and
-no Twisted, because the early relay (L{socketproxyd.stream.earlyrelay})
+Reading the sockets needs no Twisted, and of the standard library only
+modules built into the interpreter (C{_socket}, the socket module's core:
+the socket module itself costs 7 ms to import, a third of the first
+client's wait), because the early relay (L{socketproxyd.stream.earlyrelay})
 reads them as the process starts.
 """
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Mapping, MutableMapping
     from typing import Any
 
@@ -34,9 +37,9 @@ if TYPE_CHECKING:
 LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 _FAMILIES = {
-    socket.AF_INET: "IPv4",
-    socket.AF_INET6: "IPv6",
-    socket.AF_UNIX: "UNIX",
+    _socket.AF_INET: "IPv4",
+    _socket.AF_INET6: "IPv6",
+    _socket.AF_UNIX: "UNIX",
 }
 HOW_TO_PASS = (
     "pass listening sockets by socket activation (a systemd .socket unit, or "
@@ -60,9 +63,7 @@ class InheritedSocket:
 
     __slots__ = ("fd", "family", "name", "datagram")
 
-    def __init__(
-        self, fd: int, family: socket.AddressFamily, name: str, datagram: bool = False
-    ) -> None:
+    def __init__(self, fd: int, family: int, name: str, datagram: bool = False) -> None:
         self.fd = fd
         self.family = family
         self.name = name
@@ -122,7 +123,19 @@ def _activationVariables(
     return initial()
 
 
-def _listeningFamily(fd: int, name: str) -> tuple[socket.AddressFamily, bool]:
+def _familyName(family: int) -> str:
+    """
+    How the socket module names C{family}.
+    """
+    import socket
+
+    try:
+        return repr(socket.AddressFamily(family))
+    except ValueError:
+        return str(family)
+
+
+def _listeningFamily(fd: int, name: str) -> tuple[int, bool]:
     """
     The address family of C{fd}, and whether it is a datagram socket, if
     it is a listening stream socket or a datagram socket we can serve.
@@ -147,26 +160,28 @@ def _listeningFamily(fd: int, name: str) -> tuple[socket.AddressFamily, bool]:
         kind = next((what for test, what in kinds if test(mode)), "something else")
         raise unusable(f"is {kind}, not a socket")
     try:
-        sock = socket.socket(fileno=os.dup(fd))
+        sock = _socket.socket(fileno=os.dup(fd))
     except OSError as e:
         raise unusable(f"cannot be used as a socket: {e.strerror}") from None
-    with sock:
+    try:
         if sock.family not in _FAMILIES:
-            raise unusable(f"is a socket of unsupported family {sock.family!r}")
-        if sock.type == socket.SOCK_DGRAM:
+            raise unusable(f"is a socket of unsupported family {_familyName(sock.family)}")
+        if sock.type == _socket.SOCK_DGRAM:
             return sock.family, True
-        if sock.type != socket.SOCK_STREAM:
-            names = {socket.SOCK_SEQPACKET: "seqpacket"}
+        if sock.type != _socket.SOCK_STREAM:
+            names = {_socket.SOCK_SEQPACKET: "seqpacket"}
             raise unusable(
                 f"is a {names.get(sock.type, str(sock.type))} socket, "
                 f"not a stream or datagram socket"
             )
-        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        if not sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN):
             raise unusable(
                 "is a stream socket that is not listening "
                 "(Accept=yes and --accept are not supported)"
             )
         return sock.family, False
+    finally:
+        sock.close()
 
 
 def inheritedSockets(
@@ -223,6 +238,8 @@ def takeDatagramSocket(inherited: InheritedSocket) -> socket.socket:
     """
     The inherited datagram socket as a socket object, which owns its fd.
     """
+    import socket
+
     return socket.socket(inherited.family, socket.SOCK_DGRAM, fileno=inherited.fd)
 
 
@@ -234,8 +251,11 @@ def adopt(
 
     The reactor keeps its own duplicate, so the inherited fd is closed.
     """
+    import socket
+
     os.set_blocking(inherited.fd, False)
     try:
-        return reactor.adoptStreamPort(inherited.fd, inherited.family, factory)
+        family = socket.AddressFamily(inherited.family)
+        return reactor.adoptStreamPort(inherited.fd, family, factory)
     finally:
         os.close(inherited.fd)

@@ -2,6 +2,9 @@
 Tests for L{socketproxyd.proxyheader}, against haproxy's examples.
 """
 
+import ipaddress
+import random
+
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -37,3 +40,35 @@ class HeaderTests(SynchronousTestCase):
     def test_v2Local(self) -> None:
         header = headerV2(UNIXAddress(None), UNIXAddress(b"/a"))
         self.assertEqual(header, V2_SIGNATURE + b"\x20\x00\x00\x00")
+
+
+class AddressTextTests(SynchronousTestCase):
+    """
+    The header writes addresses as C{ipaddress} does, without importing it.
+    """
+
+    def test_asIpaddressWritesThem(self) -> None:
+        """
+        For IPv4 and IPv6 addresses of every shape of zero runs (none, one
+        group, ties, leading, trailing, all, IPv4-mapped) and random ones,
+        the text in a v1 header is C{str(ipaddress.ip_address(...))}.
+        """
+        rng = random.Random(19)
+        addresses = [
+            "0.0.0.0", "255.255.255.255", "10.0.0.1", "::", "::1", "1::", "1:0:1:1:1:1:1:1",
+            "1:0:0:1:0:0:1:1", "0:0:1:0:0:0:1:0", "fe80::1:2", "2001:db8::", "::ffff:1.2.3.4",
+            "::1.2.3.4", "1:2:3:4:5:6:7:8",
+        ]  # fmt: skip
+        for _ in range(2000):
+            groups = [rng.choice((0, 0, 0, 1, 0xFFFF, rng.randrange(0x10000))) for _ in range(8)]
+            addresses.append(
+                str(ipaddress.IPv6Address(b"".join(g.to_bytes(2, "big") for g in groups)))
+            )
+            addresses.append(str(ipaddress.IPv4Address(rng.randrange(2**32))))
+        for text in addresses:
+            address = ipaddress.ip_address(text)
+            other = "::2" if address.version == 6 else "10.9.9.9"
+            if address.version == 6 and address.ipv4_mapped:
+                other = "::3"
+            header = headerV1((text, 1), (other, 2))
+            self.assertEqual(header.split(b" ")[2].decode(), str(address), text)
