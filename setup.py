@@ -21,7 +21,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-twisted", "ruff", "mypy>=2.4,<2.5", "mypy-zope>=1.0.17,<1.1"]
     },
-    entry_points={"console_scripts": ["socketproxyd = socketproxyd.cli:main"]},
+    scripts=["scripts/socketproxyd"],
     data_files=[("share/man/man8", ["man/socketproxyd.8"])],
     classifiers=[
         "Framework :: Twisted",

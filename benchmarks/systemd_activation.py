@@ -1,14 +1,20 @@
 """
 Activation under a real systemd: how long the first client of a
 socket-activated service waits, for the C original and for socketproxyd's
-console script, twistd and twist forms, installed as the README says in the
-throw-away container of the end-to-end tests.
+console script, C{python -m socketproxyd} (both on a TCP and on a UNIX-socket
+target), the console script with C{--proxy-protocol=v2}, and the twistd and
+twist forms, installed as the README says in the throw-away container of the
+end-to-end tests.
 
 Inside the container, for each form and each round: stop the service (its
-socket keeps listening), then time from C{connect()} to the first byte of
-the backend's greeting through the freshly started proxy.  Median and spread
+socket keeps listening), let systemd finish its work on the stop (200 ms:
+right after it, systemd answered a new client up to 20 ms late, more so
+after a slower stop), then time from C{connect()} to the first byte of the
+backend's greeting through the freshly started proxy.  Median and spread
 of C{--count} rounds, all forms in the same run, and for scale the time of
-C{python -c "from twisted.internet import reactor"} with the installed Python.  Needs root (see
+C{python -c pass}, C{python -c "import socketproxyd.cli"} (what the early
+relay imports) and C{python -c "from twisted.internet import reactor"} with
+the installed Python.  Needs root (see
 tests/systemd/container.py).
 
     python benchmarks/systemd_activation.py [--count N]
@@ -33,19 +39,39 @@ from tests.systemd.installkit import PREFIX, KitUnavailable, buildKit, installSc
 
 ORIGINAL = "/lib/systemd/systemd-socket-proxyd"
 KIT = "/srv/spx-install"
+TCP, UNIX = "127.0.0.1:8000", "/run/greeter.sock"
 FORMS = {
-    "original": (f"{ORIGINAL} 127.0.0.1:8000", "simple"),
-    "console script": (f"{PREFIX}/bin/socketproxyd 127.0.0.1:8000", "notify"),
-    "twistd": (f"{PREFIX}/bin/twistd --nodaemon --pidfile= socketproxy 127.0.0.1:8000", "notify"),
-    "twist": (f"{PREFIX}/bin/twist socketproxy 127.0.0.1:8000", "notify"),
+    "original": (f"{ORIGINAL} {TCP}", "simple"),
+    "original, UNIX": (f"{ORIGINAL} {UNIX}", "simple"),
+    "console script": (f"{PREFIX}/bin/socketproxyd {TCP}", "notify"),
+    "console, UNIX": (f"{PREFIX}/bin/socketproxyd {UNIX}", "notify"),
+    "python -m": (f"{PREFIX}/bin/python -m socketproxyd {TCP}", "notify"),
+    "python -m, UNIX": (f"{PREFIX}/bin/python -m socketproxyd {UNIX}", "notify"),
+    "PROXY header": (f"{PREFIX}/bin/socketproxyd --proxy-protocol=v2 {TCP}", "notify"),
+    "twistd": (f"{PREFIX}/bin/twistd --nodaemon --pidfile= socketproxy {TCP}", "notify"),
+    "twist": (f"{PREFIX}/bin/twist socketproxy {TCP}", "notify"),
 }
+# Greets every client on TCP and on a UNIX socket, then reads to the end (so that a PROXY
+# header it does not read never makes its close a reset).
 GREETER = """\
-import socket
-server = socket.create_server(("127.0.0.1", 8000), backlog=128)
-while True:
-    conn, _ = server.accept()
+import os, socket, threading
+def greet(conn):
     with conn:
         conn.sendall(b"hello")
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+def serve(server):
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=greet, args=(conn,), daemon=True).start()
+unix = socket.socket(socket.AF_UNIX)
+if os.path.exists("/run/greeter.sock"):
+    os.unlink("/run/greeter.sock")
+unix.bind("/run/greeter.sock")
+unix.listen(128)
+threading.Thread(target=serve, args=(unix,), daemon=True).start()
+serve(socket.create_server(("127.0.0.1", 8000), backlog=128))
 """
 # Runs inside the container: argv[1] is JSON {unit: port}, argv[2] the count, argv[3] the
 # installed Python, whose bare reactor import is timed too, for scale.
@@ -62,6 +88,7 @@ for _ in range(500):
 for _ in range(count):
     for unit, port in units.items():
         subprocess.run(["systemctl", "stop", unit + ".service"], check=True, capture_output=True)
+        time.sleep(0.2)
         started = time.perf_counter()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -70,11 +97,14 @@ for _ in range(count):
             first = repr(e)
         elapsed = time.perf_counter() - started
         results[unit].append(elapsed * 1000 if first == b"h" else str(first))
-results["reactor import"] = []
-for _ in range(count):
-    started = time.perf_counter()
-    subprocess.run([sys.argv[3], "-c", "from twisted.internet import reactor"], check=True)
-    results["reactor import"].append((time.perf_counter() - started) * 1000)
+for name, code in (("python -c pass", "pass"),
+                   ("relay import", "import socketproxyd.cli"),
+                   ("reactor import", "from twisted.internet import reactor")):
+    results[name] = []
+    for _ in range(count):
+        started = time.perf_counter()
+        subprocess.run([sys.argv[3], "-c", code], check=True)
+        results[name].append((time.perf_counter() - started) * 1000)
 print(json.dumps(results))
 """
 
@@ -107,14 +137,15 @@ def report(results: dict[str, list[float | str]], labels: dict[str, str], count:
     """
     times = {key: [t for t in results[key] if isinstance(t, float)] for key in labels}
     medians = {key: statistics.median(ts) if ts else math.nan for key, ts in times.items()}
-    base = medians.get("bench0") if "original" in labels.values() else None
+    originals = {label: key for key, label in labels.items() if label.startswith("original")}
     print(f"first byte under systemd, ms (median of {count}; min-max; failed rounds)")
     for key, label in labels.items():
         failed = [t for t in results[key] if not isinstance(t, float)]
         spread = f"({min(times[key]):.1f}-{max(times[key]):.1f})" if times[key] else ""
-        ratio = f"{medians[key] / base:5.1f}x original" if base else ""
+        base = originals.get("original, UNIX" if label.endswith("UNIX") else "original")
+        ratio = f"{medians[key] / medians[base]:5.1f}x original" if base else ""
         failures = f"{len(failed)} failed {failed[:2]}" if failed else ""
-        print(f"{label:15} {medians[key]:7.1f}  {spread:15} {ratio}  {failures}")
+        print(f"{label:16} {medians[key]:7.1f}  {spread:15} {ratio}  {failures}")
 
 
 def main() -> None:
@@ -125,7 +156,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10)
     args = parser.parse_args()
     if not os.access(ORIGINAL, os.X_OK):
-        del FORMS["original"]
+        del FORMS["original"], FORMS["original, UNIX"]
     labels = {f"bench{index}": form for index, form in enumerate(FORMS)}
     ports = {name: 8100 + index for index, name in enumerate(labels)}
     kit = Path(tempfile.mkdtemp(prefix="spx-kit-"))
@@ -150,7 +181,8 @@ def main() -> None:
     finally:
         container.stop()
         shutil.rmtree(kit, ignore_errors=True)
-    report(json.loads(measured.stdout), {**labels, "reactor import": "reactor import"}, args.count)
+    scale = {name: name for name in ("python -c pass", "relay import", "reactor import")}
+    report(json.loads(measured.stdout), {**labels, **scale}, args.count)
 
 
 if __name__ == "__main__":
