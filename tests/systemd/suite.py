@@ -65,7 +65,7 @@ def statusText(unit: str, count: int = 0) -> str:
 
 
 # An echo server answering each chunk (with a third argument "udp", each datagram) in upper
-# case, ready (READY=1) once listening.
+# case, ready (READY=1) once listening; on HOST PORT, or on a UNIX socket given as its path.
 BACKEND_SOURCE = """\
 import os, socket, sys, threading
 
@@ -74,13 +74,18 @@ def serve(conn):
         while chunk := conn.recv(65536):
             conn.sendall(chunk.upper())
 
-address = (sys.argv[1], int(sys.argv[2]))
 datagrams = sys.argv[3:] == ["udp"]
-if datagrams:
+if sys.argv[1].startswith("/"):
+    if os.path.exists(sys.argv[1]):
+        os.unlink(sys.argv[1])
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sys.argv[1])
+    server.listen(128)
+elif datagrams:
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(address)
+    server.bind((sys.argv[1], int(sys.argv[2])))
 else:
-    server = socket.create_server(address)
+    server = socket.create_server((sys.argv[1], int(sys.argv[2])))
 address = os.environ.get("NOTIFY_SOCKET", "")
 if address:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -145,6 +150,12 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as so
             got += b"<reset>"
         sys.stdout.write(got.decode())
 """
+
+
+UNIX_BACKEND = "/run/spx-backend.sock"
+
+
+LATE_BACKEND = "/run/spx-late.sock"
 
 
 FORMS = {
@@ -217,6 +228,24 @@ SCENARIOS = {
         8170, "127.0.0.1:8002", requires="dgram-backend.service", listen="ListenDatagram={port}"
     ),
     "metrics": Scenario(8180, "--metrics=metrics 127.0.0.1:8000", scrapePort=8190),
+    "early": Scenario(8200, "--log-level=debug 127.0.0.1:8000", forms=("console",)),
+    "early-unix": Scenario(
+        8201,
+        f"--log-level=debug {UNIX_BACKEND}",
+        forms=("console",),
+        requires="backend-unix.service",
+    ),
+    "early-idle": Scenario(
+        8202,
+        "--log-level=debug --exit-idle-time=1s 127.0.0.1:8000",
+        forms=("console",),
+        unit="StartLimitIntervalSec=0\n",
+    ),
+    "early-limit": Scenario(8203, "--log-level=debug -c 1 127.0.0.1:8000", forms=("console",)),
+    "early-reset": Scenario(8204, "--log-level=debug 127.0.0.1:8000", forms=("console",)),
+    "early-retry": Scenario(
+        8205, f"--log-level=debug --connect-retry=20s {LATE_BACKEND}", forms=("console",)
+    ),
 }
 
 
@@ -340,6 +369,47 @@ print(total, digest.hexdigest(), flush=True)
 """
 
 
+EXCHANGE = "/srv/spx-test/exchange.py"
+
+
+# Against the upper-casing echo backend through argv[1]:argv[2]: send 1 MiB and read its echo,
+# wait until argv[3] is active (the proxy said READY=1: Twisted has loaded and it takes the
+# early relay's connections over), then send 15 MiB more, half-close, read to the end; print
+# the bytes received and whether their SHA-256 is that of what was sent, upper-cased.
+EXCHANGE_CODE = """\
+import hashlib, socket, subprocess, sys, threading, time
+CHUNK = bytes(range(256)) * 256
+expected, received, state = hashlib.sha256(), hashlib.sha256(), {"total": 0}
+first = threading.Event()
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as sock:
+    def read():
+        while chunk := sock.recv(65536):
+            received.update(chunk)
+            state["total"] += len(chunk)
+            if state["total"] >= 16 * len(CHUNK):
+                first.set()
+    reader = threading.Thread(target=read)
+    reader.start()
+    def send(chunks):
+        for _ in range(chunks):
+            sock.sendall(CHUNK)
+            expected.update(CHUNK.upper())
+    send(16)
+    first.wait(20)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        shown = subprocess.run(["systemctl", "show", "-p", "ActiveState", "--value", sys.argv[3]],
+                               capture_output=True, text=True).stdout.strip()
+        if shown == "active":
+            break
+        time.sleep(0.01)
+    send(240)
+    sock.shutdown(socket.SHUT_WR)
+    reader.join(20)
+print(state["total"], received.hexdigest() == expected.hexdigest())
+"""
+
+
 def treeFiles() -> dict[str, str]:
     """
     Everything written into the container's tree before boot: the backend,
@@ -348,6 +418,10 @@ def treeFiles() -> dict[str, str]:
     return {
         BACKEND: BACKEND_SOURCE,
         CLIENT: CLIENT_SOURCE,
+        EXCHANGE: EXCHANGE_CODE,
+        "etc/systemd/system/backend-unix.service": (
+            f"[Service]\nType=notify\nExecStart={PYTHON} {BACKEND} {UNIX_BACKEND}\n"
+        ),
         "etc/systemd/system/backend.service": (
             f"[Service]\nType=notify\nExecStart={PYTHON} {BACKEND} 127.0.0.1 8000\n"
         ),

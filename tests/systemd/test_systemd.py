@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 
 from twisted.trial.unittest import SkipTest
@@ -18,12 +19,15 @@ from twisted.trial.unittest import SkipTest
 from .container import waitFor
 from .installkit import deploySteps, readmeCommands, routesCommands
 from .suite import (
+    BACKEND,
     BOTH,
     CLIENT,
     DGRAM_CLIENT,
     DOWNLOAD_CODE,
+    EXCHANGE,
     HTTP_ROUTES,
     KIT,
+    LATE_BACKEND,
     NGINX,
     PYTHON,
     SCENARIOS,
@@ -454,3 +458,135 @@ class SystemdTests(SystemdTestCase):
                     f"{unit} {host}: {result.stderr}\n{self.journal(unit + '.service')}",
                 )
             self.waitShow(f"{unit}.service", {"ActiveState": "active"})
+
+
+TAKEOVER = (
+    r"^Took over (\d+) connection\(s\) from the early relay after \d+ ms, "
+    r"with (\d+) bytes sent to the target and (\d+) to clients$"
+)
+
+
+class EarlyRelayTests(SystemdTestCase):
+    """
+    The console script's first clients under systemd, served by the early
+    relay while Twisted loads and then taken over by the proxy (issue 19):
+    exchanges that straddle the hand-over, on a TCP and a UNIX-socket
+    backend; a client that resets before it; C{-c 1} with three clients at
+    activation; ten re-activations after idle exits.
+    """
+
+    def takeovers(self, unit: str, count: int = 1) -> list[tuple[int, int, int]]:
+        """
+        The hand-overs C{unit} logged, once there are C{count}: connections
+        taken over, and the bytes the relay moved each way.
+        """
+
+        def found() -> list[tuple[int, int, int]] | None:
+            out = self.container.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+            lines = [re.match(TAKEOVER, line) for line in out.splitlines()]
+            matches = [tuple(int(g) for g in m.groups()) for m in lines if m]
+            return matches if len(matches) >= count else None  # type: ignore[return-value]
+
+        try:
+            return waitFor(found, TIMEOUT, interval=0.1, what=f"hand-overs of {unit}")
+        except TimeoutError:
+            self.fail(f"{unit} took over no connection:\n{self.journal(unit)}")
+
+    def test_exchangeStraddlesTheHandOver(self) -> None:
+        """
+        16 MiB up and their echo down, begun before the hand-over and
+        finished after it, arrive whole (SHA-256), on a TCP and on a
+        UNIX-socket target; the relay had moved part of them.
+        """
+        size = 16 << 20
+        for name in ("early", "early-unix"):
+            unit, port = f"{name}-console", SCENARIOS[name].portOf("console")
+            self.systemctl("start", f"{unit}.socket")
+            done = self.container.run(
+                [PYTHON, EXCHANGE, "127.0.0.1", str(port), f"{unit}.service"], timeout=60
+            )
+            self.assertEqual((done.returncode, done.stdout.split()), (0, [str(size), "True"]))
+            [(count, upstream, downstream)] = self.takeovers(f"{unit}.service")
+            self.assertEqual(count, 1, name)
+            self.assertTrue(0 < upstream < size, (name, upstream))
+            self.assertTrue(0 < downstream < size, (name, downstream))
+            self.journalEntries(f"{unit}.service", rf"{size} bytes up, {size} bytes down, .*, done")
+
+    def test_clientResetBeforeTheHandOver(self) -> None:
+        """
+        A client that resets right after its request: the proxy resets
+        the backend's side too, and the close line says so.
+        """
+        unit, port = "early-reset-console", SCENARIOS["early-reset"].portOf("console")
+        self.systemctl("start", f"{unit}.socket")
+        code = (
+            "import socket, struct, sys\n"
+            "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+            "s.sendall(b'x')\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+            "s.close()\n"
+        )
+        done = self.container.run([PYTHON, "-c", code, str(port)])
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.journalEntries(f"{unit}.service", r", reset$")
+        self.assertGreaterEqual(len(self.takeovers(f"{unit}.service")), 1)
+
+    def test_missingTargetWaitedFor(self) -> None:
+        """
+        With C{--connect-retry}, a client at activation whose UNIX target
+        is not there yet is handed over unconnected, waits for the target
+        and is answered once it appears; the proxy says it waited.
+        """
+        unit, port = "early-retry-console", SCENARIOS["early-retry"].portOf("console")
+        self.systemctl("start", f"{unit}.socket")
+        client = self.container.spawn([PYTHON, CLIENT, "127.0.0.1", str(port), "late"])
+        self.addCleanup(lambda: client.poll() is None and client.kill())
+        self.waitShow(f"{unit}.service", {"ActiveState": "active"})
+        started = self.container.run(
+            ["systemd-run", "--unit=spx-late", "-p", "Type=notify", PYTHON, BACKEND, LATE_BACKEND]
+        )
+        self.assertEqual(started.returncode, 0, started.stderr)
+        self.addCleanup(self.container.run, ["systemctl", "stop", "spx-late.service"])
+        out, _ = client.communicate(timeout=30)
+        self.assertEqual(out, "LATE")
+        self.assertEqual(self.takeovers(f"{unit}.service"), [(1, 0, 0)])
+        self.journalEntries(f"{unit}.service", r"is not ready .*clients wait up to 20s")
+
+    def test_limitWithThreeClientsAtActivation(self) -> None:
+        """
+        At C{-c 1}, three clients connecting at once start the service and
+        are each answered, one after the other.
+        """
+        unit, port = "early-limit-console", SCENARIOS["early-limit"].portOf("console")
+        self.systemctl("start", f"{unit}.socket")
+        clients = [
+            self.container.spawn([PYTHON, CLIENT, "127.0.0.1", str(port), f"client {n}"])
+            for n in range(3)
+        ]
+        for client in clients:
+            self.addCleanup(lambda c=client: c.poll() is None and c.kill())
+        for number, client in enumerate(clients):
+            out, _ = client.communicate(timeout=30)
+            self.assertEqual(out, f"CLIENT {number}")
+        [(count, _, _)] = self.takeovers(f"{unit}.service")
+        self.assertEqual(count, 1)
+        self.journalEntries(f"{unit}.service", r"bytes down, .*, done$")
+
+    def test_tenReactivations(self) -> None:
+        """
+        With C{--exit-idle-time=1s}, ten clients in a row, each after the
+        proxy exited idle: each starts it anew and is answered, and each
+        time the early relay served it. (Ten starts in ten seconds are more
+        than systemd's default start limit allows any service, so the unit
+        lifts it, as an operator with so short an idle time must.)
+        """
+        unit, port = "early-idle-console", SCENARIOS["early-idle"].portOf("console")
+        idle = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+        self.systemctl("start", f"{unit}.socket")
+        starts = set()
+        for number in range(10):
+            self.assertEqual(self.client(port, f"round {number}"), f"ROUND {number}")
+            shown = self.waitShow(f"{unit}.service", idle, "ExecMainStartTimestampMonotonic")
+            starts.add(shown["ExecMainStartTimestampMonotonic"])
+        self.assertEqual(len(starts), 10)
+        self.assertEqual(len(self.takeovers(f"{unit}.service", 10)), 10)
