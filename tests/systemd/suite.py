@@ -243,6 +243,10 @@ SCENARIOS = {
     ),
     "early-limit": Scenario(8203, "--log-level=debug -c 1 127.0.0.1:8000", forms=("console",)),
     "early-reset": Scenario(8204, "--log-level=debug 127.0.0.1:8000", forms=("console",)),
+    "early-half": Scenario(8206, "--log-level=debug 127.0.0.1:8000", forms=("console",)),
+    "early-rst": Scenario(
+        8207, "--log-level=debug 127.0.0.1:8003", forms=("console",), requires="resetter.service"
+    ),
     "early-retry": Scenario(
         8205, f"--log-level=debug --connect-retry=20s {LATE_BACKEND}", forms=("console",)
     ),
@@ -410,6 +414,23 @@ print(state["total"], received.hexdigest() == expected.hexdigest())
 """
 
 
+RESETTER = "/srv/spx-test/resetter.py"
+
+
+# On 127.0.0.1:8003, ready (READY=1) once listening: read one byte of each client and close,
+# leaving the rest unread, which resets the connection.
+RESETTER_CODE = """\
+import os, socket
+server = socket.create_server(("127.0.0.1", 8003))
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+    notify.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    conn, _ = server.accept()
+    with conn:
+        conn.recv(1)
+"""
+
+
 def treeFiles() -> dict[str, str]:
     """
     Everything written into the container's tree before boot: the backend,
@@ -419,6 +440,10 @@ def treeFiles() -> dict[str, str]:
         BACKEND: BACKEND_SOURCE,
         CLIENT: CLIENT_SOURCE,
         EXCHANGE: EXCHANGE_CODE,
+        RESETTER: RESETTER_CODE,
+        "etc/systemd/system/resetter.service": (
+            f"[Service]\nType=notify\nExecStart={PYTHON} {RESETTER}\n"
+        ),
         "etc/systemd/system/backend-unix.service": (
             f"[Service]\nType=notify\nExecStart={PYTHON} {BACKEND} {UNIX_BACKEND}\n"
         ),

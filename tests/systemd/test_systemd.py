@@ -471,8 +471,9 @@ class EarlyRelayTests(SystemdTestCase):
     The console script's first clients under systemd, served by the early
     relay while Twisted loads and then taken over by the proxy (issue 19):
     exchanges that straddle the hand-over, on a TCP and a UNIX-socket
-    backend; a client that resets before it; C{-c 1} with three clients at
-    activation; ten re-activations after idle exits.
+    backend; a client that half-closes, a client and a backend that reset
+    before it; a target that appears only after it; C{-c 1} with three
+    clients at activation; ten re-activations after idle exits.
     """
 
     def takeovers(self, unit: str, count: int = 1) -> list[tuple[int, int, int]]:
@@ -530,6 +531,28 @@ class EarlyRelayTests(SystemdTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.journalEntries(f"{unit}.service", r", reset$")
         self.assertGreaterEqual(len(self.takeovers(f"{unit}.service")), 1)
+
+    def test_halfCloseBeforeTheHandOver(self) -> None:
+        """
+        A client that sends its request and half-closes at once, before
+        the hand-over, gets the whole answer and the connection ends done.
+        """
+        unit, port = "early-half-console", SCENARIOS["early-half"].portOf("console")
+        self.systemctl("start", f"{unit}.socket")
+        self.assertEqual(self.client(port, "request"), "REQUEST")
+        self.assertEqual(self.takeovers(f"{unit}.service")[0][0], 1)
+        self.journalEntries(f"{unit}.service", r": 7 bytes up, 7 bytes down, .*, done$")
+
+    def test_backendResetBeforeTheHandOver(self) -> None:
+        """
+        A backend that resets the connection before the hand-over: the
+        client is reset too, and the close line says so.
+        """
+        unit, port = "early-rst-console", SCENARIOS["early-rst"].portOf("console")
+        self.systemctl("start", f"{unit}.socket")
+        self.assertEqual(self.client(port, "xy"), "<reset>")
+        self.assertEqual(self.takeovers(f"{unit}.service")[0][0], 1)
+        self.journalEntries(f"{unit}.service", r": 2 bytes up, 0 bytes down, .*, reset$")
 
     def test_missingTargetWaitedFor(self) -> None:
         """
