@@ -96,9 +96,9 @@ _VALUED = frozenset(
 _FLAGS = frozenset(("keepalive",))
 _HEADERS = ("v1", "v2")
 _CLIENT_GONE = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.EINTR))
-_SIGNALS = (15, 2, 1)
+_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP) if _signal is not None else ()
 """
-SIGTERM, SIGINT and SIGHUP (their numbers on every Linux architecture).
+The signals the relay records until the proxy's own handlers take over.
 """
 UPSTREAM, DOWNSTREAM = 0, 1
 _BUILT_IN = hasattr(os, "splice") and _signal is not None and hasattr(_socket.socket, "_accept")
@@ -372,7 +372,7 @@ class EarlyRelay:
         return len(ready)
 
     def _register(self, stop: int) -> dict[int, Callable[[int], None]]:
-        wanted: dict[int, tuple[int, Callable[[int], None]]] = {stop: (select.POLLIN, _stopped)}
+        wanted: dict[int, tuple[int, Callable[[int], None]]] = {stop: (select.POLLIN, _stopHandler)}
         if self.accepting and len(self.pairs) < self.plan.connectionsMax:
             for name, listener in self.listeners:
                 wanted[listener.fileno()] = (select.POLLIN, self._acceptor(name, listener))
@@ -574,7 +574,7 @@ def _adopted(sock: _socket.socket) -> socket.socket:
     return adopted
 
 
-def _stopped(events: int) -> None:
+def _stopHandler(events: int) -> None:
     """
     The stop descriptor's handler, never called: the relay returns once
     it is readable.
