@@ -19,7 +19,14 @@ setup(
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
     install_requires=["twisted>=26.10,<27", "prometheus_client>=0.26,<0.27"],
     extras_require={
-        "test": ["pytest", "pytest-twisted", "ruff", "mypy>=2.4,<2.5", "mypy-zope>=1.0.17,<1.1"]
+        "test": [
+            "pytest",
+            "pytest-twisted",
+            "hypothesis",
+            "ruff",
+            "mypy>=2.4,<2.5",
+            "mypy-zope>=1.0.17,<1.1",
+        ]
     },
     scripts=["scripts/socketproxyd"],
     data_files=[("share/man/man8", ["man/socketproxyd.8"])],

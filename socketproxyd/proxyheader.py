@@ -125,3 +125,141 @@ def headerV2(peer: object, local: object, datagram: bool = False) -> bytes:
 
 
 HEADERS = {"v1": headerV1, "v2": headerV2}
+
+
+V1_MAX = 107
+"""
+The longest a version 1 header can be, its CRLF included (the spec's).
+"""
+
+MAX_HEADER = 536
+"""
+The longest header accepted, of either version: the spec sizes headers to
+fit a minimal TCP segment of 536 bytes (16 bytes and 520 of addresses and
+TLVs for version 2).
+"""
+
+_V1_PREFIX = b"PROXY "
+_V1_FAMILIES = {b"TCP4": _socket.AF_INET, b"TCP6": _socket.AF_INET6}
+_V2_FAMILIES = {0x1: (_socket.AF_INET, 4), 0x2: (_socket.AF_INET6, 16)}
+
+
+class HeaderError(ValueError):
+    """
+    The bytes are not a PROXY header this proxy accepts; the message says
+    why, in a few words.
+    """
+
+
+class ReceivedHeader:
+    """
+    A complete PROXY header a client sent.
+
+    @ivar length: how many bytes it took.
+    @ivar source: the original client's C{(host, port)}, or C{None} when
+        the header carries no addresses to use (a v2 C{LOCAL} command, a
+        v1 C{UNKNOWN}): the socket's own are used then.
+    @ivar destination: the address the original client connected to,
+        likewise.
+    """
+
+    __slots__ = ("length", "source", "destination")
+
+    def __init__(
+        self,
+        length: int,
+        source: tuple[str, int] | None = None,
+        destination: tuple[str, int] | None = None,
+    ) -> None:
+        self.length = length
+        self.source = source
+        self.destination = destination
+
+    def __repr__(self) -> str:
+        return f"ReceivedHeader({self.length}, {self.source}, {self.destination})"
+
+
+def parseHeader(data: bytes) -> ReceivedHeader | int:
+    """
+    Read the PROXY header (version 1 or 2) at the start of C{data}: the
+    header once C{data} holds all of it, else how many bytes C{data} must
+    hold at least before it can be complete. Only what the header's own
+    length (or, for version 1, its CRLF) says is looked at.
+
+    @raise HeaderError: when C{data} cannot begin a header accepted here:
+        no signature, an unknown version, command, family or protocol,
+        addresses that are not IP addresses of the family given, a length
+        over L{MAX_HEADER}, a version 1 line without CRLF within
+        L{V1_MAX} bytes.
+    """
+    if data.startswith(V2_SIGNATURE[: len(data)]) and data[:1] == b"\r":
+        return _parseV2(data)
+    if data.startswith(_V1_PREFIX[: len(data)]) and data:
+        return _parseV1(data)
+    if not data:
+        return 1
+    raise HeaderError("not a PROXY header")
+
+
+def _parseV1(data: bytes) -> ReceivedHeader | int:
+    end = data.find(b"\r\n", 0, V1_MAX)
+    if end < 0:
+        if len(data) >= V1_MAX:
+            raise HeaderError(f"no CRLF within {V1_MAX} bytes")
+        return len(data) + 1
+    fields = data[:end].split(b" ")
+    if fields[:2] == [b"PROXY", b"UNKNOWN"]:
+        return ReceivedHeader(end + 2)
+    if len(fields) != 6 or fields[1] not in _V1_FAMILIES:
+        raise HeaderError("a malformed version 1 line")
+    family = _V1_FAMILIES[fields[1]]
+    source = _v1Address(family, fields[2], fields[4])
+    destination = _v1Address(family, fields[3], fields[5])
+    return ReceivedHeader(end + 2, source, destination)
+
+
+def _v1Address(family: int, host: bytes, port: bytes) -> tuple[str, int]:
+    try:
+        text = host.decode("ascii")
+        _socket.inet_pton(family, text)
+    except (UnicodeDecodeError, OSError, ValueError):
+        raise HeaderError("a malformed version 1 address") from None
+    if not port.isdigit() or (port.startswith(b"0") and port != b"0") or int(port) > 65535:
+        raise HeaderError("a malformed version 1 port")
+    return text, int(port)
+
+
+def _parseV2(data: bytes) -> ReceivedHeader | int:
+    if len(data) < 16:
+        return 16
+    versionCommand, familyProtocol = data[12], data[13]
+    if versionCommand >> 4 != 2:
+        raise HeaderError(f"unknown version {versionCommand >> 4}")
+    command = versionCommand & 0xF
+    if command > 1:
+        raise HeaderError(f"unknown command {command}")
+    length = 16 + int.from_bytes(data[14:16], "big")
+    if length > MAX_HEADER:
+        raise HeaderError(f"{length} bytes, more than {MAX_HEADER}")
+    if len(data) < length:
+        return length
+    if command == 0:
+        return ReceivedHeader(length)
+    family, protocol = familyProtocol >> 4, familyProtocol & 0xF
+    if family not in _V2_FAMILIES:
+        names = {0: "unspecified", 3: "UNIX"}
+        raise HeaderError(f"{names.get(family, 'unknown')} address family {family}")
+    if protocol != 1:
+        raise HeaderError(f"transport protocol {protocol}, not STREAM")
+    socketFamily, size = _V2_FAMILIES[family]
+    if length < 16 + 2 * size + 4:
+        raise HeaderError("addresses shorter than their family's")
+    body = data[16:length]
+    ports = body[2 * size : 2 * size + 4]
+    source = _socket.inet_ntop(socketFamily, body[:size])
+    destination = _socket.inet_ntop(socketFamily, body[size : 2 * size])
+    return ReceivedHeader(
+        length,
+        (source, int.from_bytes(ports[:2], "big")),
+        (destination, int.from_bytes(ports[2:], "big")),
+    )
