@@ -50,3 +50,13 @@ def socketAddress(family: int, address: Any, kind: Literal["TCP", "UDP"] = "TCP"
     if family == socket.AF_INET6:
         return IPv6Address(kind, address[0], address[1], address[2], address[3])
     return UNIXAddress(address or None)
+
+
+def hostAddress(host: str, port: int) -> IAddress:
+    """
+    An IP address and port (from a PROXY header) as Twisted's address
+    objects give it.
+    """
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host, port)

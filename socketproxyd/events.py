@@ -39,6 +39,7 @@ class Ending(Enum):
     IDLE_TIMEOUT = "idle timeout"
     SHUTDOWN = "shutdown"
     REFUSED = "refused"
+    BAD_HEADER = "bad header"
 
 
 def stillIdle(clock: IReactorTime, due: float, check: Callable[[], None]) -> IDelayedCall | None:

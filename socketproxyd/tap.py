@@ -120,6 +120,13 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["targets"] = {}
+        self["accept-proxy-protocol"] = set()
+
+    def opt_accept_proxy_protocol(self, name: str) -> None:
+        """
+        Clients send a PROXY header first: on every listener, or with =NAME on those named NAME.
+        """
+        self["accept-proxy-protocol"].add(name)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -214,10 +221,21 @@ class Options(usage.Options):
         self["routes"] = Routes(default, self["targets"])
         if self["data-path"] == "splice" and not spliceAvailable():
             raise usage.UsageError("--data-path=splice needs Linux splice(2)")
+        if self["accept-proxy-protocol"] and (
+            self["data-path"] == "transport" or not spliceAvailable()
+        ):
+            raise usage.UsageError(
+                "--accept-proxy-protocol needs the splice data path (not --data-path=transport)"
+            )
         if self["log-level"] is None:
             self["log-level"] = levelFromEnvironment() or "info"
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        # getopt has no optional values: the bare option means every listener.
+        bare = "--accept-proxy-protocol"
+        options = [f"{bare}=" if option == bare else option for option in options]
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -239,6 +257,7 @@ class Options(usage.Options):
             pipeSize=self["pipe-size"],
             logsCloses=self["log-level"] == "debug",
             timesConnections=self["metrics"] is not None,
+            acceptProxyProtocol=frozenset(self["accept-proxy-protocol"]),
         )
 
 

@@ -102,6 +102,18 @@ OPTIONS = (
         "there).",
     ),
     OptionText(
+        "accept-proxy-protocol", None, "[NAME]", "off",
+        "Take each client's address from the PROXY header (haproxy's, v1 or v2) it must "
+        "send first, within the connect timeout: alone, on every listener; with `=NAME`, "
+        "on the listeners named NAME; repeatable.",
+        "The header's addresses replace the socket's in the log and close lines and in the "
+        "header `--proxy-protocol` sends. A v2 `LOCAL` header (a health check) or a v1 "
+        "`UNKNOWN` one is served with the socket's own addresses. A missing, malformed, "
+        "truncated, oversized or late header closes the connection, with one warning until "
+        "a client sends a good one, and nothing of it or after it reaches TARGET. Only the "
+        "header's own bytes are read before TARGET is connected. Needs the splice data path.",
+    ),
+    OptionText(
         "listen", None, "[NAME=]ENDPOINT", None,
         "Also listen on a Twisted server endpoint (`tcp:8080`, `web=unix:/run/app.sock`) or "
         "on `udp:PORT[:interface=ADDRESS]`, named NAME when given; repeatable.",

@@ -66,6 +66,8 @@ class ProxySettings:
         C{debug}), which needs each connection's addresses and start time.
     @ivar timesConnections: whether each connection keeps when it started
         and when its target answered, for the metrics' histograms.
+    @ivar acceptProxyProtocol: the names of the listeners whose clients
+        send a PROXY header first (C{""}: every listener).
     """
 
     connectTimeout: float = 30.0
@@ -77,3 +79,12 @@ class ProxySettings:
     pipeSize: int = PIPE_SIZE
     logsCloses: bool = False
     timesConnections: bool = False
+    acceptProxyProtocol: frozenset[str] = frozenset()
+
+    def acceptsHeaderOn(self, route: str | None) -> bool:
+        """
+        Whether the clients of C{route} must send a PROXY header first
+        (C{acceptProxyProtocol} holds the route names, C{""} for all).
+        """
+        names = self.acceptProxyProtocol
+        return bool(names) and ("" in names or route in names)

@@ -144,6 +144,11 @@ class ListenerSet:
         try:
             plan = planListeners(self.reactor, inherited, descriptions, self)
             self.routes.checkUsed(self.names)
+            unknown = sorted(self.settings.acceptProxyProtocol - {""} - self.names)
+            if unknown:
+                raise RouteError(
+                    f"--accept-proxy-protocol={unknown[0]}: no listener is named {unknown[0]!r}"
+                )
         except RouteError as e:
             raise StartupError(str(e)) from None
         for listener in openListeners(plan):

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from socketproxyd.config.routes import splitListen
 from socketproxyd.reactors import ProxyReactor
+from socketproxyd.stream.acceptor import adoptable
 from socketproxyd.stream.factory import ProxyFactory
 from socketproxyd.systemd.activation import (
     ActivationError,
@@ -196,7 +197,13 @@ def _listen(
         description,
         "tcp:8080:interface=127.0.0.1, unix:/run/app.sock or udp:53",
     )
-    return StreamListener(listenNow(endpoint, "--listen", description, factory), label, factory)
+    port = listenNow(endpoint, "--listen", description, factory)
+    if factory.acceptsHeader and not adoptable(port, factory):
+        port.stopListening()
+        raise StartupError(
+            f"{label}: --accept-proxy-protocol needs a plain TCP or UNIX listener here"
+        )
+    return StreamListener(port, label, factory)
 
 
 def serverEndpoint(

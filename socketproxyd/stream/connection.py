@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from socketproxyd.addresses import describeAddress
+from socketproxyd.addresses import describeAddress, hostAddress
 from socketproxyd.config.target import notReady
 from socketproxyd.config.timespan import formatTimespan
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillIdle
@@ -55,8 +55,10 @@ if TYPE_CHECKING:
 
     from twisted.internet.protocol import Protocol
 
+    from socketproxyd.proxyheader import ReceivedHeader
     from socketproxyd.stream.earlyrelay import EarlyPair
     from socketproxyd.stream.factory import ProxyFactory
+    from socketproxyd.stream.headerreader import HeaderReader
 
 
 class Closing(IntEnum):
@@ -95,7 +97,7 @@ class Connection:
 
     __slots__ = (
         "server", "pump", "peer", "host", "started", "connected", "counts", "flows",
-        "ending", "closing", "connecting", "timer", "lastMoved", "retrying",
+        "ending", "closing", "connecting", "timer", "lastMoved", "retrying", "header",
     )  # fmt: skip
 
     log = Logger(observer=observer)
@@ -122,6 +124,7 @@ class Connection:
         self.timer: IDelayedCall | None = None
         self.lastMoved: float | None = None
         self.retrying: tuple[float, float] | None = None
+        self.header: HeaderReader | None = None
 
     def start(self) -> None:
         """
@@ -129,6 +132,43 @@ class Connection:
         """
         self.server.tracker.opened(self)
         self.connect()
+
+    def awaitHeader(self, reader: HeaderReader) -> None:
+        """
+        Count the connection, read the PROXY header its client must send
+        first (within the connect timeout), take the client's addresses
+        from it, then connect to the target.
+        """
+        self.server.tracker.opened(self)
+        self.header = reader
+        timeout = self.server.settings.connectTimeout
+        if not math.isinf(timeout):
+            self.timer = self.server.reactor.callLater(timeout, self._headerTimedOut)
+        reader.start(self._headerReceived, self._headerRefused)
+
+    def _headerReceived(self, header: ReceivedHeader) -> None:
+        self.header = None
+        cancelled(self.timer)
+        self.timer = None
+        if header.source is not None and header.destination is not None:
+            self.peer = hostAddress(*header.source)
+            self.host = hostAddress(*header.destination)
+        self.server.headerAccepted()
+        self.connect()
+
+    def _headerRefused(self, why: str) -> None:
+        self.header = None
+        cancelled(self.timer)
+        self.timer = None
+        self.server.headerRefused(self.peer or self.pump.clientAddress(), why)
+        self.end(Ending.BAD_HEADER)
+
+    def _headerTimedOut(self) -> None:
+        self.timer = None
+        if self.header is not None:
+            self.header.stop()
+        timeout = formatTimespan(self.server.settings.connectTimeout)
+        self._headerRefused(f"none complete within {timeout}")
 
     def connect(self) -> None:
         """
@@ -329,6 +369,9 @@ class Connection:
         self.closing = closing
         cancelled(self.timer)
         self.timer = None
+        if self.header is not None:
+            self.header.stop()
+            self.header = None
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()

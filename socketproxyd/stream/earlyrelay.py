@@ -94,6 +94,12 @@ _VALUED = frozenset(
     )
 )  # fmt: skip
 _FLAGS = frozenset(("keepalive",))
+NOT_SERVED = frozenset(("target", "help", "version", "accept-proxy-protocol"))
+"""
+The options that send a command line to the normal path: the relay would
+not serve it as the proxy does (routes, a header to read first), or there
+is nothing to serve.
+"""
 _HEADERS = ("v1", "v2")
 _CLIENT_GONE = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.EINTR))
 _SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP) if _signal is not None else ()

@@ -12,10 +12,11 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
-from socketproxyd.addresses import socketAddress
+from socketproxyd.addresses import describeAddress, socketAddress
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.config.timespan import formatTimespan
@@ -25,6 +26,7 @@ from socketproxyd.notices import Notice
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.routeserver import RouteServer
 from socketproxyd.stream.connection import Connection
+from socketproxyd.stream.headerreader import HeaderReader
 from socketproxyd.stream.splice.connector import BareConnector
 from socketproxyd.stream.splice.pipes import PipeSweeper
 from socketproxyd.stream.splice.pipes import available as spliceAvailable
@@ -79,6 +81,8 @@ class ProxyFactory(RouteServer, ServerFactory):
             sweeper = PipeSweeper(reactor, None, tracker.fdsExhausted, settings.pipeSize)
         self.sweeper = sweeper
         self.notReady = Notice(reactor, interval=0)
+        self.acceptsHeader = settings.acceptsHeaderOn(route)
+        self.badHeaders = Notice(reactor, interval=0)
 
     def targetNotReady(self, why: str) -> None:
         """
@@ -121,7 +125,31 @@ class ProxyFactory(RouteServer, ServerFactory):
             finally:
                 sock.close()
             return
-        self._connection(sock, address).start()
+        connection = self._connection(sock, address)
+        if self.acceptsHeader:
+            connection.awaitHeader(HeaderReader(self.reactor, sock))
+        else:
+            connection.start()
+
+    def headerRefused(self, peer: IAddress | None, why: str) -> None:
+        """
+        A client sent no valid PROXY header and was closed: said once per
+        episode, which a client with a valid header ends.
+        """
+        if not self.badHeaders.said and self.badHeaders.begins():
+            self.log.warn(
+                "{route}Closed {peer}: no valid PROXY header ({why}); clients closed for the "
+                "same are not logged until one sends a valid header",
+                route=self.routePrefix,
+                peer=describeAddress(peer),
+                why=why,
+            )
+
+    def headerAccepted(self) -> None:
+        """
+        A client sent a valid PROXY header.
+        """
+        self.badHeaders.ends()
 
     def adopt(self, pair: EarlyPair) -> None:
         """

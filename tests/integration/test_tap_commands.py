@@ -30,7 +30,7 @@ class ManualTests(SynchronousTestCase):
         documented = {m.replace("\\-", "-") for m in re.findall(r"\\-\\-((?:[a-z]|\\-)+)", section)}
         options = Options()
         names = {p[0] for p in options.optParameters + options.optFlags}
-        names |= {"listen", "target", "version", "help"}
+        names |= {"listen", "target", "accept-proxy-protocol", "version", "help"}
         self.assertEqual(documented, names)
         for form in ("/path/to/socket", "@name", "[v6addr]:PORT", "v4addr:PORT", "host:PORT"):
             self.assertIn(form, page)

@@ -21,6 +21,7 @@ from socketproxyd.config.target import parseTarget
 from socketproxyd.stream.connection import Connection
 from socketproxyd.stream.earlyrelay import EarlyPair
 from socketproxyd.stream.factory import ProxyFactory
+from socketproxyd.stream.headerreader import HeaderReader
 from socketproxyd.stream.splice import pipes
 from socketproxyd.stream.splice.pipes import PipeSweeper
 from socketproxyd.stream.splice.pump import SplicePump
@@ -119,11 +120,13 @@ class SpliceHarness:
         test: SynchronousTestCase,
         tcp: bool,
         early: Callable[[socket.socket, socket.socket], EarlyPair] | None = None,
+        header: bool = False,
     ) -> None:
         """
-        Start the connection; or, given C{early}, which makes the early
-        relay's pair of the client's and the target's inside sockets, have
-        the factory adopt that pair.
+        Start the connection (after reading its client's PROXY header, with
+        C{header}); or, given C{early}, which makes the early relay's pair
+        of the client's and the target's inside sockets, have the factory
+        adopt that pair.
         """
         if not pipes.available():
             raise SkipTest("splice(2) is not available")
@@ -138,7 +141,10 @@ class SpliceHarness:
                 self.reactor, self.factory.sweeper, self.client.inside, settings.keepalive
             )
             self.connection = Connection(self.factory, pump, PEER, HOST)
-            self.connection.start()
+            if header:
+                self.connection.awaitHeader(HeaderReader(self.reactor, self.client.inside))
+            else:
+                self.connection.start()
         else:
             self.factory.adopt(early(self.client.inside, self.target.inside))
             self.connection = cast(Connection, tracker.opens[-1])

@@ -150,8 +150,9 @@ class PlanTests(SynchronousTestCase):
         in one or the other.
         """
         declared = {name.removesuffix("=") for name in Options().longOpt}
-        normalPath = {"target", "help", "version"}
-        self.assertEqual(declared - normalPath, earlyrelay._VALUED | earlyrelay._FLAGS)
+        self.assertEqual(declared - earlyrelay.NOT_SERVED, earlyrelay._VALUED | earlyrelay._FLAGS)
+        self.assertEqual(earlyrelay.NOT_SERVED - declared, set())
+        self.assertIsNone(EarlyPlan.fromArgv(["--accept-proxy-protocol", "127.0.0.1:80"]))
 
     def test_directionsAsTheEvents(self) -> None:
         """
