@@ -21,7 +21,8 @@ class RouteServer:
     @ivar route: the name of the listeners whose clients these are, if
         they have one; C{routePrefix} puts it first in their log lines.
     @ivar recordsAddresses: whether connections keep their addresses and
-        start time, which only a PROXY header and the close line use.
+        start time, which only a PROXY header, the close line and
+        C{--transparent} use.
     @ivar recordsTimes: whether connections keep their start time and
         when the target answered (the close line, the metrics).
     @ivar connectRetries: how many times a connection of the route tried
@@ -42,6 +43,8 @@ class RouteServer:
         self.tracker = tracker
         self.route = route
         self.routePrefix = prefixFor(route)
-        self.recordsAddresses = settings.proxyProtocol is not None or settings.logsCloses
+        self.recordsAddresses = (
+            settings.proxyProtocol is not None or settings.logsCloses or bool(settings.transparent)
+        )
         self.recordsTimes = self.recordsAddresses or settings.timesConnections
         self.connectRetries = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import textwrap
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from socketproxyd.config.optiontext import BY_NAME as TEXTS
 from socketproxyd.config.optiontext import helpText, plain
 from socketproxyd.config.routes import RouteError, Routes, parseNamedTarget, splitListen
 from socketproxyd.config.settings import ProxySettings, parsePipeSize
-from socketproxyd.config.target import parseTarget
+from socketproxyd.config.target import Target, parseTarget
 from socketproxyd.config.timespan import parseTimespan
 from socketproxyd.logs import (
     LEVELS,
@@ -32,6 +33,7 @@ from socketproxyd.logs import (
 )
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.proxy import ProxyService
+from socketproxyd.stream.splice.connector import IP_TRANSPARENT
 from socketproxyd.stream.splice.pipes import available as spliceAvailable
 from socketproxyd.systemd.activation import InheritedSocket, inheritedSockets
 from socketproxyd.systemd.notify import Notifier
@@ -112,6 +114,7 @@ class Options(usage.Options):
         ["pipe-size", None, "256K", _doc("pipe-size"), parsePipeSize],
         ["log-level", None, None, _doc("log-level"), _choice("log-level", tuple(LEVELS))],
         ["metrics", None, None, _doc("metrics")],
+        ["transparent", None, None, _doc("transparent"), _choice("transparent", ("on", "try"))],
     ]  # fmt: skip
 
     stderr: IO[str] = sys.stderr
@@ -219,6 +222,8 @@ class Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
         self["routes"] = Routes(default, self["targets"])
+        if self["transparent"]:
+            self._checkTransparent(default)
         if self["data-path"] == "splice" and not spliceAvailable():
             raise usage.UsageError("--data-path=splice needs Linux splice(2)")
         if self["accept-proxy-protocol"] and (
@@ -230,12 +235,36 @@ class Options(usage.Options):
         if self["log-level"] is None:
             self["log-level"] = levelFromEnvironment() or "info"
 
+    def _checkTransparent(self, default: Target | None) -> None:
+        """
+        C{--transparent} works only on the splice path, to IP address
+        targets, with CAP_NET_ADMIN: said before anything opens.
+        """
+        if self["data-path"] == "transport" or not spliceAvailable():
+            raise usage.UsageError(
+                "--transparent needs the splice data path (not --data-path=transport)"
+            )
+        for target in [default, *self["targets"].values()]:
+            if target is not None and target.kind not in ("ipv4", "ipv6"):
+                raise usage.UsageError(
+                    f"--transparent needs TARGET to be an IP address, not {target}: the "
+                    "client's address is used to connect to it"
+                )
+        with socket.socket() as probe:
+            try:
+                probe.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            except PermissionError:
+                raise usage.UsageError(
+                    "--transparent needs CAP_NET_ADMIN or CAP_NET_RAW (under systemd: "
+                    "AmbientCapabilities=CAP_NET_ADMIN and CapabilityBoundingSet=CAP_NET_ADMIN)"
+                ) from None
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         if options is None:
             options = sys.argv[1:]
-        # getopt has no optional values: the bare option means every listener.
-        bare = "--accept-proxy-protocol"
-        options = [f"{bare}=" if option == bare else option for option in options]
+        # getopt has no optional values: each bare option gets its default one.
+        bare = {"--accept-proxy-protocol": "", "--transparent": "on"}
+        options = [f"{o}={bare[o]}" if o in bare else o for o in options]
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -258,6 +287,7 @@ class Options(usage.Options):
             logsCloses=self["log-level"] == "debug",
             timesConnections=self["metrics"] is not None,
             acceptProxyProtocol=frozenset(self["accept-proxy-protocol"]),
+            transparent=self["transparent"] or "",
         )
 
 

@@ -68,6 +68,9 @@ class ProxySettings:
         and when its target answered, for the metrics' histograms.
     @ivar acceptProxyProtocol: the names of the listeners whose clients
         send a PROXY header first (C{""}: every listener).
+    @ivar transparent: C{""} (off), C{"on"} (connect to the target from
+        each client's own address) or C{"try"} (the same, and a client
+        whose address cannot be used is served from the proxy's).
     """
 
     connectTimeout: float = 30.0
@@ -80,6 +83,7 @@ class ProxySettings:
     logsCloses: bool = False
     timesConnections: bool = False
     acceptProxyProtocol: frozenset[str] = frozenset()
+    transparent: str = ""
 
     def acceptsHeaderOn(self, route: str | None) -> bool:
         """

@@ -177,7 +177,7 @@ class Connection:
         not ready).
         """
         server = self.server
-        attempt = server.connectTarget(self.pump.takesSockets)
+        attempt = server.connectTarget(self.pump.takesSockets, self.peer)
         if not isinstance(attempt, Deferred):
             self._connected(attempt)
             return

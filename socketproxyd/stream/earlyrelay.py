@@ -94,7 +94,7 @@ _VALUED = frozenset(
     )
 )  # fmt: skip
 _FLAGS = frozenset(("keepalive",))
-NOT_SERVED = frozenset(("target", "help", "version", "accept-proxy-protocol"))
+NOT_SERVED = frozenset(("target", "help", "version", "accept-proxy-protocol", "transparent"))
 """
 The options that send a command line to the normal path: the relay would
 not serve it as the proxy does (routes, a header to read first), or there

@@ -100,7 +100,7 @@ class SocketConnector:
         self.socket = sock
         self.attempts = 0
 
-    def attempt(self, fallbackFactory: object) -> socket.socket:
+    def attempt(self, fallbackFactory: object, source: object = None) -> socket.socket:
         self.attempts += 1
         return self.socket
 

@@ -123,7 +123,9 @@ class BareConnector:
             return None
         return cls(reactor, family, address, fallback)
 
-    def attempt(self, fallbackFactory: IProtocolFactory) -> socket.socket | Deferred:
+    def attempt(
+        self, fallbackFactory: IProtocolFactory, source: RawAddress | None = None
+    ) -> socket.socket | Deferred:
         """
         Start connecting. A connection made at once, as it is for most
         targets on the same host, is given as the connected socket itself,
@@ -136,12 +138,17 @@ class BareConnector:
         C{connect} returns, even when it reports the connection as in
         progress: one C{getpeername} finds that out, and saves a reactor
         registration and a wake-up.
+
+        @param source: the address to connect from (C{--transparent}: a
+            client's own, which need not be one of this host's).
         """
         try:
             sock = socket.socket(self.family, _NONBLOCKING_STREAM)
         except OSError as e:
             return fail(error.getConnectError(e))
         try:
+            if source is not None:
+                bindTransparent(sock, source)
             code = sock.connect_ex(self.address)
         except OSError as e:
             sock.close()
@@ -159,6 +166,22 @@ class BareConnector:
             return sock
         sock.close()
         return fail(_refusal(code))
+
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
+
+
+def bindTransparent(sock: socket.socket, source: RawAddress) -> None:
+    """
+    Bind C{sock} to C{source}, an address that may belong to another host
+    (IP_TRANSPARENT / IPV6_TRANSPARENT, which need CAP_NET_ADMIN).
+    """
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    sock.bind(source)
 
 
 def _refusal(code: int) -> Failure:
