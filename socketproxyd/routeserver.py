@@ -5,11 +5,23 @@ and the datagram relay.
 
 from __future__ import annotations
 
+import errno
+import socket
+from typing import TYPE_CHECKING, cast
+
+from twisted.logger import Logger
+
+from socketproxyd.addresses import RawAddress, describeAddress
 from socketproxyd.config.routes import prefixFor
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.events import Tracker
+from socketproxyd.logs import observer
+from socketproxyd.notices import Notice
 from socketproxyd.reactors import ProxyReactor
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
 
 
 class RouteServer:
@@ -48,3 +60,40 @@ class RouteServer:
         )
         self.recordsTimes = self.recordsAddresses or settings.timesConnections
         self.connectRetries = 0
+        self.sourceUsable = Notice(reactor, interval=0)
+
+    def transparentSource(self, family: int, client: object) -> RawAddress | None:
+        """
+        The address to connect to the target (of C{family}) from, with
+        C{--transparent}, for a client at C{client} (a Twisted address or
+        the socket module's): the client's own, if it is an IP address of
+        that family; otherwise (a UNIX-socket client, another family) none
+        with C{--transparent=try}. An unusable address is said once per
+        episode.
+
+        @raise OSError: for such a client without C{=try}.
+        """
+        if isinstance(client, tuple):
+            host, port = client[0], client[1]
+        else:
+            host, port = getattr(client, "host", None), getattr(client, "port", None)
+        if isinstance(host, str) and isinstance(port, int):
+            if (":" in host) == (family == socket.AF_INET6):
+                self.sourceUsable.ends()
+                return (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        served = self.settings.transparent == "try"
+        if not self.sourceUsable.said and self.sourceUsable.begins():
+            Logger(observer=observer, namespace=type(self).__module__).warn(
+                "{route}Cannot connect to {target} from the address of {peer}; {what}",
+                route=self.routePrefix,
+                target=str(self.target),
+                peer=f"{host}:{port}"
+                if isinstance(client, tuple)
+                else describeAddress(cast("IAddress | None", client)),
+                what="serving such clients from the proxy's address"
+                if served
+                else "closing such clients (--transparent=try would serve them)",
+            )
+        if not served:
+            raise OSError(errno.EADDRNOTAVAIL, "its address cannot be connected from")
+        return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 import textwrap
 from collections.abc import Callable
@@ -33,10 +32,10 @@ from socketproxyd.logs import (
 )
 from socketproxyd.reactors import ProxyReactor
 from socketproxyd.service.proxy import ProxyService
-from socketproxyd.stream.splice.connector import IP_TRANSPARENT
 from socketproxyd.stream.splice.pipes import available as spliceAvailable
 from socketproxyd.systemd.activation import InheritedSocket, inheritedSockets
 from socketproxyd.systemd.notify import Notifier
+from socketproxyd.transparent import mayBindTransparent
 
 PROGRAM = "socketproxyd"
 _DECIMAL = re.compile(r"\s*[0-9]+\s*")
@@ -250,14 +249,11 @@ class Options(usage.Options):
                     f"--transparent needs TARGET to be an IP address, not {target}: the "
                     "client's address is used to connect to it"
                 )
-        with socket.socket() as probe:
-            try:
-                probe.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            except PermissionError:
-                raise usage.UsageError(
-                    "--transparent needs CAP_NET_ADMIN or CAP_NET_RAW (under systemd: "
-                    "AmbientCapabilities=CAP_NET_ADMIN and CapabilityBoundingSet=CAP_NET_ADMIN)"
-                ) from None
+        if not mayBindTransparent():
+            raise usage.UsageError(
+                "--transparent needs CAP_NET_ADMIN or CAP_NET_RAW (under systemd: "
+                "AmbientCapabilities=CAP_NET_ADMIN and CapabilityBoundingSet=CAP_NET_ADMIN)"
+            )
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         if options is None:

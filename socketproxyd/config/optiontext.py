@@ -115,14 +115,16 @@ OPTIONS = (
     ),
     OptionText(
         "transparent", None, "[try]", "off",
-        "Connect to TARGET from each client's own address and port, so the backend sees "
+        "Connect to TARGET (and send each datagram session's datagrams) from each client's "
+        "own address and port, so the backend sees "
         "the client as if it had connected directly (IP_TRANSPARENT); with `=try`, a client "
         "whose address cannot be used is served from the proxy's.",
         "Needs CAP_NET_ADMIN (or CAP_NET_RAW), a TARGET that is an IP address, the splice "
         "data path, and "
         "routing that brings the backend's replies to the proxy (see the README). A client "
         "on a UNIX socket, or of another address family than TARGET, is closed, with one "
-        "warning until one can be served. Datagram listeners do not take it yet.",
+        "warning until one can be served (a datagram from it is dropped). Datagram sessions "
+        "are bound to their client's address likewise.",
     ),
     OptionText(
         "listen", None, "[NAME=]ENDPOINT", None,

@@ -18,6 +18,7 @@ from socketproxyd.addresses import RawAddress, SocketAddress, socketAddress
 from socketproxyd.datagram.port import BATCH, receiveBuffer, receiveView
 from socketproxyd.events import DOWNSTREAM, UPSTREAM, Ending, cancelled, stillIdle
 from socketproxyd.proxyheader import headerV2
+from socketproxyd.transparent import bindTransparent
 
 if TYPE_CHECKING:
     from socketproxyd.datagram.packetinfo import Control, Destination
@@ -31,7 +32,8 @@ class Session:
     """
     One client of a datagram listener: its own socket connected to the
     target (on a UNIX target, bound to an automatic abstract address so
-    the backend can answer), its counts, and when it last moved a datagram.
+    the backend can answer; with C{--transparent}, bound to the client's
+    own address), its counts, and when it last moved a datagram.
 
     @ivar counts: bytes moved, indexed by direction.
     @ivar datagrams: datagrams moved, indexed by direction.
@@ -87,6 +89,10 @@ class Session:
         try:
             if family == socket.AF_UNIX:
                 sock.bind("")
+            elif self.server.settings.transparent:
+                source = self.server.transparentSource(family, self.client)
+                if source is not None:
+                    bindTransparent(sock, source)
             sock.connect(address)
         except OSError:
             sock.close()

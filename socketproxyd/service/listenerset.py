@@ -111,8 +111,6 @@ class ListenerSet:
         route = name if name != UNNAMED else None
         if self.settings.proxyProtocol == "v1":
             raise RouteError(f"{label}: a datagram listener takes --proxy-protocol=v2, not v1")
-        if self.settings.transparent:
-            raise RouteError(f"{label}: a datagram listener does not take --transparent yet")
         from socketproxyd.datagram.relay import DatagramRelay
 
         try:

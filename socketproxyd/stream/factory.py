@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
-from socketproxyd.addresses import RawAddress, describeAddress, socketAddress
+from socketproxyd.addresses import describeAddress, socketAddress
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
 from socketproxyd.config.timespan import formatTimespan
@@ -84,7 +84,6 @@ class ProxyFactory(RouteServer, ServerFactory):
         self.notReady = Notice(reactor, interval=0)
         self.acceptsHeader = settings.acceptsHeaderOn(route)
         self.badHeaders = Notice(reactor, interval=0)
-        self.sourceUsable = Notice(reactor, interval=0)
 
     def targetNotReady(self, why: str) -> None:
         """
@@ -185,41 +184,11 @@ class ProxyFactory(RouteServer, ServerFactory):
         be used (see L{transparentSource}).
         """
         if takesSockets and self.bareConnector is not None:
-            try:
-                source = self.transparentSource(peer) if self.settings.transparent else None
-            except error.ConnectError as e:
-                return fail(e)
+            source = None
+            if self.settings.transparent:
+                try:
+                    source = self.transparentSource(self.bareConnector.family, peer)
+                except OSError as e:
+                    return fail(error.getConnectError(e))
             return self.bareConnector.attempt(self.clientFactory, source)
         return self.endpoint.connect(self.clientFactory)
-
-    def transparentSource(self, peer: IAddress | None) -> RawAddress | None:
-        """
-        The address to connect to the target from for a client at C{peer}:
-        its own, if it is an IP address of the target's family; otherwise
-        (a UNIX-socket client, another family) none with C{--transparent=try},
-        said once per episode.
-
-        @raise error.ConnectError: for such a client without C{=try}.
-        """
-        assert self.bareConnector is not None
-        family = self.bareConnector.family
-        host = getattr(peer, "host", None)
-        port = getattr(peer, "port", None)
-        usable = isinstance(host, str) and isinstance(port, int)
-        if usable and (":" in str(host)) == (family == socket.AF_INET6):
-            self.sourceUsable.ends()
-            return (host, port) if family == socket.AF_INET else (host, port, 0, 0)
-        served = self.settings.transparent == "try"
-        if not self.sourceUsable.said and self.sourceUsable.begins():
-            self.log.warn(
-                "{route}Cannot connect to {target} from the address of {peer}; {what}",
-                route=self.routePrefix,
-                target=str(self.target),
-                peer=describeAddress(peer),
-                what="serving such clients from the proxy's address"
-                if served
-                else "closing such clients (--transparent=try would serve them)",
-            )
-        if not served:
-            raise error.ConnectError(string="its address cannot be connected from")
-        return None

@@ -46,8 +46,36 @@ for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         ],
         daemon=True,
     ).start()
+def echoPeer(server):
+    while True:
+        data, peer = server.recvfrom(65536)
+        server.sendto(f"{peer[0]} {peer[1]} ".encode() + data, peer)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 9001))
+threading.Thread(target=echoPeer, args=(udp,), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
+"""
+
+# 50 UDP clients on their own ports, each sending its number to argv[1] port 5300 until
+# answered (10 tries, 1 s each); prints how many got only their own answer, naming their own
+# address (argv[2]) and port as the backend saw them.
+DATAGRAM_CLIENTS = """\
+import socket, sys
+good = 0
+clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
+for number, sock in enumerate(clients):
+    sock.settimeout(1)
+    for _ in range(10):
+        sock.sendto(str(number).encode(), (sys.argv[1], 5300))
+        try:
+            data = sock.recv(65536)
+            break
+        except TimeoutError:
+            continue
+    port = sock.getsockname()[1]
+    good += data.decode() == f"{sys.argv[2]} {port} {number}"
+print(good)
 """
 
 # Connects to argv[1] port 8080; prints its own address, the line the backend sent, and whether
@@ -121,10 +149,9 @@ class Namespaces:
         return ["ip", "netns", "exec", ns, *argv]
 
 
-class TransparentTests(SynchronousTestCase):
+class NamespaceTestCase(SynchronousTestCase):
     """
-    The backend sees the client's own address with C{--transparent}, and
-    the proxy's without.
+    The namespaces, the backend in its own, and a proxy in its own.
     """
 
     def setUp(self) -> None:
@@ -168,6 +195,13 @@ class TransparentTests(SynchronousTestCase):
     def client(self, address: str, size: int = 0) -> list[str]:
         done = self.ns.inside(self.ns.client, sys.executable, "-c", CLIENT, address, str(size))
         return done.stdout.split()
+
+
+class TransparentTests(NamespaceTestCase):
+    """
+    The backend sees the client's own address with C{--transparent}, and
+    the proxy's without.
+    """
 
     def test_ipv4SeesTheClient(self) -> None:
         """
@@ -259,3 +293,31 @@ class StartupTests(SynchronousTestCase):
             raise SkipTest("the console script is not installed")
         argv = [*SOCKETPROXYD, "--transparent", "--listen=tcp:0", "/run/backend.sock"]
         self.assertStartupError(argv, "--transparent needs TARGET to be an IP address")
+
+
+class TransparentDatagramTests(NamespaceTestCase):
+    """
+    Datagram sessions with C{--transparent}: the backend sees each
+    client's own address, and each client gets only its own replies.
+    """
+
+    def test_fiftyClients(self) -> None:
+        """
+        50 clients, each answered with its own address and port as the
+        backend saw them, and with its own datagram.
+        """
+        self.proxy("udp:5300:interface=10.201.1.1", "10.201.2.2:9001", "--transparent")
+        done = self.ns.inside(
+            self.ns.client, sys.executable, "-c", DATAGRAM_CLIENTS, "10.201.1.1", "10.201.1.2"
+        )
+        self.assertEqual(done.stdout.strip(), "50", done.stderr)
+
+    def test_withoutItTheProxysAddress(self) -> None:
+        """
+        Without C{--transparent} no client is seen as itself.
+        """
+        self.proxy("udp:5300:interface=10.201.1.1", "10.201.2.2:9001")
+        done = self.ns.inside(
+            self.ns.client, sys.executable, "-c", DATAGRAM_CLIENTS, "10.201.1.1", "10.201.1.2"
+        )
+        self.assertEqual(done.stdout.strip(), "0", done.stderr)

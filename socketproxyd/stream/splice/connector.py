@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from socketproxyd.addresses import RawAddress
 from socketproxyd.config.target import Target
+from socketproxyd.transparent import bindTransparent
 
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -166,22 +167,6 @@ class BareConnector:
             return sock
         sock.close()
         return fail(_refusal(code))
-
-
-IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
-IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
-
-
-def bindTransparent(sock: socket.socket, source: RawAddress) -> None:
-    """
-    Bind C{sock} to C{source}, an address that may belong to another host
-    (IP_TRANSPARENT / IPV6_TRANSPARENT, which need CAP_NET_ADMIN).
-    """
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-    else:
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    sock.bind(source)
 
 
 def _refusal(code: int) -> Failure:
