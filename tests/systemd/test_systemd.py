@@ -185,6 +185,29 @@ class SystemdTests(SystemdTestCase):
         self.waitShow("proxy-to-nginx-twistd.service", {"ActiveState": "active"})
         self.assertNotIn("plugin cache", self.journal("proxy-to-nginx-twistd.service"))
 
+    def test_transparentExampleAsShipped(self) -> None:
+        """
+        The shipped --transparent pair, copied as the README copies the
+        others: its one capability (ambient, for a dynamic user, with no
+        new privileges) passes the proxy's start-up probe, and the first
+        client starts it. (Connecting from the client's address needs the
+        backend on another host and the README's routing: the namespace
+        tests of tests/integration/test_transparent.py show that.)
+        """
+        units = "transparent-postgres.socket transparent-postgres.service"
+        self.addCleanup(self.container.run, ["systemctl", "stop", *units.split()])
+        self.runInCheckout(
+            f"cd examples/systemd && cp {units} /etc/systemd/system/\n"
+            "systemctl daemon-reload\n"
+            "systemctl start transparent-postgres.socket\n"
+        )
+        self.assertIn(self.client(5432, "hello"), ("", "<reset>"))
+        self.waitShow("transparent-postgres.service", {"ActiveState": "active"})
+        self.journalEntries("transparent-postgres.service", r"Failed to connect to 10\.0\.2\.2")
+        journal = self.journal("transparent-postgres.service")
+        self.assertIn("Listening on", journal)
+        self.assertNotIn("needs CAP_NET_ADMIN", journal)
+
     def test_routesExampleAsShipped(self) -> None:
         """
         The two-route namespace example, deployed by the README's commands
