@@ -111,6 +111,11 @@ class ListenerSet:
         route = name if name != UNNAMED else None
         if self.settings.proxyProtocol == "v1":
             raise RouteError(f"{label}: a datagram listener takes --proxy-protocol=v2, not v1")
+        if self.settings.acceptsHeaderOn(route):
+            raise RouteError(
+                f"{label}: a datagram listener does not take --accept-proxy-protocol "
+                "(name the stream listeners that do: --accept-proxy-protocol=NAME)"
+            )
         from socketproxyd.datagram.relay import DatagramRelay
 
         try:

@@ -215,6 +215,13 @@ class StartupErrorTests(ConsoleScriptTestCase):
             "--accept-proxy-protocol", "--data-path=transport", expected="needs the splice"
         )
 
+    def test_datagramListener(self) -> None:
+        self.assertStartupError(
+            "--accept-proxy-protocol",
+            "--listen=udp:0:interface=127.0.0.1",
+            expected="a datagram listener does not take --accept-proxy-protocol",
+        )
+
     def test_unknownName(self) -> None:
         self.assertStartupError(
             "--accept-proxy-protocol=edge", expected="no listener is named 'edge'"

@@ -214,8 +214,11 @@ class TransparentTests(NamespaceTestCase):
         self.assertEqual(host, "10.201.1.2")
 
     def test_ipv6SeesTheClient(self) -> None:
+        """
+        The same over IPv6.
+        """
         self.proxy("tcp6:8080:interface=fd01\\:1\\:\\:1", "[fd01:2::2]:9000", "--transparent")
-        host, port, seenHost, seenPort, whole = self.client("fd01:1::1", 1 << 20)
+        host, port, seenHost, seenPort, whole = self.client("fd01:1::1", 16 << 20)
         self.assertEqual((seenHost, seenPort, whole), (host, port, "True"))
         self.assertEqual(host, "fd01:1::2")
 
