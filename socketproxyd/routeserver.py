@@ -77,6 +77,8 @@ class RouteServer:
             host, port = client[0], client[1]
         else:
             host, port = getattr(client, "host", None), getattr(client, "port", None)
+        if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+            host = host.removeprefix("::ffff:")
         if isinstance(host, str) and isinstance(port, int):
             if (":" in host) == (family == socket.AF_INET6):
                 self.sourceUsable.ends()

@@ -34,6 +34,6 @@ def mayBindTransparent() -> bool:
     with socket.socket() as probe:
         try:
             probe.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        except PermissionError:
+        except OSError:  # EPERM without the capability; ENOPROTOOPT where there is none
             return False
     return True

@@ -360,7 +360,7 @@ class EarlyRelay:
             left = deadline - time.monotonic()
             connecting = left > 0 and any(pair.connecting for pair in self.pairs)
             handled = self.step(stop, left * 1000 if connecting else 0)
-            if not handled and not connecting:
+            if left <= 0 or (not handled and not connecting):
                 return
 
     def step(self, stop: int, timeout: float | None = None) -> int | None:
@@ -494,7 +494,8 @@ class EarlyRelay:
             header = HEADERS[self.plan.proxyProtocol](pair.peer, local)
             pair.directions[UPSTREAM].backlog = header
             self._send(pair, UPSTREAM)
-        self._receive(pair, UPSTREAM)
+        if not pair.directions[UPSTREAM].backlog and not pair.failed:
+            self._receive(pair, UPSTREAM)
 
     def _ready(self, pair: EarlyPair, sock: _socket.socket, events: int) -> None:
         for direction in (UPSTREAM, DOWNSTREAM):
@@ -649,6 +650,7 @@ class Handover:
         if self.relay is None or self._stop is None:
             return self
         stopRead, stopWrite = self._stop
+        self._stop = None
         os.write(stopWrite, b"x")
         self._stopped.acquire()
         sys.setswitchinterval(self._interval)
