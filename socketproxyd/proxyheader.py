@@ -23,9 +23,10 @@ _V2_TCP6 = 0x21
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
-def _hostPort(address: object) -> tuple[str, int] | None:
+def hostPort(address: object) -> tuple[str, int] | None:
     """
-    The IP host and port of C{address}, if it is an IP address.
+    The IP host and port of C{address} (a Twisted address or the socket
+    module's tuple), if it is an IP address.
     """
     if isinstance(address, tuple):
         if len(address) >= 2 and isinstance(address[0], str) and isinstance(address[1], int):
@@ -83,7 +84,7 @@ def _ipPair(peer: object, local: object) -> tuple[bytes, int, bytes, int] | None
     The packed source and destination addresses and their ports, if both
     are IP addresses of one version (IPv4-mapped IPv6 ones read as IPv4).
     """
-    peerPair, localPair = _hostPort(peer), _hostPort(local)
+    peerPair, localPair = hostPort(peer), hostPort(local)
     if peerPair is None or localPair is None:
         return None
     source, destination = _packed(peerPair[0]), _packed(localPair[0])

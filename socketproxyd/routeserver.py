@@ -18,6 +18,7 @@ from socketproxyd.config.target import Target
 from socketproxyd.events import Tracker
 from socketproxyd.logs import observer
 from socketproxyd.notices import Notice
+from socketproxyd.proxyheader import hostPort
 from socketproxyd.reactors import ProxyReactor
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class RouteServer:
     @ivar connectRetries: how many times a connection of the route tried
         a target that was not ready again.
     """
+
+    log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -73,23 +76,21 @@ class RouteServer:
 
         @raise OSError: for such a client without C{=try}.
         """
-        if isinstance(client, tuple):
-            host, port = client[0], client[1]
-        else:
-            host, port = getattr(client, "host", None), getattr(client, "port", None)
-        if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
-            host = host.removeprefix("::ffff:")
-        if isinstance(host, str) and isinstance(port, int):
+        address = hostPort(client)
+        if address is not None:
+            host, port = address
+            if host.startswith("::ffff:") and "." in host:
+                host = host.removeprefix("::ffff:")
             if (":" in host) == (family == socket.AF_INET6):
                 self.sourceUsable.ends()
                 return (host, port) if family == socket.AF_INET else (host, port, 0, 0)
         served = self.settings.transparent == "try"
         if not self.sourceUsable.said and self.sourceUsable.begins():
-            Logger(observer=observer, namespace=type(self).__module__).warn(
+            self.log.warn(
                 "{route}Cannot connect to {target} from the address of {peer}; {what}",
                 route=self.routePrefix,
                 target=str(self.target),
-                peer=f"{host}:{port}"
+                peer=f"{client[0]}:{client[1]}"
                 if isinstance(client, tuple)
                 else describeAddress(cast("IAddress | None", client)),
                 what="serving such clients from the proxy's address"
