@@ -122,7 +122,7 @@ class GeneratedTests(SynchronousTestCase):
         protocol = data.draw(st.integers(0, 15))
         header[12] = version << 4 | command
         header[13] = family << 4 | protocol
-        fits = (family == 1) or (family == 2 and header[13 + 2] * 256 + header[15] >= 36)
+        fits = family == 1 or (family == 2 and int.from_bytes(header[14:16], "big") >= 36)
         accepted = version == 2 and (command == 0 or (command == 1 and protocol == 1 and fits))
         try:
             parsed = parseHeader(bytes(header))
