@@ -158,13 +158,15 @@ def alternated(
     return totals
 
 
-def metricsCost(seconds: int, dataPath: str, rounds: int) -> None:
+def metricsCost(seconds: int, dataPath: str, rounds: int, unixOnly: bool = False) -> None:
     """
     CPU per new connection (to nginx on TCP and on its UNIX socket) and
     per GiB (one bulk stream each way) of socketproxyd without and with
     C{--metrics}, L{alternated}; after each new-connection scenario, the
     collector's own time per connection, timed inside a running proxy
-    (C{benchmarks/timedexporter.py}).
+    (C{benchmarks/timedexporter.py}). With C{unixOnly}, new connections to
+    the UNIX socket alone (where a connection costs the least, so the
+    collector's share is the largest).
     """
     plain = socketproxyd("plain", dataPath)
     metrics = socketproxyd("metrics", dataPath, METRICS)
@@ -177,7 +179,8 @@ def metricsCost(seconds: int, dataPath: str, rounds: int) -> None:
         )  # fmt: skip
         nginx = Nginx(Path(tmp))
         try:
-            for label, target in (("TCP", nginx.port), ("UNIX", nginx.unixPath)):
+            targets = [("TCP", nginx.port), ("UNIX", nginx.unixPath)]
+            for label, target in targets[1:] if unixOnly else targets:
                 print(f"new connections to nginx on {label} (wrk, Connection: close):")
                 totals = alternated(
                     rounds,
@@ -200,6 +203,8 @@ def metricsCost(seconds: int, dataPath: str, rounds: int) -> None:
                       f"{100 * own / totals['plain']:.1f} % of plain's CPU")  # fmt: skip
         finally:
             nginx.stop()
+    if unixOnly:
+        return
     with iperfServer() as serverPort:
         for label, extra in DIRECTIONS:
             print(f"bulk {label} (iperf3, one stream):")
@@ -218,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--data-path", default="auto")
     parser.add_argument(
-        "--unix-target", action="store_true", help="new connections to nginx's UNIX socket"
+        "--unix-target",
+        action="store_true",
+        help="new connections to nginx's UNIX socket (metrics: only those)",
     )
     parser.add_argument(
         "--routed", action="store_true", help="split: also socketproxyd with a named route"
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         split(args.seconds, args.data_path, args.unix_target, args.routed)
         return
     if args.scenario == "metrics":
-        metricsCost(args.seconds, args.data_path, args.rounds)
+        metricsCost(args.seconds, args.data_path, args.rounds, args.unix_target)
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"

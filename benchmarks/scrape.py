@@ -109,7 +109,7 @@ def collectorAlone(count: int, scrapes: int) -> list[float]:
         limit,
         FakeListening({route.route: route for route in routes}),  # type: ignore[arg-type]
     )
-    ledger.consumers.append(collector)
+    ledger.follow(collector, opens=False)
     registry = CollectorRegistry()
     registry.register(collector)
     ProcessCollector(registry=registry)

@@ -64,7 +64,7 @@ class DrainService(Service):
         if not count:
             return None
         self._drained = drained = Deferred[None]()
-        self.ledger.consumers.append(self)
+        self.ledger.follow(self, opens=False)
         if self.drainTimeout > 0:
             self.log.info(
                 "Stopping: waiting up to {span} for {count} connections",

@@ -20,25 +20,40 @@ class Ledger:
 
     @ivar open: every connection and session open now.
     @ivar limit: the connection limit, the first consumer of every event.
-    @ivar consumers: told of every event after the limit, in order.
+    @ivar consumers: the limit and those that L{follow} it, in the order
+        they are told of events.
     """
 
     def __init__(self, limit: ConnectionLimit) -> None:
         self.open: set[Served] = set()
         self.limit = limit
-        self.consumers: list[Consumer] = [limit]
+        self.consumers: list[Consumer] = []
+        self.onOpened: list[Callable[[Served], None]] = []
+        self.onClosed: list[Callable[[Served], None]] = []
+        self.follow(limit)
+
+    def follow(self, consumer: Consumer, opens: bool = True) -> None:
+        """
+        Tell C{consumer} of every event from now on, after those that
+        follow already; without C{opens}, of closes only (a consumer that
+        has nothing to do at an open then costs nothing there).
+        """
+        self.consumers.append(consumer)
+        if opens:
+            self.onOpened.append(consumer.opened)
+        self.onClosed.append(consumer.closed)
 
     def opened(self, served: Served) -> None:
         self.open.add(served)
-        for consumer in self.consumers:
-            consumer.opened(served)
+        for opened in self.onOpened:
+            opened(served)
 
     def closed(self, served: Served) -> None:
         if served not in self.open:
             return
         self.open.discard(served)
-        for consumer in self.consumers:
-            consumer.closed(served)
+        for closed in self.onClosed:
+            closed(served)
 
     def room(self) -> int:
         return self.limit.room()

@@ -130,9 +130,9 @@ class ProxyService(MultiService):
         for service in (self.listeners, self.limit, drain, idleExit, status):
             service.setServiceParent(self)
         if not math.isinf(exitIdleTime):
-            ledger.consumers.append(idleExit)
+            ledger.follow(idleExit)
         if notifier.address is not None:
-            ledger.consumers.append(status)
+            ledger.follow(status)
         if metrics is not None:
             from socketproxyd.metrics.service import MetricsService
 
@@ -142,9 +142,9 @@ class ProxyService(MultiService):
                 )
             except StartupError as e:
                 exitAtStartup(str(e))
-            ledger.consumers.append(exporter.collector)
+            ledger.follow(exporter.collector, opens=False)
         if settings.logsCloses:
-            ledger.consumers.append(CloseLog(reactor))
+            ledger.follow(CloseLog(reactor), opens=False)
 
     def setServiceParent(self, parent: IServiceCollection) -> None:
         """
