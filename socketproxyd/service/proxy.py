@@ -177,6 +177,13 @@ class ProxyService(MultiService):
         began as on any other: each is sent again then.
         """
         pairs = handover.pairs
+        if handover.failure is not None:
+            self.log.error(
+                "The early relay failed ({why}); the {count} connection(s) it had connected "
+                "to the target are reset",
+                why=handover.failure,
+                count=sum(1 for pair in pairs if pair.target is not None),
+            )
         self.listeners.listening.adopt(pairs)
         if pairs:
             self.log.debug(

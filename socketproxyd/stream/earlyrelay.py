@@ -594,6 +594,10 @@ class Handover:
     them raised), the relay serving clients on its thread if there were
     clients waiting, the signals received since it began, and when it
     began; once finished, the pairs it served.
+
+    @ivar failure: what ended the relay's thread, if an error did: its
+        pairs are then handed over as failed (a connected one is reset, one
+        it had not connected is connected by its Connection).
     """
 
     def __init__(self, inherited: list[InheritedSocket] | ActivationError, started: float) -> None:
@@ -605,6 +609,7 @@ class Handover:
         self._stop: tuple[int, int] | None = None
         self._stopped = _thread.allocate_lock()
         self._failure: BaseException | None = None
+        self.failure: str | None = None
         self._interval = 0.0
 
     def findInherited(self) -> list[InheritedSocket]:
@@ -658,7 +663,9 @@ class Handover:
         os.close(stopWrite)
         self.pairs = self.relay.handOver()
         if self._failure is not None:
-            raise self._failure
+            self.failure = f"{type(self._failure).__name__}: {self._failure}"
+            for pair in self.pairs:
+                pair.failed = True
         return self
 
 

@@ -8,8 +8,10 @@ splice pump, whose reactor the test is.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
+import sys
 import time
 
 from twisted.internet.address import IPv4Address
@@ -188,6 +190,7 @@ class RelayTests(SynchronousTestCase):
             self.backend.listen(8)
         listener = socket.create_server(("127.0.0.1", 0))
         listener.setblocking(False)
+        self.listener = listener
         self.listenAddress = listener.getsockname()
         relay = EarlyRelay(EarlyPlan(address, **plan), [("web", listener)])  # type: ignore[arg-type]
         self.addCleanup(relay.handOver)
@@ -294,24 +297,30 @@ class RelayTests(SynchronousTestCase):
     def test_connectionsMax(self) -> None:
         """
         No more clients are accepted than C{-c} allows: the rest wait in
-        the backlog.
+        the backlog, for the proxy proper.
         """
         relay = self.relay(connectionsMax=1)
-        clients = [self.client() for _ in range(3)]
+        for _ in range(3):
+            self.client()
         self.assertTrue(relay.acceptWaiting())
-        relay.step(self.stopRead, 0)
+        for _ in range(3):
+            relay.step(self.stopRead, 10)
         self.assertEqual(len(relay.pairs), 1)
-        self.assertEqual(len(clients), 3)
+        for _ in range(2):
+            sock, _ = self.listener.accept()
+            self.addCleanup(sock.close)
+        self.assertRaises(BlockingIOError, self.listener.accept)
 
     def test_boundedWhileTheTargetDoesNotRead(self) -> None:
         """
         A target that does not read holds the relay to one read of
-        unsent bytes: it stops reading the client.
+        unsent bytes: it stops reading the client, and once the target
+        reads, every byte the client sent arrives, once.
         """
         relay = self.relay()
         client = self.client()
         client.setblocking(False)
-        self.accepted(relay)
+        server = self.accepted(relay)
         [pair] = relay.pairs
         sent = 0
         for _ in range(400):
@@ -319,10 +328,23 @@ class RelayTests(SynchronousTestCase):
                 sent += client.send(b"x" * READ_SIZE)
             except BlockingIOError:
                 relay.step(self.stopRead, 10)
-        relay.step(self.stopRead, 10)
         state = pair.directions[UPSTREAM]
-        self.assertLessEqual(len(state.backlog), READ_SIZE)
-        self.assertGreater(sent, state.count)
+        held = state.count
+        for _ in range(5):
+            relay.step(self.stopRead, 10)
+        self.assertEqual(state.count, held)
+        self.assertGreater(sent, held)
+        server.setblocking(False)
+        received = 0
+        deadline = time.monotonic() + 10
+        while received < sent:
+            self.assertLess(time.monotonic(), deadline, "the bytes did not all arrive")
+            relay.step(self.stopRead, 10)
+            try:
+                received += len(server.recv(1 << 20))
+            except BlockingIOError:
+                pass
+        self.assertEqual((received, state.count), (sent, sent))
 
     def test_proxyHeaderFirst(self) -> None:
         """
@@ -356,6 +378,33 @@ class RelayTests(SynchronousTestCase):
         self.accepted(relay)
         os.write(self.stopWrite, b"x")
         self.assertEqual(len(relay.serve(self.stopRead)), 1)
+
+    def test_failureHandsOverAsFailed(self) -> None:
+        """
+        An error that ends the relay's thread is not raised at the
+        hand-over: it is said, and every pair is handed over as failed
+        (its Connection resets a connected one), the switch interval and
+        the signal handlers as they were before the relay.
+        """
+
+        class FailingRelay(EarlyRelay):
+            def serve(self, stop: int) -> list[EarlyPair]:
+                raise RuntimeError("poll broke")
+
+        handlers = {signum: signal.getsignal(signum) for signum in earlyrelay._SIGNALS}
+        for signum, handler in handlers.items():
+            self.addCleanup(signal.signal, signum, handler)
+        interval = sys.getswitchinterval()
+        relay = self.relay()
+        failing = FailingRelay(relay.plan, relay.listeners)
+        self.client()
+        self.accepted(failing)
+        handover = earlyrelay.Handover([], time.time())
+        handover.begin(failing)
+        handover.finish()
+        self.assertEqual(handover.failure, "RuntimeError: poll broke")
+        self.assertEqual([pair.failed for pair in handover.pairs], [True])
+        self.assertEqual(sys.getswitchinterval(), interval)
 
 
 def earlyPair(

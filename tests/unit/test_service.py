@@ -9,7 +9,7 @@ import io
 import sys
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from socketproxyd.config.settings import ProxySettings
@@ -18,6 +18,7 @@ from socketproxyd.events import Ending
 from socketproxyd.service.closelog import CloseLog
 from socketproxyd.service.opening import StreamListener
 from socketproxyd.service.proxy import ProxyService
+from socketproxyd.stream.earlyrelay import Handover
 from tests.support.fakes import FakePort
 
 
@@ -133,6 +134,27 @@ class LimitTests(ServiceTestCase):
         self.assertEqual(raised.exception.code, 1)
         self.assertEqual(stderr.getvalue().count("\n"), 1)
         self.assertIn("no listening socket", stderr.getvalue())
+
+    def test_earlyRelayFailureSaid(self) -> None:
+        """
+        An early relay that failed is said in one error line, naming the
+        error and the connections reset for it.
+        """
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), ProxySettings())
+        handover = Handover([], 0.0)
+        handover.failure = "RuntimeError: poll broke"
+        service.takeOver(handover)
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(
+            errors,
+            [
+                "The early relay failed (RuntimeError: poll broke); the 0 connection(s) it had "
+                "connected to the target are reset"
+            ],
+        )
 
 
 class IdleExitTests(ServiceTestCase):
