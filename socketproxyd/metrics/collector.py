@@ -4,8 +4,7 @@ L{MetricsCollector}: what the proxy has served, as Prometheus metric
 families. It follows the ledger as a consumer, adding each client's
 counts to its route's totals when it closes, and at scrape time adds the
 counts of what is open: nothing is done per read or per accept, and a
-close is kept to be added with the next few hundred
-(``benchmarks/profile.py metrics``). Every
+close costs a few additions (``benchmarks/profile.py metrics``). Every
 listener's route has its connection, byte, session and datagram counts
 from the start, at zero (its histograms from its first close, its
 dropped datagrams from the first of each reason).
@@ -48,13 +47,6 @@ DIRECTIONS = {UPSTREAM: "upstream", DOWNSTREAM: "downstream"}
 The C{direction} label of each direction: C{upstream} is client to target.
 """
 DONE = Ending.DONE
-FOLD_EVERY = 256
-"""
-How many closed clients are kept before their counts are added to their
-routes' totals: adding them in a loop of their own costs half what adding
-each as it closes costs inside the running proxy (its caches are colder
-there), and the clients kept are at most this many.
-"""
 ENDINGS = {ending: ending.value.replace(" ", "_") for ending in Ending}
 """
 The C{ending} label of each L{Ending}: as the close line says it, in
@@ -127,10 +119,10 @@ class MetricsCollector(Collector):
     The proxy's own metrics (see the module docstring), for a
     C{CollectorRegistry}; a consumer of C{ledger}'s events.
 
+    @ivar totals: every route server's L{RouteCounts}, from its first
+        close (one lookup a close).
     @ivar streams: the closed connections' L{RouteCounts}, by route server.
     @ivar relays: the closed sessions' L{RouteCounts}, by route server.
-    @ivar pending: the clients closed since the last L{fold}, with when
-        each closed.
     @ivar listening: the listeners, whose route servers count connect
         retries and dropped datagrams, and whose routes have series before
         their first client.
@@ -139,13 +131,13 @@ class MetricsCollector(Collector):
     def __init__(
         self, clock: IReactorTime, ledger: Ledger, limit: ConnectionLimit, listening: ListenerSet
     ) -> None:
+        self.now = clock.seconds
         self.ledger = ledger
         self.limit = limit
         self.listening = listening
-        self.now = clock.seconds
+        self.totals: dict[RouteServer, RouteCounts] = {}
         self.streams: dict[RouteServer, RouteCounts] = {}
         self.relays: dict[RouteServer, RouteCounts] = {}
-        self.pending: list[tuple[Served, float]] = []
 
     def opened(self, served: Served) -> None:
         """
@@ -154,50 +146,43 @@ class MetricsCollector(Collector):
 
     def closed(self, served: Served) -> None:
         """
-        Keep C{served} with the time it closed, to be added to its route's
-        totals with the next L{FOLD_EVERY} or at the next scrape.
+        Add C{served}'s counts to its route server's.
         """
-        pending = self.pending
-        pending.append((served, self.now()))
-        if len(pending) >= FOLD_EVERY:
-            self.fold()
+        totals = self.totals.get(served.server)
+        if totals is None:
+            totals = self._totalsOf(served)
+        totals.closed += 1
+        counts, moved = served.counts, totals.moved
+        moved[UPSTREAM] += counts[UPSTREAM]
+        moved[DOWNSTREAM] += counts[DOWNSTREAM]
+        datagrams = served.datagrams
+        if datagrams is not None:
+            _addTo(totals.datagrams, datagrams)
+            return
+        ending = served.ending
+        if ending is not DONE and ending is not None:
+            totals.endings[ending] = totals.endings.get(ending, 0) + 1
+        started = served.started
+        if started:
+            totals.lifetimes.observe(self.now() - started)
+            connected = served.connected
+            if connected:
+                totals.connectTimes.observe(connected - started)
 
-    def fold(self) -> None:
+    def _totalsOf(self, served: Served) -> RouteCounts:
         """
-        Add the counts of the clients closed since the last fold to their
-        route servers' totals.
+        The totals of C{served}'s route server, new at its first close.
         """
-        pending, self.pending = self.pending, []
-        streams, relays = self.streams, self.relays
-        for served, closedAt in pending:
-            server = served.server
-            datagrams = served.datagrams
-            byServer = streams if datagrams is None else relays
-            totals = byServer.get(server)
-            if totals is None:
-                totals = byServer[server] = RouteCounts()
-            totals.closed += 1
-            counts, moved = served.counts, totals.moved
-            moved[UPSTREAM] += counts[UPSTREAM]
-            moved[DOWNSTREAM] += counts[DOWNSTREAM]
-            if datagrams is not None:
-                _addTo(totals.datagrams, datagrams)
-                continue
-            ending = served.ending
-            if ending is not None and ending is not DONE:
-                totals.endings[ending] = totals.endings.get(ending, 0) + 1
-            started = served.started
-            if started:
-                totals.lifetimes.observe(closedAt - started)
-                if served.connected:
-                    totals.connectTimes.observe(served.connected - started)
+        server = served.server
+        totals = self.totals[server] = RouteCounts()
+        (self.streams if served.datagrams is None else self.relays)[server] = totals
+        return totals
 
     def collect(self) -> Iterator[Metric]:
         """
         Every metric family, with the counts of what is open now added to
         the totals of what has closed.
         """
-        self.fold()
         streams = _byRoute(self.streams, self.listening.factories.values())
         relays = _byRoute(self.relays, self.listening.relays)
         for served in self.ledger.open:

@@ -189,8 +189,9 @@ class Connection:
 
     def _connected(self, target: socket.socket | Protocol) -> None:
         self.connecting = None
+        now = self.server.reactor.seconds()
         if self.server.recordsTimes:
-            self.connected = self.server.reactor.seconds()
+            self.connected = now
         cancelled(self.timer)
         self.timer = None
         if self.retrying is not None:
@@ -200,7 +201,7 @@ class Connection:
         preamble = b""
         if settings.proxyProtocol is not None:
             preamble = HEADERS[settings.proxyProtocol](self.peer, self.host)
-        self._watchIdle(self.server.reactor.seconds())
+        self._watchIdle(now)
         self.pump.attach(target, preamble)
 
     def adopt(self, pair: EarlyPair) -> None:
