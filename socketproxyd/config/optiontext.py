@@ -104,7 +104,8 @@ OPTIONS = (
     OptionText(
         "accept-proxy-protocol", None, "[NAME]", "off",
         "Take each client's address from the PROXY header (haproxy's, v1 or v2) it must "
-        "send first, within the connect timeout: alone, on every listener; with `=NAME`, "
+        "send first, within the connect timeout (the idle timeout where that is infinite): "
+        "alone, on every listener; with `=NAME`, "
         "on the listeners named NAME; repeatable.",
         "The header's addresses replace the socket's in the log and close lines and in the "
         "header `--proxy-protocol` sends. A v2 `LOCAL` header (a health check) or a v1 "
@@ -123,8 +124,9 @@ OPTIONS = (
         "data path, and "
         "routing that brings the backend's replies to the proxy (see the README). A client "
         "on a UNIX socket, or of another address family than TARGET, is closed, with one "
-        "warning until one can be served (a datagram from it is dropped). Datagram sessions "
-        "are bound to their client's address likewise.",
+        "warning until one can be served (a datagram from it is dropped). A client on the "
+        "proxy's own host, whose socket holds its port, is connected from its address with "
+        "another port. Datagram sessions are bound to their client's address likewise.",
     ),
     OptionText(
         "listen", None, "[NAME=]ENDPOINT", None,

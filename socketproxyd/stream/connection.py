@@ -141,10 +141,20 @@ class Connection:
         """
         self.server.tracker.opened(self)
         self.header = reader
-        timeout = self.server.settings.connectTimeout
+        timeout = self._headerTimeout()
         if not math.isinf(timeout):
             self.timer = self.server.reactor.callLater(timeout, self._headerTimedOut)
         reader.start(self._headerReceived, self._headerRefused)
+
+    def _headerTimeout(self) -> float:
+        """
+        How long a client has to send its PROXY header: the connect
+        timeout, or the idle timeout where that is infinite (a silent
+        client would otherwise hold its place under C{-c} for good).
+        """
+        settings = self.server.settings
+        timeout = settings.connectTimeout
+        return settings.idleTimeout if math.isinf(timeout) else timeout
 
     def _headerReceived(self, header: ReceivedHeader) -> None:
         self.header = None
@@ -167,8 +177,7 @@ class Connection:
         self.timer = None
         if self.header is not None:
             self.header.stop()
-        timeout = formatTimespan(self.server.settings.connectTimeout)
-        self._headerRefused(f"none complete within {timeout}")
+        self._headerRefused(f"none complete within {formatTimespan(self._headerTimeout())}")
 
     def connect(self) -> None:
         """

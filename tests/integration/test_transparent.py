@@ -245,6 +245,18 @@ class TransparentTests(NamespaceTestCase):
             seen.add(port)
         self.assertEqual(len(seen), 20)
 
+    def test_clientOnTheProxysHost(self) -> None:
+        """
+        A client on the proxy's own host (a health check) holds its
+        address and port itself: its connection leaves from the same
+        address with a port of the kernel's, and is served.
+        """
+        self.proxy("tcp:8080:interface=10.201.1.1", "10.201.2.2:9000", "--transparent")
+        done = self.ns.inside(self.ns.proxy, sys.executable, "-c", CLIENT, "10.201.1.1", "4096")
+        host, port, seenHost, seenPort, whole = done.stdout.split()
+        self.assertEqual((host, seenHost, whole), ("10.201.1.1", "10.201.1.1", "True"))
+        self.assertNotEqual(seenPort, port)
+
     def test_unixClient(self) -> None:
         """
         A client on a UNIX socket has no address to connect from: closed,

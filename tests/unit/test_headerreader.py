@@ -118,6 +118,18 @@ class HeaderTests(ConnectionTestCase):
         harness.advance(0.2)
         self.assertClosed(harness, "none complete within 5s")
 
+    def test_lateWithoutConnectTimeout(self) -> None:
+        """
+        With an infinite connect timeout the idle timeout bounds the wait
+        for the header, so a silent client does not keep its place under
+        C{-c} for good.
+        """
+        harness = self.harness(connectTimeout=float("inf"), idleTimeout=60.0)
+        harness.advance(59.9)
+        self.assertEqual(self.tracker.closes, [])
+        harness.advance(0.2)
+        self.assertClosed(harness, "none complete within 60s")
+
     def test_oversized(self) -> None:
         """
         A v2 header whose length is over the maximum is refused as soon as

@@ -5,15 +5,17 @@ which address a connection to the target leaves from with C{--transparent}.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.routeserver import RouteServer
+from socketproxyd.transparent import bindTransparent, mayBindTransparent
 from tests.support.fakes import FakeTracker
 
 
@@ -53,3 +55,53 @@ class SourceTests(SynchronousTestCase):
             with self.assertRaises(OSError):
                 server("on").transparentSource(socket.AF_INET, client)
             self.assertIsNone(server("try").transparentSource(socket.AF_INET, client))
+
+
+class BindTests(SynchronousTestCase):
+    """
+    L{bindTransparent} on loopback, as a client on the proxy's own host
+    is served (needs CAP_NET_ADMIN or CAP_NET_RAW).
+    """
+
+    def setUp(self) -> None:
+        if not mayBindTransparent():
+            raise SkipTest("binding transparent sockets needs CAP_NET_ADMIN or CAP_NET_RAW")
+
+    def test_portInUseTakesTheAddressAlone(self) -> None:
+        """
+        A client's address and port that this host's own client socket
+        holds: the connection leaves from the same address, its port the
+        kernel's, for a stream and a datagram socket alike.
+        """
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind(("127.0.0.1", 0))
+        datagramClient = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(datagramClient.close)
+        datagramClient.bind(("127.0.0.1", 0))
+        for kind, holder, target in (
+            (socket.SOCK_STREAM, client, listener.getsockname()),
+            (socket.SOCK_DGRAM, datagramClient, receiver.getsockname()),
+        ):
+            host, port = holder.getsockname()
+            with socket.socket(socket.AF_INET, kind) as sock:
+                bindTransparent(sock, (host, port))
+                sock.connect(target)
+                boundHost, boundPort = sock.getsockname()
+                self.assertEqual(boundHost, host)
+                self.assertNotIn(boundPort, (0, port))
+
+    def test_otherErrorsRaised(self) -> None:
+        """
+        Any other error of the bind is raised (here a socket bound
+        already: EINVAL).
+        """
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            with self.assertRaises(OSError) as raised:
+                bindTransparent(sock, ("127.0.0.1", 4000))
+            self.assertEqual(raised.exception.errno, errno.EINVAL)
