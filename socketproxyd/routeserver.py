@@ -6,6 +6,7 @@ and the datagram relay.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from typing import TYPE_CHECKING, cast
 
@@ -64,15 +65,18 @@ class RouteServer:
         self.recordsTimes = self.recordsAddresses or settings.timesConnections
         self.connectRetries = 0
         self.sourceUsable = Notice(reactor, interval=0)
+        self.loopbackTarget = bool(settings.transparent) and _loopback(target.host)
 
     def transparentSource(self, family: int, client: object) -> RawAddress | None:
         """
         The address to connect to the target (of C{family}) from, with
         C{--transparent}, for a client at C{client} (a Twisted address or
         the socket module's): the client's own, if it is an IP address of
-        that family; otherwise (a UNIX-socket client, another family) none
-        with C{--transparent=try}. An unusable address is said once per
-        episode.
+        that family and, if a loopback address, the target's is too (the
+        kernel routes nothing from a loopback address to another host);
+        otherwise (a UNIX-socket client, another family, a client on
+        loopback of a target elsewhere) none with C{--transparent=try}. An
+        unusable address is said once per episode.
 
         @raise OSError: for such a client without C{=try}.
         """
@@ -81,7 +85,9 @@ class RouteServer:
             host, port = address
             if host.startswith("::ffff:") and "." in host:
                 host = host.removeprefix("::ffff:")
-            if (":" in host) == (family == socket.AF_INET6):
+            if (":" in host) == (family == socket.AF_INET6) and (
+                self.loopbackTarget or not _loopback(host)
+            ):
                 self.sourceUsable.ends()
                 return (host, port) if family == socket.AF_INET else (host, port, 0, 0)
         served = self.settings.transparent == "try"
@@ -100,3 +106,13 @@ class RouteServer:
         if not served:
             raise OSError(errno.EADDRNOTAVAIL, "its address cannot be connected from")
         return None
+
+
+def _loopback(host: str) -> bool:
+    """
+    Whether C{host} is a loopback address (127.0.0.0/8, ::1).
+    """
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False

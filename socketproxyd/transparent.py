@@ -22,8 +22,9 @@ def bindTransparent(sock: socket.socket, source: RawAddress) -> None:
     addresses (IP_TRANSPARENT / IPV6_TRANSPARENT, which the kernel allows
     with CAP_NET_ADMIN or CAP_NET_RAW). Where that address and port are
     taken on this host (a client on the proxy's own host, whose socket
-    holds them), C{sock} is bound to the address alone, its port chosen
-    by the kernel (for a stream, at the connect: IP_BIND_ADDRESS_NO_PORT).
+    holds them, or a port in TIME_WAIT), C{sock} is bound to the address
+    alone, its port chosen by the kernel (for a stream, at the connect:
+    IP_BIND_ADDRESS_NO_PORT).
     """
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)

@@ -104,7 +104,8 @@ OPTIONS = (
     OptionText(
         "accept-proxy-protocol", None, "[NAME]", "off",
         "Take each client's address from the PROXY header (haproxy's, v1 or v2) it must "
-        "send first, within the connect timeout (the idle timeout where that is infinite): "
+        "send first, within the connect timeout (where that is infinite, the idle timeout, "
+        "or 30s): "
         "alone, on every listener; with `=NAME`, "
         "on the listeners named NAME; repeatable.",
         "The header's addresses replace the socket's in the log and close lines and in the "
@@ -124,8 +125,9 @@ OPTIONS = (
         "data path, and "
         "routing that brings the backend's replies to the proxy (see the README). A client "
         "on a UNIX socket, or of another address family than TARGET, is closed, with one "
-        "warning until one can be served (a datagram from it is dropped). A client on the "
-        "proxy's own host, whose socket holds its port, is connected from its address with "
+        "warning until one can be served (a datagram from it is dropped), and so is one on "
+        "loopback when TARGET is not. A client whose address and port are taken on this "
+        "host (a client on it, whose socket holds them) is connected from its address with "
         "another port. Datagram sessions are bound to their client's address likewise.",
     ),
     OptionText(

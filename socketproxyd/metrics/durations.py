@@ -13,13 +13,13 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 CONNECT_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 """
 Seconds from accept to the target's answer: a local target answers in
 well under a millisecond, a remote or retried one in seconds.
 """
-DURATION_BUCKETS = (0.001, 0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400, 86400)
+DURATION_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0)
 """
 Seconds from accept to close: a request, a session, a day-long tunnel.
 """
@@ -33,8 +33,7 @@ class Durations:
     its labels on every observation, which a close cannot afford).
 
     @ivar bounds: the buckets' upper bounds, ascending (C{+Inf} is added),
-        as floats (a duration compares with a float faster than with an
-        int).
+        floats (a duration compares with a float faster than with an int).
     @ivar counts: the count in each bucket (not cumulative, the last for
         C{+Inf}).
     @ivar total: the sum of the durations.
@@ -43,7 +42,7 @@ class Durations:
     __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = tuple(map(float, bounds))
+        self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
 

@@ -20,17 +20,25 @@ class Ledger:
 
     @ivar open: every connection and session open now.
     @ivar limit: the connection limit, the first consumer of every event.
-    @ivar consumers: the limit and those that L{follow} it, in the order
-        they are told of events.
+    @ivar onOpened: what is called at each open, in order (the limit's
+        first).
+    @ivar onClosed: what is called at each close, in order.
     """
 
     def __init__(self, limit: ConnectionLimit) -> None:
         self.open: set[Served] = set()
         self.limit = limit
-        self.consumers: list[Consumer] = []
+        self._consumers: list[Consumer] = []
         self.onOpened: list[Callable[[Served], None]] = []
         self.onClosed: list[Callable[[Served], None]] = []
         self.follow(limit)
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """
+        The limit and those that L{follow} it, in the order they began to.
+        """
+        return tuple(self._consumers)
 
     def follow(self, consumer: Consumer, opens: bool = True) -> None:
         """
@@ -38,7 +46,7 @@ class Ledger:
         follow already; without C{opens}, of closes only (a consumer that
         has nothing to do at an open then costs nothing there).
         """
-        self.consumers.append(consumer)
+        self._consumers.append(consumer)
         if opens:
             self.onOpened.append(consumer.opened)
         self.onClosed.append(consumer.closed)

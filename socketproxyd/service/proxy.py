@@ -179,10 +179,10 @@ class ProxyService(MultiService):
         pairs = handover.pairs
         if handover.failure is not None:
             self.log.error(
-                "The early relay failed ({why}); the {count} connection(s) it had connected "
-                "to the target are reset",
+                "The early relay failed ({why}); the {count} connection(s) it was serving "
+                "are reset",
                 why=handover.failure,
-                count=sum(1 for pair in pairs if pair.target is not None),
+                count=handover.reset,
             )
         self.listeners.listening.adopt(pairs)
         if pairs:

@@ -75,6 +75,11 @@ class Closing(IntEnum):
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 RETRY_FIRST = 0.01
 RETRY_MOST = 1.0
+HEADER_TIMEOUT = 30.0
+"""
+How long a client has for its PROXY header when neither the connect
+timeout nor the idle timeout is finite.
+"""
 
 
 class Connection:
@@ -136,25 +141,26 @@ class Connection:
     def awaitHeader(self, reader: HeaderReader) -> None:
         """
         Count the connection, read the PROXY header its client must send
-        first (within the connect timeout), take the client's addresses
+        first (within L{_headerTimeout}), take the client's addresses
         from it, then connect to the target.
         """
         self.server.tracker.opened(self)
         self.header = reader
-        timeout = self._headerTimeout()
-        if not math.isinf(timeout):
-            self.timer = self.server.reactor.callLater(timeout, self._headerTimedOut)
+        self.timer = self.server.reactor.callLater(self._headerTimeout(), self._headerTimedOut)
         reader.start(self._headerReceived, self._headerRefused)
 
     def _headerTimeout(self) -> float:
         """
         How long a client has to send its PROXY header: the connect
-        timeout, or the idle timeout where that is infinite (a silent
-        client would otherwise hold its place under C{-c} for good).
+        timeout; where that is infinite the idle timeout, and where both
+        are, L{HEADER_TIMEOUT} (a silent client would otherwise hold its
+        place under C{-c} for good).
         """
         settings = self.server.settings
-        timeout = settings.connectTimeout
-        return settings.idleTimeout if math.isinf(timeout) else timeout
+        for timeout in (settings.connectTimeout, settings.idleTimeout):
+            if not math.isinf(timeout):
+                return timeout
+        return HEADER_TIMEOUT
 
     def _headerReceived(self, header: ReceivedHeader) -> None:
         self.header = None

@@ -595,9 +595,11 @@ class Handover:
     clients waiting, the signals received since it began, and when it
     began; once finished, the pairs it served.
 
-    @ivar failure: what ended the relay's thread, if an error did: its
-        pairs are then handed over as failed (a connected one is reset, one
-        it had not connected is connected by its Connection).
+    @ivar failure: what ended the relay's thread, if an error did: the
+        pairs it had connected and not finished are then handed over as
+        failed, to be reset (one it had not connected is connected by its
+        Connection, one it had finished closes as it would have).
+    @ivar reset: how many pairs were handed over as failed for it.
     """
 
     def __init__(self, inherited: list[InheritedSocket] | ActivationError, started: float) -> None:
@@ -610,6 +612,7 @@ class Handover:
         self._stopped = _thread.allocate_lock()
         self._failure: BaseException | None = None
         self.failure: str | None = None
+        self.reset = 0
         self._interval = 0.0
 
     def findInherited(self) -> list[InheritedSocket]:
@@ -665,7 +668,9 @@ class Handover:
         if self._failure is not None:
             self.failure = f"{type(self._failure).__name__}: {self._failure}"
             for pair in self.pairs:
-                pair.failed = True
+                if pair.target is not None and not pair.finished():
+                    pair.failed = True
+                    self.reset += 1
         return self
 
 

@@ -382,9 +382,9 @@ class RelayTests(SynchronousTestCase):
     def test_failureHandsOverAsFailed(self) -> None:
         """
         An error that ends the relay's thread is not raised at the
-        hand-over: it is said, and every pair is handed over as failed
-        (its Connection resets a connected one), the switch interval and
-        the signal handlers as they were before the relay.
+        hand-over: it is recorded, and a pair the relay was serving is
+        handed over as failed (its Connection resets it); one it had
+        finished is not; the switch interval is restored.
         """
 
         class FailingRelay(EarlyRelay):
@@ -397,13 +397,20 @@ class RelayTests(SynchronousTestCase):
         interval = sys.getswitchinterval()
         relay = self.relay()
         failing = FailingRelay(relay.plan, relay.listeners)
+        done = self.client()
+        server = self.accepted(failing)
+        done.shutdown(socket.SHUT_WR)
+        server.shutdown(socket.SHUT_WR)
+        [finished] = failing.pairs
+        self.runUntil(failing, finished.finished)
         self.client()
         self.accepted(failing)
         handover = earlyrelay.Handover([], time.time())
         handover.begin(failing)
         handover.finish()
         self.assertEqual(handover.failure, "RuntimeError: poll broke")
-        self.assertEqual([pair.failed for pair in handover.pairs], [True])
+        self.assertEqual([pair.failed for pair in handover.pairs], [False, True])
+        self.assertEqual(handover.reset, 1)
         self.assertEqual(sys.getswitchinterval(), interval)
 
 

@@ -118,17 +118,26 @@ class HeaderTests(ConnectionTestCase):
         harness.advance(0.2)
         self.assertClosed(harness, "none complete within 5s")
 
+    def assertLateAfter(self, due: float, said: str, **settings: object) -> None:
+        harness = self.harness(connectTimeout=float("inf"), **settings)
+        harness.advance(due - 0.1)
+        self.assertEqual(self.tracker.closes, [])
+        harness.advance(0.2)
+        self.assertClosed(harness, f"none complete within {said}")
+
     def test_lateWithoutConnectTimeout(self) -> None:
         """
         With an infinite connect timeout the idle timeout bounds the wait
         for the header, so a silent client does not keep its place under
         C{-c} for good.
         """
-        harness = self.harness(connectTimeout=float("inf"), idleTimeout=60.0)
-        harness.advance(59.9)
-        self.assertEqual(self.tracker.closes, [])
-        harness.advance(0.2)
-        self.assertClosed(harness, "none complete within 60s")
+        self.assertLateAfter(60.0, "60s", idleTimeout=60.0)
+
+    def test_lateWithoutTimeouts(self) -> None:
+        """
+        With neither a connect timeout nor an idle timeout, 30 s do.
+        """
+        self.assertLateAfter(30.0, "30s")
 
     def test_oversized(self) -> None:
         """

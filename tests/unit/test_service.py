@@ -16,10 +16,12 @@ from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.events import Ending
 from socketproxyd.service.closelog import CloseLog
+from socketproxyd.service.ledger import Ledger
+from socketproxyd.service.limit import ConnectionLimit
 from socketproxyd.service.opening import StreamListener
 from socketproxyd.service.proxy import ProxyService
 from socketproxyd.stream.earlyrelay import Handover
-from tests.support.fakes import FakePort
+from tests.support.fakes import FakePort, FakeRouteServer, FakeServed
 
 
 class FakeConnection:
@@ -146,13 +148,14 @@ class LimitTests(ServiceTestCase):
         service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), ProxySettings())
         handover = Handover([], 0.0)
         handover.failure = "RuntimeError: poll broke"
+        handover.reset = 2
         service.takeOver(handover)
         errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
         self.assertEqual(
             errors,
             [
-                "The early relay failed (RuntimeError: poll broke); the 0 connection(s) it had "
-                "connected to the target are reset"
+                "The early relay failed (RuntimeError: poll broke); the 2 connection(s) it was "
+                "serving are reset"
             ],
         )
 
@@ -296,3 +299,40 @@ class CloseLogTests(SynchronousTestCase):
     def test_onlyWhenLogged(self) -> None:
         self.assertIn(CloseLog, self.consumers(ProxySettings(logsCloses=True)))
         self.assertNotIn(CloseLog, self.consumers(ProxySettings()))
+
+
+class LedgerTests(SynchronousTestCase):
+    """
+    The ledger tells its consumers of events in the order they began to
+    follow it, the limit first.
+    """
+
+    def test_followOrderAndOpens(self) -> None:
+        """
+        A consumer following with C{opens=False} hears closes only; every
+        event reaches the consumers in order, after the limit's count.
+        """
+        heard: list[tuple[str, str]] = []
+
+        class Recorder:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def opened(self, served: object) -> None:
+                heard.append((self.name, "opened"))
+
+            def closed(self, served: object) -> None:
+                heard.append((self.name, "closed"))
+
+        ledger = Ledger(ConnectionLimit(MemoryReactorClock(), 10))
+        first, second = Recorder("first"), Recorder("second")
+        ledger.follow(first)
+        ledger.follow(second, opens=False)
+        served = FakeServed(FakeRouteServer("web"))
+        ledger.opened(served)
+        self.assertEqual(ledger.limit.count, 1)
+        ledger.closed(served)
+        ledger.closed(served)
+        self.assertEqual(heard, [("first", "opened"), ("first", "closed"), ("second", "closed")])
+        self.assertEqual(ledger.consumers, (ledger.limit, first, second))
+        self.assertEqual(ledger.limit.count, 0)

@@ -19,9 +19,9 @@ from socketproxyd.transparent import bindTransparent, mayBindTransparent
 from tests.support.fakes import FakeTracker
 
 
-def server(transparent: str) -> RouteServer:
+def server(transparent: str, target: str = "10.0.2.2:80") -> RouteServer:
     settings = ProxySettings(transparent=transparent)
-    return RouteServer(Clock(), parseTarget("10.0.2.2:80"), settings, FakeTracker())  # type: ignore[arg-type]
+    return RouteServer(Clock(), parseTarget(target), settings, FakeTracker())  # type: ignore[arg-type]
 
 
 class SourceTests(SynchronousTestCase):
@@ -56,6 +56,23 @@ class SourceTests(SynchronousTestCase):
                 server("on").transparentSource(socket.AF_INET, client)
             self.assertIsNone(server("try").transparentSource(socket.AF_INET, client))
 
+    def test_loopbackOnlyToLoopback(self) -> None:
+        """
+        A client on loopback (a health check on the proxy's host) can be
+        connected from its address to a target on loopback only: to one
+        elsewhere it is refused, or with C{=try} connected from the
+        proxy's own address.
+        """
+        for client, family, target in (
+            (("127.0.0.1", 4000), socket.AF_INET, "127.0.0.2:80"),
+            (("::1", 4000, 0, 0), socket.AF_INET6, "[::1]:80"),
+        ):
+            self.assertEqual(server("on", target).transparentSource(family, client), client)
+            elsewhere = "10.0.2.2:80" if family == socket.AF_INET else "[fd00::9]:80"
+            with self.assertRaises(OSError):
+                server("on", elsewhere).transparentSource(family, client)
+            self.assertIsNone(server("try", elsewhere).transparentSource(family, client))
+
 
 class BindTests(SynchronousTestCase):
     """
@@ -71,29 +88,30 @@ class BindTests(SynchronousTestCase):
         """
         A client's address and port that this host's own client socket
         holds: the connection leaves from the same address, its port the
-        kernel's, for a stream and a datagram socket alike.
+        kernel's, for a stream and a datagram socket, IPv4 and IPv6.
         """
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        client = socket.create_connection(listener.getsockname())
-        self.addCleanup(client.close)
-        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(receiver.close)
-        receiver.bind(("127.0.0.1", 0))
-        datagramClient = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(datagramClient.close)
-        datagramClient.bind(("127.0.0.1", 0))
-        for kind, holder, target in (
-            (socket.SOCK_STREAM, client, listener.getsockname()),
-            (socket.SOCK_DGRAM, datagramClient, receiver.getsockname()),
-        ):
-            host, port = holder.getsockname()
-            with socket.socket(socket.AF_INET, kind) as sock:
-                bindTransparent(sock, (host, port))
-                sock.connect(target)
-                boundHost, boundPort = sock.getsockname()
-                self.assertEqual(boundHost, host)
-                self.assertNotIn(boundPort, (0, port))
+        for family, loopback in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                self.assertServedFromTheAddress(family, kind, loopback)
+
+    def assertServedFromTheAddress(self, family: int, kind: int, loopback: str) -> None:
+        target = socket.socket(family, kind)
+        self.addCleanup(target.close)
+        target.bind((loopback, 0))
+        holder = socket.socket(family, kind)
+        self.addCleanup(holder.close)
+        if kind == socket.SOCK_STREAM:
+            target.listen()
+            holder.connect(target.getsockname())
+        else:
+            holder.bind((loopback, 0))
+        held = holder.getsockname()
+        with socket.socket(family, kind) as sock:
+            bindTransparent(sock, held)
+            sock.connect(target.getsockname())
+            bound = sock.getsockname()
+        self.assertEqual(bound[0], held[0])
+        self.assertNotIn(bound[1], (0, held[1]))
 
     def test_otherErrorsRaised(self) -> None:
         """
