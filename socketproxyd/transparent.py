@@ -9,11 +9,15 @@ from __future__ import annotations
 import errno
 import socket
 
+from twisted.logger import Logger
+
 from socketproxyd.addresses import RawAddress
+from socketproxyd.logs import observer
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+log = Logger(namespace="socketproxyd.transparent", observer=observer)
 
 
 def bindTransparent(sock: socket.socket, source: RawAddress) -> None:
@@ -38,6 +42,11 @@ def bindTransparent(sock: socket.socket, source: RawAddress) -> None:
         if sock.type == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((source[0], 0, *source[2:]))
+        log.debug(
+            "Port {port} of {host} is taken on this host: connecting from {host} with another port",
+            host=source[0],
+            port=source[1],
+        )
 
 
 def mayBindTransparent() -> bool:

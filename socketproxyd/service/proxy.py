@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -184,6 +185,11 @@ class ProxyService(MultiService):
                 why=handover.failure,
                 count=handover.reset,
             )
+            if handover.error is not None:
+                self.log.debug(
+                    "The early relay's error:\n{text}",
+                    text="".join(traceback.format_exception(handover.error)).rstrip(),
+                )
         self.listeners.listening.adopt(pairs)
         if pairs:
             self.log.debug(

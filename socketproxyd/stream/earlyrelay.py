@@ -599,6 +599,7 @@ class Handover:
         pairs it had connected and not finished are then handed over as
         failed, to be reset (one it had not connected is connected by its
         Connection, one it had finished closes as it would have).
+    @ivar error: that error itself, with its traceback.
     @ivar reset: how many pairs were handed over as failed for it.
     """
 
@@ -611,6 +612,7 @@ class Handover:
         self._stop: tuple[int, int] | None = None
         self._stopped = _thread.allocate_lock()
         self._failure: BaseException | None = None
+        self.error: BaseException | None = None
         self.failure: str | None = None
         self.reset = 0
         self._interval = 0.0
@@ -666,6 +668,7 @@ class Handover:
         os.close(stopWrite)
         self.pairs = self.relay.handOver()
         if self._failure is not None:
+            self.error = self._failure
             self.failure = f"{type(self._failure).__name__}: {self._failure}"
             for pair in self.pairs:
                 if pair.target is not None and not pair.finished():

@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from socketproxyd import logs
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.events import Ending
@@ -140,16 +141,29 @@ class LimitTests(ServiceTestCase):
     def test_earlyRelayFailureSaid(self) -> None:
         """
         An early relay that failed is said in one error line, naming the
-        error and the connections reset for it.
+        error and the connections reset for it; its traceback at debug.
         """
         events: list[dict[str, object]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logs.setLevel("debug")
+        self.addCleanup(logs.setLevel, "info")
         service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), ProxySettings())
         handover = Handover([], 0.0)
         handover.failure = "RuntimeError: poll broke"
         handover.reset = 2
+        try:
+            raise RuntimeError("poll broke")
+        except RuntimeError as e:
+            handover.error = e
         service.takeOver(handover)
+        [debug] = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_level") == LogLevel.debug and "error:" in formatEvent(e)
+        ]
+        self.assertIn("Traceback (most recent call last)", debug)
+        self.assertIn("test_earlyRelayFailureSaid", debug)
         errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
         self.assertEqual(
             errors,

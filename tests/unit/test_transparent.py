@@ -10,8 +10,10 @@ import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from socketproxyd import logs
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import parseTarget
 from socketproxyd.routeserver import RouteServer
@@ -106,12 +108,28 @@ class BindTests(SynchronousTestCase):
         else:
             holder.bind((loopback, 0))
         held = holder.getsockname()
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logs.setLevel("debug")
+        self.addCleanup(logs.setLevel, "info")
         with socket.socket(family, kind) as sock:
             bindTransparent(sock, held)
             sock.connect(target.getsockname())
             bound = sock.getsockname()
         self.assertEqual(bound[0], held[0])
         self.assertNotIn(bound[1], (0, held[1]))
+        self.assertEqual(
+            [
+                formatEvent(e)
+                for e in events
+                if e.get("log_namespace") == "socketproxyd.transparent"
+            ],
+            [
+                f"Port {held[1]} of {held[0]} is taken on this host: "
+                f"connecting from {held[0]} with another port"
+            ],
+        )
 
     def test_otherErrorsRaised(self) -> None:
         """
