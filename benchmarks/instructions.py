@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -80,16 +79,12 @@ def instructions(
          *proxy, "-c", "20000", *options],
     )  # fmt: skip
     port = route.start(target)
-    process = route.process
-    assert process is not None
     try:
         answered = connectAll(port, count, 600)
         if answered != count:
             raise RuntimeError(f"{count - answered} of {count} connections not answered")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
-        route.process = None
+        route.stop(timeout=120)
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])

@@ -209,11 +209,14 @@ class Route:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10) -> None:
+        """
+        Stop the proxy with SIGTERM, killing it after C{timeout} seconds.
+        """
         if self.process is not None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -57,6 +57,4 @@ def hostAddress(host: str, port: int) -> IAddress:
     An IP address and port (from a PROXY header) as Twisted's address
     objects give it.
     """
-    if ":" in host:
-        return IPv6Address("TCP", host, port)
-    return IPv4Address("TCP", host, port)
+    return socketAddress(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port, 0, 0))

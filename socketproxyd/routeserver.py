@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 from twisted.logger import Logger
 
-from socketproxyd.addresses import RawAddress, describeAddress
+from socketproxyd.addresses import RawAddress, describeAddress, hostAddress
 from socketproxyd.config.routes import prefixFor
 from socketproxyd.config.settings import ProxySettings
 from socketproxyd.config.target import Target
@@ -65,7 +65,7 @@ class RouteServer:
         self.recordsTimes = self.recordsAddresses or settings.timesConnections
         self.connectRetries = 0
         self.sourceUsable = Notice(reactor, interval=0)
-        self.loopbackTarget = bool(settings.transparent) and _loopback(target.host)
+        self.loopbackTarget = bool(settings.transparent) and _loopbackTarget(target.host)
 
     def transparentSource(self, family: int, client: object) -> RawAddress | None:
         """
@@ -96,9 +96,11 @@ class RouteServer:
                 "{route}Cannot connect to {target} from the address of {peer}; {what}",
                 route=self.routePrefix,
                 target=str(self.target),
-                peer=f"{client[0]}:{client[1]}"
-                if isinstance(client, tuple)
-                else describeAddress(cast("IAddress | None", client)),
+                peer=describeAddress(
+                    hostAddress(*address)
+                    if address is not None
+                    else cast("IAddress | None", client)
+                ),
                 what="serving such clients from the proxy's address"
                 if served
                 else "closing such clients (--transparent=try would serve them)",
@@ -110,7 +112,17 @@ class RouteServer:
 
 def _loopback(host: str) -> bool:
     """
-    Whether C{host} is a loopback address (127.0.0.0/8, ::1).
+    Whether C{host}, as the socket module or a PROXY header's reader
+    spells an address (127.0.0.0/8 dotted, IPv6 compressed), is a loopback
+    address: a per-connection test, without parsing.
+    """
+    return host.startswith("127.") or host == "::1"
+
+
+def _loopbackTarget(host: str) -> bool:
+    """
+    Whether a TARGET's host, as the command line spells it, is a loopback
+    address.
     """
     try:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback

@@ -225,12 +225,8 @@ class Options(usage.Options):
             self._checkTransparent(default)
         if self["data-path"] == "splice" and not spliceAvailable():
             raise usage.UsageError("--data-path=splice needs Linux splice(2)")
-        if self["accept-proxy-protocol"] and (
-            self["data-path"] == "transport" or not spliceAvailable()
-        ):
-            raise usage.UsageError(
-                "--accept-proxy-protocol needs the splice data path (not --data-path=transport)"
-            )
+        if self["accept-proxy-protocol"]:
+            self._needsSplice("--accept-proxy-protocol")
         if self["log-level"] is None:
             self["log-level"] = levelFromEnvironment() or "info"
 
@@ -239,10 +235,7 @@ class Options(usage.Options):
         C{--transparent} works only on the splice path, to IP address
         targets, with CAP_NET_ADMIN: said before anything opens.
         """
-        if self["data-path"] == "transport" or not spliceAvailable():
-            raise usage.UsageError(
-                "--transparent needs the splice data path (not --data-path=transport)"
-            )
+        self._needsSplice("--transparent")
         for target in [default, *self["targets"].values()]:
             if target is not None and target.kind not in ("ipv4", "ipv6"):
                 raise usage.UsageError(
@@ -253,6 +246,16 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--transparent needs CAP_NET_ADMIN or CAP_NET_RAW (under systemd: "
                 "AmbientCapabilities=CAP_NET_ADMIN and CapabilityBoundingSet=CAP_NET_ADMIN)"
+            )
+
+    def _needsSplice(self, option: str) -> None:
+        """
+        C{option} works only on the splice data path: said if it is not
+        the one.
+        """
+        if self["data-path"] == "transport" or not spliceAvailable():
+            raise usage.UsageError(
+                f"{option} needs the splice data path (not --data-path=transport)"
             )
 
     def parseOptions(self, options: list[str] | None = None) -> None:

@@ -67,6 +67,7 @@ class RouteCounts:
     that have closed, so that a close is a handful of additions, and
     summed by route label at scrape time with what is open.
 
+    @ivar sessions: whether these are datagram sessions, not connections.
     @ivar active: connections (or sessions) open now; counted at scrape
         time only.
     @ivar closed: connections (or sessions) closed. What is accepted is
@@ -80,9 +81,13 @@ class RouteCounts:
     @ivar connectTimes: accept to connected, of those that connected.
     """
 
-    __slots__ = ("active", "closed", "endings", "moved", "datagrams", "lifetimes", "connectTimes")
+    __slots__ = (
+        "sessions", "active", "closed", "endings", "moved", "datagrams", "lifetimes",
+        "connectTimes",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: bool = False) -> None:
+        self.sessions = sessions
         self.active = 0
         self.closed = 0
         self.endings: dict[Ending, int] = {}
@@ -119,10 +124,9 @@ class MetricsCollector(Collector):
     The proxy's own metrics (see the module docstring), for a
     C{CollectorRegistry}; a consumer of C{ledger}'s events.
 
-    @ivar totals: every route server's L{RouteCounts}, from its first
-        close (one lookup a close).
-    @ivar streams: the closed connections' L{RouteCounts}, by route server.
-    @ivar relays: the closed sessions' L{RouteCounts}, by route server.
+    @ivar totals: the closed clients' L{RouteCounts}, by route server,
+        from its first close (connections and sessions alike: one lookup a
+        close).
     @ivar listening: the listeners, whose route servers count connect
         retries and dropped datagrams, and whose routes have series before
         their first client.
@@ -136,8 +140,6 @@ class MetricsCollector(Collector):
         self.limit = limit
         self.listening = listening
         self.totals: dict[RouteServer, RouteCounts] = {}
-        self.streams: dict[RouteServer, RouteCounts] = {}
-        self.relays: dict[RouteServer, RouteCounts] = {}
 
     def opened(self, served: Served) -> None:
         """
@@ -150,7 +152,7 @@ class MetricsCollector(Collector):
         """
         totals = self.totals.get(served.server)
         if totals is None:
-            totals = self._totalsOf(served)
+            totals = self.totals[served.server] = RouteCounts(served.datagrams is not None)
         totals.closed += 1
         counts, moved = served.counts, totals.moved
         moved[UPSTREAM] += counts[UPSTREAM]
@@ -169,22 +171,13 @@ class MetricsCollector(Collector):
             if connected:
                 totals.connectTimes.observe(connected - started)
 
-    def _totalsOf(self, served: Served) -> RouteCounts:
-        """
-        The totals of C{served}'s route server, new at its first close.
-        """
-        server = served.server
-        totals = self.totals[server] = RouteCounts()
-        (self.streams if served.datagrams is None else self.relays)[server] = totals
-        return totals
-
     def collect(self) -> Iterator[Metric]:
         """
         Every metric family, with the counts of what is open now added to
         the totals of what has closed.
         """
-        streams = _byRoute(self.streams, self.listening.factories.values())
-        relays = _byRoute(self.relays, self.listening.relays)
+        streams = _byRoute(self.totals, self.listening.factories.values(), sessions=False)
+        relays = _byRoute(self.totals, self.listening.relays, sessions=True)
         for served in self.ledger.open:
             datagrams = served.datagrams
             counts = (streams if datagrams is None else relays)[routeLabel(served.server)]
@@ -310,17 +303,19 @@ def _openAndServed(
 
 
 def _byRoute(
-    totals: Mapping[RouteServer, RouteCounts], servers: Iterable[RouteServer]
+    totals: Mapping[RouteServer, RouteCounts], servers: Iterable[RouteServer], sessions: bool
 ) -> defaultdict[str, RouteCounts]:
     """
-    The closed clients' counts summed by route label, with every one of
-    C{servers}' routes among them (at zero before its first client).
+    The closed connections' (or, with C{sessions}, sessions') counts
+    summed by route label, with every one of C{servers}' routes among them
+    (at zero before its first client).
     """
     routes: defaultdict[str, RouteCounts] = defaultdict(RouteCounts)
     for server in servers:
         routes[routeLabel(server)]
     for server, counts in totals.items():
-        routes[routeLabel(server)].add(counts)
+        if counts.sessions is sessions:
+            routes[routeLabel(server)].add(counts)
     return routes
 
 

@@ -178,18 +178,17 @@ class ProxyService(MultiService):
         began as on any other: each is sent again then.
         """
         pairs = handover.pairs
-        if handover.failure is not None:
+        if handover.error is not None:
             self.log.error(
                 "The early relay failed ({why}); the {count} connection(s) it was serving "
                 "are reset",
                 why=handover.failure,
                 count=handover.reset,
             )
-            if handover.error is not None:
-                self.log.debug(
-                    "The early relay's error:\n{text}",
-                    text="".join(traceback.format_exception(handover.error)).rstrip(),
-                )
+            self.log.debug(
+                "The early relay's error:\n{text}",
+                text="".join(traceback.format_exception(handover.error)).rstrip(),
+            )
         self.listeners.listening.adopt(pairs)
         if pairs:
             self.log.debug(

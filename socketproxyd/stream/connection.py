@@ -173,16 +173,11 @@ class Connection:
         self.connect()
 
     def _headerRefused(self, why: str) -> None:
-        self.header = None
-        cancelled(self.timer)
-        self.timer = None
         self.server.headerRefused(self.peer or self.pump.clientAddress(), why)
         self.end(Ending.BAD_HEADER)
 
     def _headerTimedOut(self) -> None:
         self.timer = None
-        if self.header is not None:
-            self.header.stop()
         self._headerRefused(f"none complete within {formatTimespan(self._headerTimeout())}")
 
     def connect(self) -> None:

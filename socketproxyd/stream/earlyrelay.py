@@ -595,11 +595,10 @@ class Handover:
     clients waiting, the signals received since it began, and when it
     began; once finished, the pairs it served.
 
-    @ivar failure: what ended the relay's thread, if an error did: the
+    @ivar error: what ended the relay's thread, if an error did: the
         pairs it had connected and not finished are then handed over as
         failed, to be reset (one it had not connected is connected by its
         Connection, one it had finished closes as it would have).
-    @ivar error: that error itself, with its traceback.
     @ivar reset: how many pairs were handed over as failed for it.
     """
 
@@ -611,11 +610,17 @@ class Handover:
         self.relay: EarlyRelay | None = None
         self._stop: tuple[int, int] | None = None
         self._stopped = _thread.allocate_lock()
-        self._failure: BaseException | None = None
         self.error: BaseException | None = None
-        self.failure: str | None = None
         self.reset = 0
         self._interval = 0.0
+
+    @property
+    def failure(self) -> str | None:
+        """
+        The relay's error, as its line says it.
+        """
+        error = self.error
+        return None if error is None else f"{type(error).__name__}: {error}"
 
     def findInherited(self) -> list[InheritedSocket]:
         """
@@ -648,7 +653,7 @@ class Handover:
         try:
             relay.serve(stop)
         except BaseException as e:
-            self._failure = e
+            self.error = e
         finally:
             self._stopped.release()
 
@@ -667,9 +672,7 @@ class Handover:
         os.close(stopRead)
         os.close(stopWrite)
         self.pairs = self.relay.handOver()
-        if self._failure is not None:
-            self.error = self._failure
-            self.failure = f"{type(self._failure).__name__}: {self._failure}"
+        if self.error is not None:
             for pair in self.pairs:
                 if pair.target is not None and not pair.finished():
                     pair.failed = True

@@ -150,7 +150,6 @@ class LimitTests(ServiceTestCase):
         self.addCleanup(logs.setLevel, "info")
         service = ProxyService(MemoryReactorClock(), parseTarget("127.0.0.1:1"), ProxySettings())
         handover = Handover([], 0.0)
-        handover.failure = "RuntimeError: poll broke"
         handover.reset = 2
         try:
             raise RuntimeError("poll broke")
