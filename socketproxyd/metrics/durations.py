@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.unit.test_metrics -*-
 """
-L{Durations}: a route's histogram of how long connecting or serving took,
-and the buckets of both.
+The buckets of the histograms of how long connecting and serving took,
+and their exposition. A route's histogram is counted in a plain list as
+each connection closes (L{socketproxyd.metrics.collector}) and laid out
+as Prometheus's cumulative buckets at scrape time:
+C{prometheus_client.Histogram} takes a lock and looks up its labels on
+every observation, which a close cannot afford.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 
 from prometheus_client.core import HistogramMetricFamily
@@ -17,7 +20,8 @@ CONNECT_BUCKETS = (
 )  # fmt: skip
 """
 Seconds from accept to the target's answer: a local target answers in
-well under a millisecond, a remote or retried one in seconds.
+well under a millisecond, a remote or retried one in seconds. Floats: a
+duration compares with a float faster than with an int.
 """
 DURATION_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0)
 """
@@ -25,56 +29,24 @@ Seconds from accept to close: a request, a session, a day-long tunnel.
 """
 
 
-class Durations:
-    """
-    One route's histogram of durations, counted in a plain list as each
-    connection closes and laid out as Prometheus's cumulative buckets at
-    scrape time (C{prometheus_client.Histogram} takes a lock and looks up
-    its labels on every observation, which a close cannot afford).
-
-    @ivar bounds: the buckets' upper bounds, ascending (C{+Inf} is added),
-        floats (a duration compares with a float faster than with an int).
-    @ivar counts: the count in each bucket (not cumulative, the last for
-        C{+Inf}).
-    @ivar total: the sum of the durations.
-    """
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """
-        Count one duration.
-        """
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.total += seconds
-
-    def add(self, other: Durations) -> None:
-        """
-        Count C{other}'s durations too (of a route served by two servers).
-        """
-        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        self.total += other.total
-
-
 def durationsFamily(
-    name: str, documentation: str, routes: Mapping[str, Durations]
+    name: str,
+    documentation: str,
+    bounds: tuple[float, ...],
+    routes: Mapping[str, tuple[list[int], float]],
 ) -> HistogramMetricFamily:
     """
-    The histogram C{name}, one series per route.
+    The histogram C{name} with buckets up to C{bounds} (and C{+Inf}), one
+    series per route of C{routes}: each route's count in each bucket (not
+    cumulative, the last for C{+Inf}) and the sum of its durations.
     """
     family = HistogramMetricFamily(name, documentation, labels=["route"])
+    labels = (*map(floatToGoString, bounds), "+Inf")
     for route in sorted(routes):
-        durations = routes[route]
+        counts, total = routes[route]
         cumulative, buckets = 0, []
-        for bound, count in zip(
-            (*map(floatToGoString, durations.bounds), "+Inf"), durations.counts, strict=True
-        ):
+        for bound, count in zip(labels, counts, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        family.add_metric([route], buckets, durations.total)
+        family.add_metric([route], buckets, total)
     return family

@@ -82,6 +82,14 @@ class MetricsSite(Site):
         root.putChild(b"metrics", MetricsResource(registry))
         super().__init__(root, reactor=reactor)
 
+    def startFactory(self) -> None:
+        """
+        Nothing: C{HTTPFactory} would start its access log's clock here, a
+        timer due every second for as long as the site listens, and while
+        any timer is pending the reactor reads the clock on every turn of
+        its loop, which would tax every proxied connection.
+        """
+
     def log(self, request: Request) -> None:
         """
         Write no access line.

@@ -152,27 +152,49 @@ class CollectorTests(SynchronousTestCase):
         Each closed connection with recorded times adds its accept to
         connect and its accept to close to the route's histograms; one
         that never connected only the latter; retries are the route's.
+        A duration on a bucket's bound counts in that bucket, one of no
+        time in the first.
         """
         web = self.listening.factories["web"] = FakeRouteServer("web", connectRetries=3)
         self.clock.advance(100)
         quick = FakeServed(web, started=100.0, connected=100.002)
+        onBound = FakeServed(web, started=100.0, connected=100.25)
+        onFirstBound = FakeServed(web, started=0.0005, connected=0.001)
         failed = FakeServed(web, started=100.0)
         untimed = FakeServed(web)
-        for client in (quick, failed, untimed):
+        for client in (quick, onBound, onFirstBound, failed, untimed):
             self.ledger.opened(client)
         self.clock.advance(5)
-        for client in (quick, failed, untimed):
+        instant = FakeServed(web, started=105.0, connected=105.0)
+        self.ledger.opened(instant)
+        for client in (quick, onBound, onFirstBound, failed, untimed, instant):
             self.ledger.closed(client)
         samples = self.scrape()
         route = ("route", "web")
         connect = "socketproxyd_connect_duration_seconds"
         lifetime = "socketproxyd_connection_duration_seconds"
-        self.assertEqual(samples[f"{connect}_count", (route,)], 1)
-        self.assertAlmostEqual(samples[f"{connect}_sum", (route,)], 0.002)
-        self.assertEqual(samples[f"{connect}_bucket", (("le", "0.001"), route)], 0)
-        self.assertEqual(samples[f"{connect}_bucket", (("le", "0.0025"), route)], 1)
-        self.assertEqual(samples[f"{lifetime}_count", (route,)], 2)
-        self.assertEqual(samples[f"{lifetime}_sum", (route,)], 10.0)
+
+        def buckets(name: str) -> dict[str, float]:
+            return {
+                dict(labels)["le"]: value
+                for (sample, labels), value in samples.items()
+                if sample == f"{name}_bucket"
+            }
+
+        self.assertEqual(samples[f"{connect}_count", (route,)], 4)
+        self.assertAlmostEqual(samples[f"{connect}_sum", (route,)], 0.2525)
+        connects = buckets(connect)
+        self.assertEqual(
+            [connects[le] for le in ("0.0005", "0.001", "0.0025", "0.1", "0.25", "0.5", "+Inf")],
+            [2, 2, 3, 3, 4, 4, 4],
+        )
+        self.assertEqual(samples[f"{lifetime}_count", (route,)], 5)
+        self.assertAlmostEqual(samples[f"{lifetime}_sum", (route,)], 119.9995)
+        lifetimes = buckets(lifetime)
+        self.assertEqual(
+            [lifetimes[le] for le in ("0.001", "1.0", "10.0", "300.0", "+Inf")],
+            [1, 1, 4, 5, 5],
+        )
         self.assertEqual(samples["socketproxyd_connect_retries_total", (route,)], 3)
 
     def test_sessions(self) -> None:
