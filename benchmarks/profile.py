@@ -29,6 +29,7 @@ proxy (C{benchmarks/timedexporter.py}).
 from __future__ import annotations
 
 import argparse
+import math
 import pstats
 import statistics
 import sys
@@ -137,6 +138,7 @@ def alternated(
     """
     cpu: dict[str, list[tuple[float, float]]] = {side.name: [] for side in sides}
     first, second = sides
+    ratios = []
     for round in range(rounds):
         for side in (first, second, second, first):
             port = side.start(target)
@@ -148,6 +150,8 @@ def alternated(
             cpu[side.name].append((user / units, system / units))
             print(f"  round {round + 1} {side.name:8s} user {user / units:8.3f}  "
                   f"system {system / units:8.3f}  {unit}")  # fmt: skip
+        thisRound = {name: sum(u + s for u, s in runs[-2:]) for name, runs in cpu.items()}
+        ratios.append(thisRound[second.name] / thisRound[first.name])
     totals = {}
     for name, runs in cpu.items():
         user = statistics.median(u for u, _ in runs)
@@ -155,7 +159,34 @@ def alternated(
         print(f"  median {name:8s} user {user:8.3f}  total {totals[name]:8.3f}  {unit}")
     change = totals[second.name] / totals[first.name] - 1
     print(f"  {second.name} against {first.name}: total {100 * change:+.1f} %")
+    low, middle, high = pairedChange(ratios)
+    print(f"  {second.name} against {first.name}, round by round: median {middle:+.1f} %, "
+          f"95 % interval {low:+.1f} % to {high:+.1f} % ({rounds} rounds)")  # fmt: skip
     return totals
+
+
+def pairedChange(ratios: list[float]) -> tuple[float, float, float]:
+    """
+    The median of C{ratios} (one a round: the second side's CPU over the
+    first's, measured next to each other) as a change in per cent, and a
+    distribution-free 95 % interval around it (order statistics of the
+    binomial): a change between runs of the machine cancels out within a
+    round, where it moves both sides' medians of all runs.
+    """
+    ordered = sorted(ratios)
+    count = len(ordered)
+
+    def atMost(rank: int) -> float:
+        return sum(math.comb(count, i) for i in range(rank + 1)) / 2**count
+
+    lowest = 0
+    while lowest + 1 < count / 2 and atMost(lowest + 1) <= 0.025:
+        lowest += 1
+    return (
+        100 * (ordered[lowest] - 1),
+        100 * (statistics.median(ordered) - 1),
+        100 * (ordered[count - 1 - lowest] - 1),
+    )
 
 
 def metricsCost(seconds: int, dataPath: str, rounds: int, unixOnly: bool = False) -> None:

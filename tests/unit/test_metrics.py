@@ -197,6 +197,37 @@ class CollectorTests(SynchronousTestCase):
         )
         self.assertEqual(samples["socketproxyd_connect_retries_total", (route,)], 3)
 
+    def test_durationsCountedOnce(self) -> None:
+        """
+        Each close counts once in each histogram and in the bytes however
+        closes and scrapes interleave.
+        """
+        web = self.listening.factories["web"] = FakeRouteServer("web")
+        self.clock.advance(10)
+        closes = 1000
+
+        def serve(count: int) -> None:
+            for _ in range(count):
+                client = FakeServed(web, [3, 5_000_000_000], started=9.5, connected=9.75)
+                self.ledger.opened(client)
+                self.ledger.closed(client)
+
+        serve(closes)
+        samples = self.scrape()
+        serve(5)
+        samples = self.scrape()
+        route = ("route", "web")
+        for name, each in (("connect", 0.25), ("connection", 0.5)):
+            family = f"socketproxyd_{name}_duration_seconds"
+            self.assertEqual(samples[f"{family}_count", (route,)], closes + 5)
+            self.assertAlmostEqual(samples[f"{family}_sum", (route,)], (closes + 5) * each)
+            self.assertEqual(samples[f"{family}_bucket", (("le", "1.0"), route)], closes + 5)
+            self.assertEqual(samples[f"{family}_bucket", (("le", "0.1"), route)], 0)
+        moved = {"upstream": 3, "downstream": 5_000_000_000}
+        for direction, each in moved.items():
+            labels = (("direction", direction), route)
+            self.assertEqual(samples["socketproxyd_bytes_total", labels], (closes + 5) * each)
+
     def test_sessions(self) -> None:
         """
         Datagram sessions count apart from connections, with datagrams and
