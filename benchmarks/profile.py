@@ -3,7 +3,7 @@ Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
     python benchmarks/profile.py connections|requests|split|metrics [--seconds 4]
-        [--data-path auto] [--unix-target] [--routed] [--rounds 3]
+        [--data-path auto] [--unix-target] [--routed] [--rounds 3] [--control] [--no-bulk]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -23,7 +23,9 @@ TIME_WAIT for a minute, which makes the next run's connects to a TCP
 target dearer; always measuring one side after the other would count that
 against it. A difference of a few per cent is within the noise of such
 runs, so it then times the collector's own calls inside one more running
-proxy (C{benchmarks/timedexporter.py}).
+proxy (C{benchmarks/timedexporter.py}). With C{--control} the second
+side is plain too: what the same run measures between two sides that run
+the same code is the noise a difference has to stand out of.
 """
 
 from __future__ import annotations
@@ -189,7 +191,14 @@ def pairedChange(ratios: list[float]) -> tuple[float, float, float]:
     )
 
 
-def metricsCost(seconds: int, dataPath: str, rounds: int, unixOnly: bool = False) -> None:
+def metricsCost(
+    seconds: int,
+    dataPath: str,
+    rounds: int,
+    unixOnly: bool = False,
+    control: bool = False,
+    bulk: bool = True,
+) -> None:
     """
     CPU per new connection (to nginx on TCP and on its UNIX socket) and
     per GiB (one bulk stream each way) of socketproxyd without and with
@@ -197,10 +206,13 @@ def metricsCost(seconds: int, dataPath: str, rounds: int, unixOnly: bool = False
     collector's own time per connection, timed inside a running proxy
     (C{benchmarks/timedexporter.py}). With C{unixOnly}, new connections to
     the UNIX socket alone (where a connection costs the least, so the
-    collector's share is the largest).
+    collector's share is the largest); with C{control}, plain against
+    plain; without C{bulk}, new connections only.
     """
     plain = socketproxyd("plain", dataPath)
-    metrics = socketproxyd("metrics", dataPath, METRICS)
+    metrics = (
+        socketproxyd("plain2", dataPath) if control else socketproxyd("metrics", dataPath, METRICS)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         spentFile = Path(tmp) / "exporter"
         timed = Route(
@@ -234,7 +246,7 @@ def metricsCost(seconds: int, dataPath: str, rounds: int, unixOnly: bool = False
                       f"{100 * own / totals['plain']:.1f} % of plain's CPU")  # fmt: skip
         finally:
             nginx.stop()
-    if unixOnly:
+    if unixOnly or not bulk:
         return
     with iperfServer() as serverPort:
         for label, extra in DIRECTIONS:
@@ -262,6 +274,10 @@ def main(argv: list[str] | None = None) -> None:
         "--routed", action="store_true", help="split: also socketproxyd with a named route"
     )
     parser.add_argument("--rounds", type=int, default=3, help="metrics: rounds of four runs")
+    parser.add_argument(
+        "--control", action="store_true", help="metrics: plain against plain, the noise floor"
+    )
+    parser.add_argument("--no-bulk", action="store_true", help="metrics: new connections only")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
@@ -271,7 +287,14 @@ def main(argv: list[str] | None = None) -> None:
         split(args.seconds, args.data_path, args.unix_target, args.routed)
         return
     if args.scenario == "metrics":
-        metricsCost(args.seconds, args.data_path, args.rounds, args.unix_target)
+        metricsCost(
+            args.seconds,
+            args.data_path,
+            args.rounds,
+            args.unix_target,
+            args.control,
+            not args.no_bulk,
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"
