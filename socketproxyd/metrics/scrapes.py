@@ -11,16 +11,20 @@ metrics listeners accept through the proxy's own
 L{socketproxyd.stream.acceptor.Acceptor}: when not even that is left, or
 the process is out of descriptors, scrapers wait in the backlog until one
 closes or a back-off has passed, rather than being accepted only to be
-closed as Twisted's own ports would.
+closed as Twisted's own ports would. A scraper must send a whole
+request within L{REQUEST_SECONDS} of its first byte (L{BoundedScrape}).
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
+from typing import cast
 
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITCPTransport
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from socketproxyd.events import cancelled
@@ -42,6 +46,50 @@ C{adoptStreamConnection} makes of an accepted socket.
 
 ACCEPTS_PER_WAKEUP = 16
 
+REQUEST_SECONDS = 10.0
+"""
+How long a scraper may take from the first byte of a request to its
+answer. Twisted's HTTP idle timeout starts again at every byte, so one
+that sends a byte a second would keep its place for hours, and while the
+connections hold every descriptor, the kept places are all scrapers have.
+"""
+
+
+class BoundedScrape(ProtocolWrapper):
+    """
+    A scraper's connection, aborted when a request is not whole (nothing
+    has been answered) within L{REQUEST_SECONDS} of its first byte; idle
+    between requests, it is the HTTP channel's idle timeout that ends it.
+    """
+
+    factory: ScrapeAdmission
+    deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.deadline is None:
+            self.deadline = self.factory.clock.callLater(REQUEST_SECONDS, self._tooSlow)
+        super().dataReceived(data)
+
+    def write(self, data: bytes) -> None:
+        self._answered()
+        super().write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self._answered()
+        super().writeSequence(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._answered()
+        super().connectionLost(reason)
+
+    def _answered(self) -> None:
+        cancelled(self.deadline)
+        self.deadline = None
+
+    def _tooSlow(self) -> None:
+        self.deadline = None
+        cast(ITCPTransport, self.transport).abortConnection()
+
 
 class ScrapeAdmission(WrappingFactory, ServerFactory):
     """
@@ -53,7 +101,7 @@ class ScrapeAdmission(WrappingFactory, ServerFactory):
     @ivar scrapers: how many scrapers' connections are open.
     """
 
-    protocol = ProtocolWrapper
+    protocol = BoundedScrape
     noisy = False
     backoff = 1.0
 

@@ -14,7 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from socketproxyd.fdbudget import RESERVE, FdBudget
-from socketproxyd.metrics.scrapes import COLLECTING_FDS, KEPT_SCRAPES, ScrapeAdmission
+from socketproxyd.metrics.scrapes import (
+    COLLECTING_FDS,
+    KEPT_SCRAPES,
+    REQUEST_SECONDS,
+    ScrapeAdmission,
+)
 from socketproxyd.metrics.web import NothingBelow
 from tests.support.fakes import FakePort
 
@@ -119,3 +124,28 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "), transport.value())
         self.assertEqual(self.flushWarnings(), [])
+
+    def test_requestDeadline(self) -> None:
+        """
+        A request sent a byte at a time is aborted REQUEST_SECONDS after
+        its first byte, though every byte restarts the HTTP idle timeout,
+        and its place is given back; a whole request is answered and the
+        next one has its own deadline.
+        """
+        transport = StringTransport()
+        protocol = self.admission.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "))
+        self.reactor.advance(REQUEST_SECONDS * 2)
+        self.assertFalse(transport.disconnecting)
+        request = b"GET /nothing HTTP/1.1\r\n"
+        for byte in request[:-1]:
+            protocol.dataReceived(bytes([byte]))
+            self.reactor.advance(REQUEST_SECONDS / len(request))
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(REQUEST_SECONDS / len(request) + 0.001)
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(DONE)
+        self.assertEqual((self.admission.scrapers, self.reactor.getDelayedCalls()), (0, []))
