@@ -3,7 +3,8 @@ Profile socketproxyd under one load scenario with cProfile and print where
 its time goes.
 
     python benchmarks/profile.py connections|requests|split|metrics [--seconds 4]
-        [--data-path auto] [--unix-target] [--routed] [--rounds 3] [--control] [--no-bulk]
+        [--data-path auto] [--unix-target] [--routed] [--rounds 3]
+        [--control] [--no-bulk] [--tcp-only]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -161,19 +162,21 @@ def alternated(
         print(f"  median {name:8s} user {user:8.3f}  total {totals[name]:8.3f}  {unit}")
     change = totals[second.name] / totals[first.name] - 1
     print(f"  {second.name} against {first.name}: total {100 * change:+.1f} %")
-    low, middle, high = pairedChange(ratios)
+    low, middle, high, coverage = pairedChange(ratios)
     print(f"  {second.name} against {first.name}, round by round: median {middle:+.1f} %, "
-          f"95 % interval {low:+.1f} % to {high:+.1f} % ({rounds} rounds)")  # fmt: skip
+          f"{coverage:.1f} % interval {low:+.1f} % to {high:+.1f} % ({rounds} rounds)")  # fmt: skip
     return totals
 
 
-def pairedChange(ratios: list[float]) -> tuple[float, float, float]:
+def pairedChange(ratios: list[float]) -> tuple[float, float, float, float]:
     """
     The median of C{ratios} (one a round: the second side's CPU over the
-    first's, measured next to each other) as a change in per cent, and a
-    distribution-free 95 % interval around it (order statistics of the
-    binomial): a change between runs of the machine cancels out within a
-    round, where it moves both sides' medians of all runs.
+    first's, measured next to each other) as a change in per cent, with a
+    distribution-free interval around it (order statistics of the
+    binomial) and that interval's coverage in per cent: at least 95 from
+    6 rounds on, less below (the lowest and highest ratio then). A change
+    between runs of the machine cancels out within a round, where it
+    moves both sides' medians of all runs.
     """
     ordered = sorted(ratios)
     count = len(ordered)
@@ -188,6 +191,7 @@ def pairedChange(ratios: list[float]) -> tuple[float, float, float]:
         100 * (ordered[lowest] - 1),
         100 * (statistics.median(ordered) - 1),
         100 * (ordered[count - 1 - lowest] - 1),
+        100 * (1 - 2 * atMost(lowest)),
     )
 
 
@@ -198,6 +202,7 @@ def metricsCost(
     unixOnly: bool = False,
     control: bool = False,
     bulk: bool = True,
+    tcpOnly: bool = False,
 ) -> None:
     """
     CPU per new connection (to nginx on TCP and on its UNIX socket) and
@@ -207,7 +212,8 @@ def metricsCost(
     (C{benchmarks/timedexporter.py}). With C{unixOnly}, new connections to
     the UNIX socket alone (where a connection costs the least, so the
     collector's share is the largest); with C{control}, plain against
-    plain; without C{bulk}, new connections only.
+    plain; without C{bulk}, new connections only; with C{tcpOnly}, new
+    connections to TCP only.
     """
     plain = socketproxyd("plain", dataPath)
     metrics = (
@@ -223,7 +229,7 @@ def metricsCost(
         nginx = Nginx(Path(tmp))
         try:
             targets = [("TCP", nginx.port), ("UNIX", nginx.unixPath)]
-            for label, target in targets[1:] if unixOnly else targets:
+            for label, target in targets[1:] if unixOnly else targets[:1] if tcpOnly else targets:
                 print(f"new connections to nginx on {label} (wrk, Connection: close):")
                 totals = alternated(
                     rounds,
@@ -246,7 +252,7 @@ def metricsCost(
                       f"{100 * own / totals['plain']:.1f} % of plain's CPU")  # fmt: skip
         finally:
             nginx.stop()
-    if unixOnly or not bulk:
+    if unixOnly or tcpOnly or not bulk:
         return
     with iperfServer() as serverPort:
         for label, extra in DIRECTIONS:
@@ -278,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         "--control", action="store_true", help="metrics: plain against plain, the noise floor"
     )
     parser.add_argument("--no-bulk", action="store_true", help="metrics: new connections only")
+    parser.add_argument(
+        "--tcp-only", action="store_true", help="metrics: new connections to TCP only"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             args.unix_target,
             args.control,
             not args.no_bulk,
+            args.tcp_only,
         )
         return
     with tempfile.TemporaryDirectory() as tmp:

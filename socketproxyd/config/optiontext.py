@@ -168,8 +168,8 @@ OPTIONS = (
         "retries, the limit, and the process's CPU, memory and descriptors. A scrape is "
         "not a connection: `-c`, `--exit-idle-time` and STATUS do not count it, and it is "
         "answered at the limit and when the connections hold every descriptor they may. "
-        "A scraper that has not sent a whole request 10 s after its first byte is "
-        "disconnected. Other paths answer 404, other methods 405.",
+        "A scraper is disconnected when a request it has begun is not whole 10 s later, "
+        "or after 60 s without a byte. Other paths answer 404, other methods 405.",
     ),
 )  # fmt: skip
 """

@@ -58,8 +58,11 @@ connections hold every descriptor, the kept places are all scrapers have.
 class BoundedScrape(ProtocolWrapper):
     """
     A scraper's connection, aborted when a request is not whole (nothing
-    has been answered) within L{REQUEST_SECONDS} of its first byte; idle
-    between requests, it is the HTTP channel's idle timeout that ends it.
+    has been answered) within L{REQUEST_SECONDS} of its first byte. The
+    deadline is armed by bytes received after an answer; bytes of a next
+    request that came with the end of the last one, and then nothing, are
+    the HTTP channel's idle timeout's to end (60 s, then 15 s to abort),
+    as is a connection idle between requests.
     """
 
     factory: ScrapeAdmission

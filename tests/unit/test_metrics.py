@@ -213,7 +213,7 @@ class CollectorTests(SynchronousTestCase):
                 self.ledger.closed(client)
 
         serve(closes)
-        samples = self.scrape()
+        self.scrape()
         serve(5)
         samples = self.scrape()
         route = ("route", "web")

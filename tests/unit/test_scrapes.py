@@ -149,3 +149,39 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         protocol.connectionLost(DONE)
         self.assertEqual((self.admission.scrapers, self.reactor.getDelayedCalls()), (0, []))
+
+    def test_deadlineEndsWithTheConnection(self) -> None:
+        """
+        A scraper that goes away mid-request, or is written to, leaves no
+        deadline behind.
+        """
+        for end in ("lost", "written"):
+            protocol = self.scraper()
+            protocol.dataReceived(b"G")
+            self.assertEqual(len(self.reactor.getDelayedCalls()), 2)
+            if end == "lost":
+                protocol.connectionLost(DONE)
+                self.assertEqual(self.reactor.getDelayedCalls(), [])
+            else:
+                protocol.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+                protocol.connectionLost(DONE)
+
+    def test_pipelinedThenStalled(self) -> None:
+        """
+        The beginning of a next request that came with the end of the
+        last one, and then nothing: the HTTP idle timeout closes it after
+        60 s without a byte.
+        """
+        transport = StringTransport()
+        protocol = self.admission.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\nGET /not")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "))
+        self.reactor.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.001)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(DONE)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
