@@ -37,13 +37,14 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         self.acceptor = FakePort()
         self.admission.acceptors.append(self.acceptor)  # type: ignore[arg-type]
 
-    def scraper(self) -> ProtocolWrapper:
+    def scraper(self, transport: StringTransport | None = None) -> ProtocolWrapper:
         """
-        A scraper's connection, made as the reactor makes an accepted one.
+        A scraper's connection (on C{transport}), made as the reactor makes
+        an accepted one.
         """
         protocol = self.admission.buildProtocol(None)
         assert protocol is not None
-        protocol.makeConnection(StringTransport())
+        protocol.makeConnection(StringTransport() if transport is None else transport)
         return protocol
 
     def retries(self) -> int:
@@ -118,9 +119,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         A scraper's connection speaks the wrapped site's protocol.
         """
         transport = StringTransport()
-        protocol = self.admission.buildProtocol(None)
-        assert protocol is not None
-        protocol.makeConnection(transport)
+        protocol = self.scraper(transport)
         protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "), transport.value())
         self.assertEqual(self.flushWarnings(), [])
@@ -133,9 +132,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         next one has its own deadline.
         """
         transport = StringTransport()
-        protocol = self.admission.buildProtocol(None)
-        assert protocol is not None
-        protocol.makeConnection(transport)
+        protocol = self.scraper(transport)
         protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "))
         self.reactor.advance(REQUEST_SECONDS * 2)
@@ -174,9 +171,7 @@ class ScrapeAdmissionTests(SynchronousTestCase):
         60 s without a byte.
         """
         transport = StringTransport()
-        protocol = self.admission.buildProtocol(None)
-        assert protocol is not None
-        protocol.makeConnection(transport)
+        protocol = self.scraper(transport)
         protocol.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\nGET /not")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "))
         self.reactor.advance(59)
