@@ -34,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import Nginx, Route, ensureTools  # noqa: E402
+from run import Nginx, Route, ensureTools, freePort  # noqa: E402
+from scrape import scrape  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 FEW = 200
@@ -67,48 +68,29 @@ def connectAll(port: int, count: int, seconds: float) -> int:
 PROXY = [sys.executable, "-m", "socketproxyd"]
 
 
-def scrape(path: Path) -> None:
+def instructions(target: int | str, count: int, out: Path, metricsPort: int | None) -> int:
     """
-    One C{GET /metrics} from the proxy's metrics socket at C{path}, read to
-    its end.
+    The instructions callgrind counted in socketproxyd, from its start to
+    its exit, serving C{count} connections; with C{metricsPort}, with
+    C{--metrics} there and one scrape at the end. callgrind's profile is
+    left in C{out}.
     """
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(60)
-        sock.connect(str(path))
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    if not reply.startswith(b"HTTP/1.1 200") or b"socketproxyd_connections_total" not in reply:
-        raise RuntimeError(f"the scrape was answered with {reply[:60]!r}")
-
-
-def instructions(
-    options: list[str],
-    target: int | str,
-    count: int,
-    out: Path,
-    proxy: list[str] = PROXY,
-    metrics: Path | None = None,
-) -> int:
-    """
-    The instructions callgrind counted in socketproxyd (run as C{proxy})
-    with C{options}, from its start to its exit, serving C{count}
-    connections (then one scrape of its C{metrics} socket, if given);
-    callgrind's profile is left in C{out}.
-    """
+    options = [] if metricsPort is None else [f"--metrics=tcp:{metricsPort}:interface=127.0.0.1"]
     route = Route(
         "socketproxyd",
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-         *proxy, "-c", "20000", *options],
+         *PROXY, "-c", "20000", *options],
     )  # fmt: skip
     port = route.start(target)
     try:
         answered = connectAll(port, count, 600)
         if answered != count:
             raise RuntimeError(f"{count - answered} of {count} connections not answered")
-        if metrics is not None:
-            scrape(metrics)
+        if (
+            metricsPort is not None
+            and b"socketproxyd_connections_total" not in scrape(metricsPort)[1]
+        ):
+            raise RuntimeError("the scrape has no socketproxyd_connections_total")
     finally:
         route.stop(timeout=120)
     for line in out.read_text().splitlines():
@@ -126,20 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     ensureTools()
     if shutil.which("valgrind") is None:
         sys.exit("benchmarks/instructions.py needs valgrind (apt-get install valgrind)")
-    perConnection: dict[str, list[float]] = {"plain": [], "--metrics": []}
+    metricsPort = freePort()
+    sides = {"plain": None, "--metrics": metricsPort}
+    perConnection: dict[str, list[float]] = {name: [] for name in sides}
     with tempfile.TemporaryDirectory() as tmp:
-        metricsSocket = Path(tmp) / "metrics.sock"
-        sides = {"plain": None, "--metrics": metricsSocket}
         nginx = Nginx(Path(tmp))
         target = nginx.port if args.tcp_target else nginx.unixPath
         try:
             for _ in range(args.repeat):
-                for name, metrics in sides.items():
-                    options = [] if metrics is None else [f"--metrics=unix:{metrics}"]
+                for name, port in sides.items():
                     counts = [
-                        instructions(
-                            options, target, count, Path(tmp) / f"callgrind.{count}", PROXY, metrics
-                        )
+                        instructions(target, count, Path(tmp) / f"callgrind.{count}", port)
                         for count in (FEW, FEW + args.connections)
                     ]
                     each = (counts[1] - counts[0]) / args.connections

@@ -199,21 +199,19 @@ def metricsCost(
     seconds: int,
     dataPath: str,
     rounds: int,
-    unixOnly: bool = False,
+    targets: tuple[str, ...] = ("TCP", "UNIX"),
     control: bool = False,
     bulk: bool = True,
-    tcpOnly: bool = False,
 ) -> None:
     """
     CPU per new connection (to nginx on TCP and on its UNIX socket) and
     per GiB (one bulk stream each way) of socketproxyd without and with
     C{--metrics}, L{alternated}; after each new-connection scenario, the
     collector's own time per connection, timed inside a running proxy
-    (C{benchmarks/timedexporter.py}). With C{unixOnly}, new connections to
-    the UNIX socket alone (where a connection costs the least, so the
-    collector's share is the largest); with C{control}, plain against
-    plain; without C{bulk}, new connections only; with C{tcpOnly}, new
-    connections to TCP only.
+    (C{benchmarks/timedexporter.py}). New connections go to nginx on each
+    of C{targets} (on UNIX a connection costs the least, so the collector's
+    share is the largest); with C{control}, plain against plain; without
+    C{bulk}, new connections only.
     """
     plain = socketproxyd("plain", dataPath)
     metrics = (
@@ -228,8 +226,9 @@ def metricsCost(
         )  # fmt: skip
         nginx = Nginx(Path(tmp))
         try:
-            targets = [("TCP", nginx.port), ("UNIX", nginx.unixPath)]
-            for label, target in targets[1:] if unixOnly else targets[:1] if tcpOnly else targets:
+            addresses = {"TCP": nginx.port, "UNIX": nginx.unixPath}
+            for label in targets:
+                target = addresses[label]
                 print(f"new connections to nginx on {label} (wrk, Connection: close):")
                 totals = alternated(
                     rounds,
@@ -252,7 +251,7 @@ def metricsCost(
                       f"{100 * own / totals['plain']:.1f} % of plain's CPU")  # fmt: skip
         finally:
             nginx.stop()
-    if unixOnly or tcpOnly or not bulk:
+    if not bulk:
         return
     with iperfServer() as serverPort:
         for label, extra in DIRECTIONS:
@@ -296,15 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         split(args.seconds, args.data_path, args.unix_target, args.routed)
         return
     if args.scenario == "metrics":
-        metricsCost(
-            args.seconds,
-            args.data_path,
-            args.rounds,
-            args.unix_target,
-            args.control,
-            not args.no_bulk,
-            args.tcp_only,
-        )
+        targets = ("UNIX",) if args.unix_target else ("TCP",) if args.tcp_only else ("TCP", "UNIX")
+        bulk = not (args.no_bulk or args.unix_target or args.tcp_only)
+        metricsCost(args.seconds, args.data_path, args.rounds, targets, args.control, bulk)
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"

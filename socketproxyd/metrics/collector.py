@@ -212,9 +212,8 @@ class MetricsCollector(Collector):
             datagrams = served.datagrams
             counts = (streams if datagrams is None else relays)[routeLabel(served.server)]
             counts.active += 1
-            moved = served.counts
-            counts.upstream += moved[UPSTREAM]
-            counts.downstream += moved[DOWNSTREAM]
+            counts.upstream += served.counts[UPSTREAM]
+            counts.downstream += served.counts[DOWNSTREAM]
             if datagrams is not None:
                 _addTo(counts.datagrams, datagrams)
 

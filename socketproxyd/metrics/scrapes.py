@@ -18,12 +18,12 @@ request within L{REQUEST_SECONDS} of its first byte (L{BoundedScrape}).
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITCPTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -55,42 +55,40 @@ connections hold every descriptor, the kept places are all scrapers have.
 """
 
 
-class BoundedScrape(ProtocolWrapper):
+class BoundedScrape(TimeoutMixin, ProtocolWrapper):
     """
     A scraper's connection, aborted when a request is not whole (nothing
-    has been answered) within L{REQUEST_SECONDS} of its first byte. The
-    deadline is armed by bytes received after an answer; bytes of a next
-    request that came with the end of the last one, and then nothing, are
-    the HTTP channel's idle timeout's to end (60 s, then 15 s to abort),
-    as is a connection idle between requests.
+    has been answered) within L{REQUEST_SECONDS} of its first byte: one
+    timeout of Twisted's C{TimeoutMixin}, on the factory's clock, set by
+    the first byte after an answer and not restarted by the next ones.
+    Bytes of a next request that came with the end of the last one, and
+    then nothing, are the HTTP channel's idle timeout's to end (60 s, then
+    15 s to abort), as is a connection idle between requests.
     """
 
     factory: ScrapeAdmission
-    deadline: IDelayedCall | None = None
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        return self.factory.clock.callLater(period, func)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.deadline is None:
-            self.deadline = self.factory.clock.callLater(REQUEST_SECONDS, self._tooSlow)
+        if self.timeOut is None:
+            self.setTimeout(REQUEST_SECONDS)
         super().dataReceived(data)
 
     def write(self, data: bytes) -> None:
-        self._answered()
+        self.setTimeout(None)
         super().write(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        self._answered()
+        self.setTimeout(None)
         super().writeSequence(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._answered()
+        self.setTimeout(None)
         super().connectionLost(reason)
 
-    def _answered(self) -> None:
-        cancelled(self.deadline)
-        self.deadline = None
-
-    def _tooSlow(self) -> None:
-        self.deadline = None
+    def timeoutConnection(self) -> None:
         cast(ITCPTransport, self.transport).abortConnection()
 
 
