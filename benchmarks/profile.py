@@ -4,7 +4,7 @@ its time goes.
 
     python benchmarks/profile.py connections|requests|split|metrics [--seconds 4]
         [--data-path auto] [--unix-target] [--routed] [--rounds 3]
-        [--control] [--no-bulk] [--tcp-only]
+        [--control] [--no-bulk] [--tcp-only] [--alone]
 
 C{connections} is the new-connection rate (C{Connection: close}),
 C{requests} the keep-alive request rate through 64 connections; both with
@@ -18,15 +18,18 @@ profile cannot tell system calls from the Python around them, this can.
 
 C{metrics} is the cost of C{--metrics} (nothing scraping): CPU per new
 connection of socketproxyd without and with it, to nginx on TCP and on its
-UNIX socket, measured in the order plain, metrics, metrics, plain for each
-of C{--rounds} rounds. Each run leaves some 30,000 connections in
-TIME_WAIT for a minute, which makes the next run's connects to a TCP
-target dearer; always measuring one side after the other would count that
-against it. A difference of a few per cent is within the noise of such
-runs, so it then times the collector's own calls inside one more running
-proxy (C{benchmarks/timedexporter.py}). With C{--control} the second
-side is plain too: what the same run measures between two sides that run
-the same code is the noise a difference has to stand out of.
+UNIX socket. Both proxies run at once, side by side on the proxy core,
+each loaded by its own wrk, for each of C{--rounds} rounds: this machine's
+speed drifts by several per cent from one run to the next, and side by
+side it weighs on both alike (a round's ratio of plain against plain
+spreads by about 2 %, against 5 % one after the other). With C{--alone}
+they run one after the other instead, in the order plain, metrics,
+metrics, plain (each run leaves some 30,000 connections in TIME_WAIT for a
+minute, which makes the next run's connects to a TCP target dearer). It
+then times the collector's own calls inside one more running proxy
+(C{benchmarks/timedexporter.py}). With C{--control} the second side is
+plain too: what the same run measures between two sides that run the same
+code is the noise a difference has to stand out of.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,6 +58,7 @@ from run import (  # noqa: E402
     measureCpu,
     proxyRoutes,
     socketproxyd,
+    userAndSystemSeconds,
 )
 
 TIMED_EXPORTER = Path(__file__).resolve().parent / "timedexporter.py"
@@ -63,8 +68,8 @@ Metrics on, on a port of their own that nothing scrapes.
 """
 
 
-def _connections(port: int, seconds: int) -> float:
-    return _wrk(port, seconds, 32, True)[0] * seconds
+def _connections(port: int, seconds: int, clients: int = 32) -> float:
+    return _wrk(port, seconds, clients, True)[0] * seconds
 
 
 def _gibibytes(port: int, seconds: int, extra: list[str]) -> float:
@@ -155,6 +160,60 @@ def alternated(
                   f"system {system / units:8.3f}  {unit}")  # fmt: skip
         thisRound = {name: sum(u + s for u, s in runs[-2:]) for name, runs in cpu.items()}
         ratios.append(thisRound[second.name] / thisRound[first.name])
+    return _summary(cpu, sides, ratios, unit)
+
+
+def sideBySide(
+    rounds: int,
+    sides: tuple[Route, Route],
+    target: int | str,
+    unit: str,
+    perUnit: Callable[[int], float],
+) -> dict[str, float]:
+    """
+    Like L{alternated}, but both proxies run at once, side by side on the
+    proxy core, each loaded by its own C{perUnit(port)} over the same
+    seconds, so that whatever the machine does then weighs on both alike;
+    the order they start in alternates from round to round. A round is
+    one such run; the second side's CPU over the first's is its ratio.
+    """
+    first, second = sides
+    cpu: dict[str, list[tuple[float, float]]] = {side.name: [] for side in sides}
+    ratios = []
+    for round in range(rounds):
+        order = sides if round % 2 == 0 else (second, first)
+        ports = {side.name: side.start(target) for side in order}
+        try:
+            before = {side.name: userAndSystemSeconds(side.pid) for side in order}
+            with ThreadPoolExecutor(len(order)) as pool:
+                loads = {name: pool.submit(perUnit, port) for name, port in ports.items()}
+                units = {name: load.result() for name, load in loads.items()}
+            after = {side.name: userAndSystemSeconds(side.pid) for side in order}
+        finally:
+            for side in order:
+                side.stop()
+        for side in sides:
+            (user0, system0), (user1, system1) = before[side.name], after[side.name]
+            moved = units[side.name]
+            cpu[side.name].append(((user1 - user0) / moved, (system1 - system0) / moved))
+            user, system = cpu[side.name][-1]
+            print(f"  round {round + 1} {side.name:8s} user {user:8.3f}  "
+                  f"system {system:8.3f}  {unit}")  # fmt: skip
+        ratios.append(sum(cpu[second.name][-1]) / sum(cpu[first.name][-1]))
+    return _summary(cpu, sides, ratios, unit)
+
+
+def _summary(
+    cpu: dict[str, list[tuple[float, float]]],
+    sides: tuple[Route, Route],
+    ratios: list[float],
+    unit: str,
+) -> dict[str, float]:
+    """
+    Print each side's medians, how the second side's differs (by all
+    runs, and round by round with its interval); each side's median total.
+    """
+    first, second = sides
     totals = {}
     for name, runs in cpu.items():
         user = statistics.median(u for u, _ in runs)
@@ -164,7 +223,8 @@ def alternated(
     print(f"  {second.name} against {first.name}: total {100 * change:+.1f} %")
     low, middle, high, coverage = pairedChange(ratios)
     print(f"  {second.name} against {first.name}, round by round: median {middle:+.1f} %, "
-          f"{coverage:.1f} % interval {low:+.1f} % to {high:+.1f} % ({rounds} rounds)")  # fmt: skip
+          f"{coverage:.1f} % interval {low:+.1f} % to {high:+.1f} % "
+          f"({len(ratios)} rounds)")  # fmt: skip
     return totals
 
 
@@ -202,11 +262,14 @@ def metricsCost(
     targets: tuple[str, ...] = ("TCP", "UNIX"),
     control: bool = False,
     bulk: bool = True,
+    alone: bool = False,
 ) -> None:
     """
     CPU per new connection (to nginx on TCP and on its UNIX socket) and
     per GiB (one bulk stream each way) of socketproxyd without and with
-    C{--metrics}, L{alternated}; after each new-connection scenario, the
+    C{--metrics}: new connections L{sideBySide} (16 wrk clients each), or
+    with C{alone} L{alternated} (32), the bulk streams L{alternated};
+    after each new-connection scenario, the
     collector's own time per connection, timed inside a running proxy
     (C{benchmarks/timedexporter.py}). New connections go to nginx on each
     of C{targets} (on UNIX a connection costs the least, so the collector's
@@ -229,13 +292,14 @@ def metricsCost(
             addresses = {"TCP": nginx.port, "UNIX": nginx.unixPath}
             for label in targets:
                 target = addresses[label]
-                print(f"new connections to nginx on {label} (wrk, Connection: close):")
-                totals = alternated(
+                how = "one after the other" if alone else "side by side"
+                print(f"new connections to nginx on {label} (wrk, Connection: close), {how}:")
+                totals = (alternated if alone else sideBySide)(
                     rounds,
                     (plain, metrics),
                     target,
                     "us/conn",
-                    lambda port: _connections(port, seconds) / 1e6,
+                    lambda port: _connections(port, seconds, 32 if alone else 16) / 1e6,
                 )
                 port = timed.start(target)
                 try:
@@ -286,6 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tcp-only", action="store_true", help="metrics: new connections to TCP only"
     )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="metrics: each proxy loaded alone, one after the other (not side by side)",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="also save the raw profile to this file")
     parser.add_argument("--callers", help="also print the callers of functions matching this")
@@ -297,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.scenario == "metrics":
         targets = ("UNIX",) if args.unix_target else ("TCP",) if args.tcp_only else ("TCP", "UNIX")
         bulk = not (args.no_bulk or args.unix_target or args.tcp_only)
-        metricsCost(args.seconds, args.data_path, args.rounds, targets, args.control, bulk)
+        metricsCost(
+            args.seconds, args.data_path, args.rounds, targets, args.control, bulk, args.alone
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "proxy.prof"
