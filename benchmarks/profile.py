@@ -130,77 +130,81 @@ def split(
                     route.stop()
 
 
-def alternated(
+def compared(
     rounds: int,
     sides: tuple[Route, Route],
     target: int | str,
     unit: str,
     perUnit: Callable[[int], float],
+    together: bool = False,
 ) -> dict[str, float]:
     """
     User and system CPU of each of two proxies per unit of C{perUnit(port)}
     (which loads the proxy on C{port} and says how many units it moved),
-    measured in the order A, B, B, A for each of C{rounds} rounds; each
-    run's figures are printed, then each side's medians and how the second
-    side's total differs. The median total of each side.
+    for each of C{rounds} rounds: one after the other in the order A, B, B,
+    A, or with C{together} both at once, side by side on the proxy core,
+    each loaded by its own C{perUnit}, so that whatever the machine does
+    then weighs on both alike (the order they start in alternating by
+    round). Each run's figures are printed, then each side's medians and
+    how the second side's total differs, by all runs and round by round
+    (a round's ratio: its runs of the second side over the first's). The
+    median total of each side.
     """
     cpu: dict[str, list[tuple[float, float]]] = {side.name: [] for side in sides}
     first, second = sides
     ratios = []
     for round in range(rounds):
-        for side in (first, second, second, first):
-            port = side.start(target)
-            try:
-                units, user, system = measureCpu(side, perUnit, port)
-            finally:
-                side.stop()
-            assert isinstance(units, float)
-            cpu[side.name].append((user / units, system / units))
-            print(f"  round {round + 1} {side.name:8s} user {user / units:8.3f}  "
-                  f"system {system / units:8.3f}  {unit}")  # fmt: skip
-        thisRound = {name: sum(u + s for u, s in runs[-2:]) for name, runs in cpu.items()}
+        if together:
+            runs = _sideBySide(sides if round % 2 == 0 else (second, first), target, perUnit)
+        else:
+            runs = [_alone(side, target, perUnit) for side in (first, second, second, first)]
+        thisRound = dict.fromkeys(cpu, 0.0)
+        for name, user, system in runs:
+            cpu[name].append((user, system))
+            thisRound[name] += user + system
+            print(f"  round {round + 1} {name:8s} user {user:8.3f}  "
+                  f"system {system:8.3f}  {unit}")  # fmt: skip
         ratios.append(thisRound[second.name] / thisRound[first.name])
     return _summary(cpu, sides, ratios, unit)
 
 
-def sideBySide(
-    rounds: int,
-    sides: tuple[Route, Route],
-    target: int | str,
-    unit: str,
-    perUnit: Callable[[int], float],
-) -> dict[str, float]:
+def _alone(
+    side: Route, target: int | str, perUnit: Callable[[int], float]
+) -> tuple[str, float, float]:
     """
-    Like L{alternated}, but both proxies run at once, side by side on the
-    proxy core, each loaded by its own C{perUnit(port)} over the same
-    seconds, so that whatever the machine does then weighs on both alike;
-    the order they start in alternates from round to round. A round is
-    one such run; the second side's CPU over the first's is its ratio.
+    One run of C{side} alone: its name, user and system CPU a unit.
     """
-    first, second = sides
-    cpu: dict[str, list[tuple[float, float]]] = {side.name: [] for side in sides}
-    ratios = []
-    for round in range(rounds):
-        order = sides if round % 2 == 0 else (second, first)
-        ports = {side.name: side.start(target) for side in order}
-        try:
-            before = {side.name: userAndSystemSeconds(side.pid) for side in order}
-            with ThreadPoolExecutor(len(order)) as pool:
-                loads = {name: pool.submit(perUnit, port) for name, port in ports.items()}
-                units = {name: load.result() for name, load in loads.items()}
-            after = {side.name: userAndSystemSeconds(side.pid) for side in order}
-        finally:
-            for side in order:
-                side.stop()
-        for side in sides:
-            (user0, system0), (user1, system1) = before[side.name], after[side.name]
-            moved = units[side.name]
-            cpu[side.name].append(((user1 - user0) / moved, (system1 - system0) / moved))
-            user, system = cpu[side.name][-1]
-            print(f"  round {round + 1} {side.name:8s} user {user:8.3f}  "
-                  f"system {system:8.3f}  {unit}")  # fmt: skip
-        ratios.append(sum(cpu[second.name][-1]) / sum(cpu[first.name][-1]))
-    return _summary(cpu, sides, ratios, unit)
+    port = side.start(target)
+    try:
+        units, user, system = measureCpu(side, perUnit, port)
+    finally:
+        side.stop()
+    assert isinstance(units, float)
+    return side.name, user / units, system / units
+
+
+def _sideBySide(
+    order: tuple[Route, Route], target: int | str, perUnit: Callable[[int], float]
+) -> list[tuple[str, float, float]]:
+    """
+    One run of both sides at once, started in C{order}: each one's name,
+    user and system CPU a unit.
+    """
+    ports = {side.name: side.start(target) for side in order}
+    try:
+        before = {side.name: userAndSystemSeconds(side.pid) for side in order}
+        with ThreadPoolExecutor(len(order)) as pool:
+            loads = {name: pool.submit(perUnit, port) for name, port in ports.items()}
+            units = {name: load.result() for name, load in loads.items()}
+        after = {side.name: userAndSystemSeconds(side.pid) for side in order}
+    finally:
+        for side in order:
+            side.stop()
+    return [
+        (name, (after[name][0] - before[name][0]) / moved,
+         (after[name][1] - before[name][1]) / moved)
+        for name, moved in units.items()
+    ]  # fmt: skip
 
 
 def _summary(
@@ -267,8 +271,9 @@ def metricsCost(
     """
     CPU per new connection (to nginx on TCP and on its UNIX socket) and
     per GiB (one bulk stream each way) of socketproxyd without and with
-    C{--metrics}: new connections L{sideBySide} (16 wrk clients each), or
-    with C{alone} L{alternated} (32), the bulk streams L{alternated};
+    C{--metrics} (L{compared}): new connections side by side (16 wrk
+    clients each), or with C{alone} one after the other (32), the bulk
+    streams one after the other;
     after each new-connection scenario, the
     collector's own time per connection, timed inside a running proxy
     (C{benchmarks/timedexporter.py}). New connections go to nginx on each
@@ -294,12 +299,13 @@ def metricsCost(
                 target = addresses[label]
                 how = "one after the other" if alone else "side by side"
                 print(f"new connections to nginx on {label} (wrk, Connection: close), {how}:")
-                totals = (alternated if alone else sideBySide)(
+                totals = compared(
                     rounds,
                     (plain, metrics),
                     target,
                     "us/conn",
                     lambda port: _connections(port, seconds, 32 if alone else 16) / 1e6,
+                    together=not alone,
                 )
                 port = timed.start(target)
                 try:
@@ -320,7 +326,7 @@ def metricsCost(
     with iperfServer() as serverPort:
         for label, extra in DIRECTIONS:
             print(f"bulk {label} (iperf3, one stream):")
-            alternated(
+            compared(
                 rounds,
                 (plain, metrics),
                 serverPort,
