@@ -25,8 +25,9 @@ side it weighs on both alike (a round's ratio of plain against plain
 spreads by about 2 %, against 5 % one after the other). With C{--alone}
 they run one after the other instead, in the order plain, metrics,
 metrics, plain (each run leaves some 30,000 connections in TIME_WAIT for a
-minute, which makes the next run's connects to a TCP target dearer). It
-then times the collector's own calls inside one more running proxy
+minute, which makes the next run's connects to a TCP target dearer). The
+bulk streams (iperf3) always run one after the other. It then times the
+collector's own calls inside one more running proxy
 (C{benchmarks/timedexporter.py}). With C{--control} the second side is
 plain too: what the same run measures between two sides that run the same
 code is the noise a difference has to stand out of.
@@ -87,7 +88,7 @@ def split(
     new-connection rate (to nginx on TCP, or on its UNIX socket), and per
     GiB of one bulk stream each way; with C{routed}, socketproxyd also with
     its socket named and routed by C{--target=NAME=TARGET} (the cost of
-    C{--metrics} is the C{metrics} scenario's, whose runs alternate).
+    C{--metrics} is the C{metrics} scenario's, which pairs its runs).
     """
     routes = proxyRoutes(dataPath, floor=True)
     if routed:
@@ -174,9 +175,8 @@ def _alone(
     """
     One run of C{side} alone: its name, user and system CPU a unit.
     """
-    port = side.start(target)
     try:
-        units, user, system = measureCpu(side, perUnit, port)
+        units, user, system = measureCpu(side, perUnit, side.start(target))
     finally:
         side.stop()
     assert isinstance(units, float)
@@ -190,8 +190,8 @@ def _sideBySide(
     One run of both sides at once, started in C{order}: each one's name,
     user and system CPU a unit.
     """
-    ports = {side.name: side.start(target) for side in order}
     try:
+        ports = {side.name: side.start(target) for side in order}
         before = {side.name: userAndSystemSeconds(side.pid) for side in order}
         with ThreadPoolExecutor(len(order)) as pool:
             loads = {name: pool.submit(perUnit, port) for name, port in ports.items()}
@@ -273,10 +273,10 @@ def metricsCost(
     per GiB (one bulk stream each way) of socketproxyd without and with
     C{--metrics} (L{compared}): new connections side by side (16 wrk
     clients each), or with C{alone} one after the other (32), the bulk
-    streams one after the other;
-    after each new-connection scenario, the
-    collector's own time per connection, timed inside a running proxy
-    (C{benchmarks/timedexporter.py}). New connections go to nginx on each
+    streams one after the other; after each new-connection scenario, the
+    collector's own time per connection, timed inside one more running
+    proxy alone (C{benchmarks/timedexporter.py}, 32 clients), and its
+    share of plain's CPU in the runs before. New connections go to nginx on each
     of C{targets} (on UNIX a connection costs the least, so the collector's
     share is the largest); with C{control}, plain against plain; without
     C{bulk}, new connections only.
@@ -318,7 +318,7 @@ def metricsCost(
                     own += float(mean) / 1000
                     print(f"  the collector's {name}: {mean} ns a call ({calls} calls)")
                 print(f"  the collector's own: {own:.2f} us a connection, "
-                      f"{100 * own / totals['plain']:.1f} % of plain's CPU")  # fmt: skip
+                      f"{100 * own / totals['plain']:.1f} % of plain's CPU above")  # fmt: skip
         finally:
             nginx.stop()
     if not bulk:
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--routed", action="store_true", help="split: also socketproxyd with a named route"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="metrics: rounds of four runs")
+    parser.add_argument("--rounds", type=int, default=3, help="metrics: rounds to pair")
     parser.add_argument(
         "--control", action="store_true", help="metrics: plain against plain, the noise floor"
     )
