@@ -156,9 +156,10 @@ def compared(
     ratios = []
     for round in range(rounds):
         if together:
-            runs = _sideBySide(sides if round % 2 == 0 else (second, first), target, perUnit)
+            runs = _run(sides if round % 2 == 0 else (second, first), target, perUnit)
         else:
-            runs = [_alone(side, target, perUnit) for side in (first, second, second, first)]
+            runs = [run for side in (first, second, second, first)
+                    for run in _run((side,), target, perUnit)]  # fmt: skip
         thisRound = dict.fromkeys(cpu, 0.0)
         for name, user, system in runs:
             cpu[name].append((user, system))
@@ -166,58 +167,6 @@ def compared(
             print(f"  round {round + 1} {name:8s} user {user:8.3f}  "
                   f"system {system:8.3f}  {unit}")  # fmt: skip
         ratios.append(thisRound[second.name] / thisRound[first.name])
-    return _summary(cpu, sides, ratios, unit)
-
-
-def _alone(
-    side: Route, target: int | str, perUnit: Callable[[int], float]
-) -> tuple[str, float, float]:
-    """
-    One run of C{side} alone: its name, user and system CPU a unit.
-    """
-    try:
-        units, user, system = measureCpu(side, perUnit, side.start(target))
-    finally:
-        side.stop()
-    assert isinstance(units, float)
-    return side.name, user / units, system / units
-
-
-def _sideBySide(
-    order: tuple[Route, Route], target: int | str, perUnit: Callable[[int], float]
-) -> list[tuple[str, float, float]]:
-    """
-    One run of both sides at once, started in C{order}: each one's name,
-    user and system CPU a unit.
-    """
-    try:
-        ports = {side.name: side.start(target) for side in order}
-        before = {side.name: userAndSystemSeconds(side.pid) for side in order}
-        with ThreadPoolExecutor(len(order)) as pool:
-            loads = {name: pool.submit(perUnit, port) for name, port in ports.items()}
-            units = {name: load.result() for name, load in loads.items()}
-        after = {side.name: userAndSystemSeconds(side.pid) for side in order}
-    finally:
-        for side in order:
-            side.stop()
-    return [
-        (name, (after[name][0] - before[name][0]) / moved,
-         (after[name][1] - before[name][1]) / moved)
-        for name, moved in units.items()
-    ]  # fmt: skip
-
-
-def _summary(
-    cpu: dict[str, list[tuple[float, float]]],
-    sides: tuple[Route, Route],
-    ratios: list[float],
-    unit: str,
-) -> dict[str, float]:
-    """
-    Print each side's medians, how the second side's differs (by all
-    runs, and round by round with its interval); each side's median total.
-    """
-    first, second = sides
     totals = {}
     for name, runs in cpu.items():
         user = statistics.median(u for u, _ in runs)
@@ -227,9 +176,32 @@ def _summary(
     print(f"  {second.name} against {first.name}: total {100 * change:+.1f} %")
     low, middle, high, coverage = pairedChange(ratios)
     print(f"  {second.name} against {first.name}, round by round: median {middle:+.1f} %, "
-          f"{coverage:.1f} % interval {low:+.1f} % to {high:+.1f} % "
-          f"({len(ratios)} rounds)")  # fmt: skip
+          f"{coverage:.1f} % interval {low:+.1f} % to {high:+.1f} % ({rounds} rounds)")  # fmt: skip
     return totals
+
+
+def _run(
+    sides: tuple[Route, ...], target: int | str, perUnit: Callable[[int], float]
+) -> list[tuple[str, float, float]]:
+    """
+    One run of C{sides} at once (started in that order), each loaded by
+    its own C{perUnit}: each one's name, user and system CPU a unit.
+    """
+    try:
+        ports = {side.name: side.start(target) for side in sides}
+        before = {side.name: userAndSystemSeconds(side.pid) for side in sides}
+        with ThreadPoolExecutor(len(sides)) as pool:
+            loads = {name: pool.submit(perUnit, port) for name, port in ports.items()}
+            units = {name: load.result() for name, load in loads.items()}
+        after = {side.name: userAndSystemSeconds(side.pid) for side in sides}
+    finally:
+        for side in sides:
+            side.stop()
+    return [
+        (name, (after[name][0] - before[name][0]) / moved,
+         (after[name][1] - before[name][1]) / moved)
+        for name, moved in units.items()
+    ]  # fmt: skip
 
 
 def pairedChange(ratios: list[float]) -> tuple[float, float, float, float]:
